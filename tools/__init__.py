@@ -1,0 +1,1 @@
+"""MiniGPT tools package."""
