@@ -133,8 +133,8 @@ class ModelConfig:
 
 
 def tiny() -> ModelConfig:
-    """~1.7M parameters: 128 x 8 layers, 4 q / 1 kv heads. The CPU demo model."""
-    return ModelConfig(vocab_size=6400, n_layer=8, n_embd=128, n_head=4, n_kv_head=1, ffn_dim=384)
+    """~2.0M parameters: 128 x 8 layers, 4 q / 1 kv heads, vocab 4096. The CPU demo model."""
+    return ModelConfig(vocab_size=4096, n_layer=8, n_embd=128, n_head=4, n_kv_head=1, ffn_dim=384)
 
 
 def small() -> ModelConfig:

@@ -1,0 +1,232 @@
+"""The MiniGPT decoder-only Transformer, in one file that reads top to bottom.
+
+RoPE (HF Llama rotate-half convention, so weights are interchangeable), grouped-query attention through
+`scaled_dot_product_attention`, SwiGLU MLP, pre-RMSNorm, tied input/output embeddings, optional QK-norm.
+Parameter names mirror HF Llama (`model.layers.0.self_attn.q_proj.weight`), so a state dict maps 1:1 to
+`LlamaForCausalLM`. This module holds no KV cache state: the cache is passed in (see kv_cache.py).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minigpt_core.config import ModelConfig
+
+if TYPE_CHECKING:
+    from minigpt_core.kv_cache import KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 like HF Llama, then cast back before the weight multiply.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+class RotaryEmbedding(nn.Module):
+    """cos/sin tables for RoPE; `inv_freq` is a non-persistent buffer so checkpoints stay HF-shaped."""
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        # positions: (B, T) -> cos, sin: (B, 1, T, head_dim)
+        freqs = positions[..., None].float() * self.inv_freq  # (B, T, head_dim/2)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos()[:, None].to(dtype), emb.sin()[:, None].to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        d = config.n_embd
+        self.q_proj = nn.Linear(d, self.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_head * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, d, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        slots: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, KV, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+        if cache is None:
+            y = _sdpa(q, k, v, None, is_causal=True)
+        else:
+            assert slots is not None and positions is not None
+            ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
+            # Advanced indices around a slice put (B, T) first: the target view is (B, T, KV, D).
+            ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+            keys = ck[slots, :, :kv_len].to(q.dtype)  # (B, KV, kv_len, D)
+            values = cv[slots, :, :kv_len].to(q.dtype)
+            y = _sdpa(q, keys, values, attn_mask, is_causal=False)
+        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y)
+
+
+def _sdpa(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool
+) -> torch.Tensor:
+    """SDPA with grouped KV heads: flash / mem-efficient kernels on GPU when no explicit mask is given."""
+    if k.shape[1] != q.shape[1]:
+        if _HAS_ENABLE_GQA and (mask is None or q.device.type != "cpu"):
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True
+            )
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+_HAS_ENABLE_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(config.ffn_dim, config.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: KVCache | None,
+        slots: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        attn_mask: torch.Tensor | None,
+        kv_len: int,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, slots, positions, attn_mask, kv_len)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    """Named `model` inside MiniGPT so parameter names match HF Llama's `model.*`."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.n_embd)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.norm = RMSNorm(config.n_embd, config.norm_eps)
+
+
+class MiniGPT(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = self.config.init_std
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                # Residual projections scaled down with depth (GPT-2 / nanoGPT).
+                nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+            else:
+                nn.init.normal_(p, mean=0.0, std=std)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight  # tied
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        cache: KVCache | None = None,
+        slots: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        kv_len: int | None = None,
+        return_hidden: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V) in float32, or the final hidden states (B, T, C) with `return_hidden`.
+
+        Without a cache: a causal forward from position 0. With a cache: row b writes its T new keys/values into
+        slot `slots[b]` at `positions[b]` and attends to that slot's keys at positions <= each query's position.
+        `kv_len` (default: max position + 1) is how many cache positions are read; a fixed value keeps the
+        shapes, and so the arithmetic, of one row independent of its batch neighbours.
+        """
+        B, T = input_ids.shape
+        x = self.model.embed_tokens(input_ids)  # (B, T, C)
+        attn_mask = None
+        if cache is None:
+            pos = torch.arange(T, device=input_ids.device)[None].expand(B, T)
+            n_kv = T
+        else:
+            if slots is None or positions is None:
+                raise ValueError("a cached forward needs slots and positions")
+            pos = positions
+            n_kv = kv_len if kv_len is not None else int(positions.max().item()) + 1
+            key_pos = torch.arange(n_kv, device=input_ids.device)
+            attn_mask = key_pos[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, kv)
+        cos, sin = self.rotary(pos, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, cache, slots, positions, attn_mask, n_kv)
+        x = self.model.norm(x)
+        if return_hidden:
+            return x
+        return F.linear(x, self.lm_head_weight).float()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
