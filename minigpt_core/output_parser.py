@@ -1,0 +1,304 @@
+"""Generated token ids -> typed segments (reasoning text, content text, tool calls), streaming.
+
+What it is: a small state machine fed one token id at a time. Text goes through one UTF-8-safe
+`IncrementalDetokenizer`; special tokens switch the mode:
+
+    reasoning --</think>--> content --<tool_call>--> tool call --</tool_call>--> content --> ...
+
+- `thinking=True`: the answer starts inside the think block (a leading `<think>` the model writes itself is
+  accepted too) and stays there until `</think>`. With `thinking=False`, a stray `<think>...</think>` block
+  at the start of the answer (e.g. an empty one) is swallowed. Tags never reach the text.
+- Tool calls (`parse_tools=True`): the text between `<tool_call>` and `</tool_call>` is buffered and parsed
+  with `json.loads` as `{"name": ..., "arguments": {...}}`; the whole call is emitted at its end as
+  `ToolCallStart`, one `ToolCallArgs` fragment and `ToolCallEnd`, so the fragments always concatenate to
+  exactly `arguments_json = json.dumps(arguments, ensure_ascii=False)`. Bad JSON: the raw text comes back as
+  `Content` (nothing is lost) and `tool_parse_failed` is set. Whitespace around calls is not content.
+- Stop strings apply to reasoning and content text (not to tool-call JSON); a match ends the output with a
+  `Finished("stop")` segment, which tells the caller to cancel generation.
+
+What it is not: it does not decide when generation ends (the engine owns EOS, `stop_token_ids` and
+`max_new_tokens`; end-of-turn ids are ignored here), and it renders no wire format (server/streaming.py).
+Non-streaming callers use `parse_all`, which accumulates the very same segments.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from minigpt_core.detokenizer import IncrementalDetokenizer, StopStringMatcher, TokenBytes
+from minigpt_core.tokenizer import NUM_SPECIAL, THINK_END_ID, THINK_ID, TOOL_CALL_END_ID, TOOL_CALL_ID
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallStart:
+    index: int
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallArgs:
+    index: int
+    fragment: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallEnd:
+    index: int
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    reason: Literal["stop"]
+
+
+Segment = Reasoning | Content | ToolCallStart | ToolCallArgs | ToolCallEnd | Finished
+Mode = Literal["reasoning", "content", "tool_call", "swallow", "done"]
+
+
+class _Channel:
+    """One run of reasoning or content text: stop-string matching, then whitespace shaping.
+
+    Leading whitespace is dropped when `strip_leading` (after `</think>` or `</tool_call>`); trailing
+    whitespace is held back so it can be dropped if the run ends at a tag (`close(keep_trailing=False)`).
+    """
+
+    def __init__(self, stops: Sequence[str], *, strip_leading: bool) -> None:
+        self._matcher = StopStringMatcher(stops)
+        self._strip_leading = strip_leading
+        self._pending_ws = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        emit, stopped = self._matcher.push(text)
+        out = self._shape(emit)
+        if stopped:  # text right before a stop string is kept as the model wrote it
+            out, self._pending_ws = out + self._pending_ws, ""
+        return out, stopped
+
+    def close(self, *, keep_trailing: bool) -> str:
+        out = self._shape(self._matcher.flush())
+        tail, self._pending_ws = self._pending_ws, ""
+        return out + tail if keep_trailing else out
+
+    def _shape(self, text: str) -> str:
+        if self._strip_leading:
+            text = text.lstrip()
+            self._strip_leading = not text
+        if not text:
+            return ""
+        full = self._pending_ws + text
+        kept = full.rstrip()
+        self._pending_ws = full[len(kept) :]
+        return kept
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    name: str
+    arguments_json: str
+
+
+def parse_tool_call(raw: str) -> _Call | None:
+    """`{"name": str, "arguments": object | JSON string}` -> call, or None when it is not a valid call."""
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
+        return None
+    arguments = obj.get("arguments", {})
+    if isinstance(arguments, str):  # some models double-encode the arguments
+        try:
+            arguments = json.loads(arguments)
+        except (ValueError, RecursionError):
+            return None
+    if not isinstance(arguments, dict):
+        return None
+    return _Call(name=obj["name"], arguments_json=json.dumps(arguments, ensure_ascii=False))
+
+
+class OutputParser:
+    """Feed generated ids with `push`, then call `finish` once; both return the new segments."""
+
+    def __init__(
+        self, tokenizer_like: TokenBytes, *, thinking: bool, parse_tools: bool, stops: Sequence[str] = ()
+    ) -> None:
+        self._detok = IncrementalDetokenizer(tokenizer_like.token_bytes)
+        self._parse_tools = parse_tools
+        self._stops = tuple(stops)
+        self.mode: Mode = "reasoning" if thinking else "content"
+        self._channel = _Channel(self._stops, strip_leading=thinking)
+        self._call_parts: list[str] = []
+        self._text_seen = False  # any non-whitespace reasoning/content text so far
+        self.reasoning_tokens = 0  # tokens of the think block, its tags included
+        self.tool_calls = 0
+        self.tool_parse_failed = False
+        self.stopped = False  # a stop string matched
+
+    @property
+    def in_reasoning(self) -> bool:
+        return self.mode in ("reasoning", "swallow")
+
+    def push(self, token_id: int) -> list[Segment]:
+        if self.mode == "done":
+            return []
+        if token_id < NUM_SPECIAL:  # a tag; encode() never returns these ids for plain text
+            segments = self._route(self._detok.flush())  # a tag ends any partial character
+            if self.mode != "done":
+                segments += self._on_special(token_id)
+            return segments
+        if self.in_reasoning:
+            self.reasoning_tokens += 1
+        return self._route(self._detok.push(token_id))
+
+    def finish(self) -> list[Segment]:
+        """End of generation: release held text, close an open tool call. Idempotent."""
+        segments = self._route(self._detok.flush())
+        if self.mode == "reasoning":
+            segments += self._text(self._channel.close(keep_trailing=False))
+        elif self.mode == "content":
+            segments += self._text(self._channel.close(keep_trailing=True))
+        elif self.mode == "tool_call":  # no </tool_call>: accept a complete call, else fall back
+            segments += self._end_call()
+        self.mode = "done"
+        return segments
+
+    def _route(self, text: str) -> list[Segment]:
+        if not text or self.mode in ("done", "swallow"):
+            return []
+        if self.mode == "tool_call":
+            self._call_parts.append(text)
+            return []
+        self._text_seen = self._text_seen or bool(text.strip())
+        emit, stopped = self._channel.feed(text)
+        segments = self._text(emit)
+        if stopped:
+            self.mode, self.stopped = "done", True
+            segments.append(Finished("stop"))
+        return segments
+
+    def _text(self, text: str) -> list[Segment]:
+        if not text:
+            return []
+        return [Reasoning(text) if self.mode == "reasoning" else Content(text)]
+
+    def _on_special(self, token_id: int) -> list[Segment]:
+        if self.mode == "tool_call":
+            return self._end_call() if token_id == TOOL_CALL_END_ID else []
+        if token_id == TOOL_CALL_ID and self._parse_tools:
+            segments = self._text(self._channel.close(keep_trailing=False))  # also ends an open think block
+            self.mode, self._call_parts = "tool_call", []
+            return segments
+        if self.mode == "swallow":
+            self.reasoning_tokens += 1
+            if token_id == THINK_END_ID:
+                self._start_content()
+            return []
+        if self.mode == "reasoning":
+            self.reasoning_tokens += 1
+            if token_id != THINK_END_ID:
+                return []  # `<think>` the model writes itself, or a stray tag
+            segments = self._text(self._channel.close(keep_trailing=False))
+            self._start_content()
+            return segments
+        if token_id == THINK_ID and not self._text_seen:  # stray think block at the start of the answer
+            self._channel.close(keep_trailing=False)
+            self.mode = "swallow"
+            self.reasoning_tokens += 1
+        return []  # any other tag inside content is dropped
+
+    def _start_content(self) -> None:
+        self.mode = "content"
+        self._channel = _Channel(self._stops, strip_leading=True)
+
+    def _end_call(self) -> list[Segment]:
+        raw = "".join(self._call_parts)
+        self._call_parts = []
+        self._start_content()
+        call = parse_tool_call(raw) if self._parse_tools else None
+        if call is None:
+            self.tool_parse_failed = True
+            logger.debug("tool call did not parse, returned as content: %r", raw)
+            return [Content(raw.strip())] if raw.strip() else []
+        index, self.tool_calls = self.tool_calls, self.tool_calls + 1
+        return [
+            ToolCallStart(index, call.name),
+            ToolCallArgs(index, call.arguments_json),
+            ToolCallEnd(index, call.arguments_json),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedToolCall:
+    index: int
+    name: str
+    arguments_json: str
+
+
+@dataclass(slots=True)
+class ParsedOutput:
+    """All segments of one answer, accumulated (the non-streaming view)."""
+
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[ParsedToolCall] = field(default_factory=list)
+    stopped: bool = False  # a stop string ended the answer
+
+
+def accumulate(segments: Iterable[Segment]) -> ParsedOutput:
+    """Fold a segment stream into one `ParsedOutput`; streaming and non-streaming share this path."""
+    out = ParsedOutput()
+    names: dict[int, str] = {}
+    fragments: dict[int, list[str]] = {}
+    for seg in segments:
+        if isinstance(seg, Reasoning):
+            out.reasoning += seg.text
+        elif isinstance(seg, Content):
+            out.content += seg.text
+        elif isinstance(seg, ToolCallStart):
+            names[seg.index], fragments[seg.index] = seg.name, []
+        elif isinstance(seg, ToolCallArgs):
+            fragments[seg.index].append(seg.fragment)
+        elif isinstance(seg, ToolCallEnd):
+            args = "".join(fragments.pop(seg.index))
+            if args != seg.arguments_json:
+                raise AssertionError("tool-call fragments do not add up to arguments_json")  # invariant
+            out.tool_calls.append(ParsedToolCall(seg.index, names.pop(seg.index), seg.arguments_json))
+        elif isinstance(seg, Finished):
+            out.stopped = True
+    return out
+
+
+def parse_all(
+    tokenizer_like: TokenBytes,
+    token_ids: Iterable[int],
+    *,
+    thinking: bool,
+    parse_tools: bool,
+    stops: Sequence[str] = (),
+) -> tuple[ParsedOutput, OutputParser]:
+    """Parse a finished generation in one go; returns the output and the parser (for its counters)."""
+    parser = OutputParser(tokenizer_like, thinking=thinking, parse_tools=parse_tools, stops=stops)
+    segments: list[Segment] = []
+    for token_id in token_ids:
+        segments += parser.push(token_id)
+        if parser.mode == "done":
+            break
+    segments += parser.finish()
+    return accumulate(segments), parser

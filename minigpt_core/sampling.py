@@ -1,0 +1,204 @@
+"""Sampling: the per-request `SamplingParams` and the `RequestSampler` that turns one logits row into a token.
+
+What it is: logit bias, OpenAI presence/frequency penalties, HF repetition penalty, a constraint mask, then
+greedy argmax or temperature / top-k / top-p / min-p and `torch.multinomial` with the request's own seeded
+generator. Every operation works on one row, so a request's tokens never depend on what else is in the batch.
+
+What it is not: it knows nothing about text, stop strings or end of turn (the engine checks `stop_token_ids`
+and EOS, the output parser checks stop strings), and it does not build constraint masks (see constraints.py).
+
+Log-probabilities (`SampledToken.logprob`, `top_logprobs`) are taken from `log_softmax` of the RAW logits the
+model produced, before bias, penalties, mask and temperature: they describe the model, not the sampler, which
+is what OpenAI clients and RLHF rollouts compare across requests.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from minigpt_core.errors import InvalidRequest, MiniGPTError
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    """How to pick tokens for one request. Internal names; server/protocol.py maps the OpenAI wire names."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # HF semantics, over prompt + generated ids
+    presence_penalty: float = 0.0  # OpenAI semantics, over generated ids only
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] = ()
+    ignore_eos: bool = False
+    logprobs: bool = False
+    top_logprobs: int = 0
+    max_thinking_tokens: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def validate(self, vocab_size: int) -> None:
+        """Raise `InvalidRequest` (with `param` in OpenAI wire terms) for any out-of-range value."""
+        _check_int(self.max_new_tokens, "max_tokens", low=1)
+        _check_float(self.temperature, "temperature", 0.0, 2.0)
+        _check_float(self.top_p, "top_p", 0.0, 1.0)
+        if self.top_p <= 0.0:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}", param="top_p")
+        _check_int(self.top_k, "top_k", low=0)
+        _check_float(self.min_p, "min_p", 0.0, 1.0)
+        _check_float(self.presence_penalty, "presence_penalty", -2.0, 2.0)
+        _check_float(self.frequency_penalty, "frequency_penalty", -2.0, 2.0)
+        _check_float(self.repetition_penalty, "repetition_penalty", 0.0, math.inf)
+        if self.repetition_penalty <= 0.0:
+            raise InvalidRequest(
+                f"repetition_penalty must be > 0, got {self.repetition_penalty}", param="repetition_penalty"
+            )
+        _check_int(self.top_logprobs, "top_logprobs", low=0, high=MAX_TOP_LOGPROBS)
+        if self.top_logprobs > 0 and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+        for token_id, bias in self.logit_bias:
+            _check_token_id(token_id, vocab_size, "logit_bias")
+            _check_float(bias, "logit_bias", -100.0, 100.0)
+        for token_id in self.stop_token_ids:
+            _check_token_id(token_id, vocab_size, "stop_token_ids")
+        if self.seed is not None:
+            _check_int(self.seed, "seed")
+        if self.max_thinking_tokens is not None:
+            _check_int(self.max_thinking_tokens, "max_thinking_tokens", low=0)
+
+
+def _check_float(value: object, param: str, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidRequest(f"{param} must be a finite number, got {value!r}", param=param)
+    if not low <= value <= high:
+        raise InvalidRequest(f"{param} must be between {low} and {high}, got {value}", param=param)
+
+
+def _check_int(value: object, param: str, *, low: int | None = None, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{param} must be an integer, got {value!r}", param=param)
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"between {low} and {high}"
+        raise InvalidRequest(f"{param} must be {bounds}, got {value}", param=param)
+
+
+def _check_token_id(token_id: object, vocab_size: int, param: str) -> None:
+    if isinstance(token_id, bool) or not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+        raise InvalidRequest(f"{param}: token id {token_id!r} is outside the vocabulary", param=param)
+
+
+@dataclass(frozen=True, slots=True)
+class SampledToken:
+    token_id: int
+    logprob: float  # log_softmax of the raw logits, see the module docstring
+    top_logprobs: list[tuple[int, float]] = field(default_factory=list)
+
+
+class RequestSampler:
+    """Per-request sampling state: params, a seeded generator, and the ids the penalties look at.
+
+    Call `sample` on each step's logits row, then `observe` with the token that was actually appended
+    (usually the sampled one; a caller that forces a token, e.g. `</think>` at a thinking budget, observes that).
+    """
+
+    def __init__(self, params: SamplingParams, prompt_ids: Iterable[int] = ()) -> None:
+        self.params = params
+        # A random seed is drawn when none is given, so every request is still reproducible from its seed.
+        self.seed: int = params.seed if params.seed is not None else secrets.randbits(63)
+        self._generator: torch.Generator | None = None
+        self.counts: dict[int, int] = {}  # generated token -> times generated (presence/frequency)
+        self.seen: set[int] = set(prompt_ids)  # prompt + generated ids (repetition_penalty)
+
+    def observe(self, token_id: int) -> None:
+        self.counts[token_id] = self.counts.get(token_id, 0) + 1
+        self.seen.add(token_id)
+
+    def _generator_for(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+            self._generator.manual_seed(self.seed % 2**64)
+        return self._generator
+
+    def sample(self, logits_row: torch.Tensor, allowed: torch.Tensor | None = None) -> SampledToken:
+        """Pick the next token from one row of logits (V,); `allowed` (V,) bool masks out the rest."""
+        if logits_row.dim() != 1:
+            raise ValueError(f"logits_row must be 1-D (V,), got shape {tuple(logits_row.shape)}")
+        raw = logits_row.float()
+        logits = self._adjusted_logits(raw)  # (V,)
+        if allowed is not None:
+            logits = logits.masked_fill(~allowed.to(device=logits.device, dtype=torch.bool), -math.inf)
+        if not bool(torch.isfinite(logits).any()):
+            raise MiniGPTError("no token is allowed: the constraint mask excludes every finite logit")
+        if self.params.greedy:
+            token_id = int(torch.argmax(logits).item())  # ties -> first (lowest) index
+        else:
+            probs = self._filtered_probs(logits)
+            token_id = int(torch.multinomial(probs, 1, generator=self._generator_for(probs.device)).item())
+        return self._with_logprobs(raw, token_id)
+
+    def _adjusted_logits(self, raw: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        logits = raw.clone()
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], dtype=torch.long, device=raw.device)
+            bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype, device=raw.device)
+            logits.index_add_(0, ids, bias)
+        if p.repetition_penalty != 1.0 and self.seen:
+            ids = torch.tensor(sorted(self.seen), dtype=torch.long, device=raw.device)
+            picked = logits[ids]
+            picked = torch.where(picked > 0, picked / p.repetition_penalty, picked * p.repetition_penalty)
+            logits[ids] = picked
+        if (p.presence_penalty != 0.0 or p.frequency_penalty != 0.0) and self.counts:
+            ids = torch.tensor(list(self.counts), dtype=torch.long, device=raw.device)
+            counts = torch.tensor(list(self.counts.values()), dtype=logits.dtype, device=raw.device)
+            logits[ids] -= p.presence_penalty + p.frequency_penalty * counts
+        return logits
+
+    def _filtered_probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature, then top-k, top-p and min-p; returns probabilities (V,) with at least one > 0."""
+        p = self.params
+        logits = logits / p.temperature
+        if 0 < p.top_k < logits.numel():
+            kth = torch.topk(logits, p.top_k).values[-1]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        probs = torch.softmax(logits, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True, stable=True)
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass strictly above each token
+            drop_sorted = before >= p.top_p  # keeps the smallest prefix reaching top_p (always the first)
+            drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+            probs = probs.masked_fill(drop, 0.0)
+        if p.min_p > 0.0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        return probs
+
+    def _with_logprobs(self, raw: torch.Tensor, token_id: int) -> SampledToken:
+        logprobs = torch.log_softmax(raw, dim=-1)
+        top: list[tuple[int, float]] = []
+        k = min(self.params.top_logprobs, raw.numel())
+        if k > 0:
+            values, ids = torch.topk(logprobs, k)
+            top = [(int(i), float(v)) for i, v in zip(ids.tolist(), values.tolist(), strict=True)]
+        return SampledToken(token_id=token_id, logprob=float(logprobs[token_id].item()), top_logprobs=top)
+
+
+def sample_batch(
+    logits: torch.Tensor, samplers: Sequence[RequestSampler], allowed: Sequence[torch.Tensor | None]
+) -> list[SampledToken]:
+    """Sample one token per row of `logits` (B, V); row b uses samplers[b] and allowed[b]. Loops on purpose."""
+    if logits.dim() != 2 or logits.shape[0] != len(samplers) or len(samplers) != len(allowed):
+        raise ValueError(f"logits {tuple(logits.shape)} must be (B, V) with B = {len(samplers)} samplers and masks")
+    return [sampler.sample(logits[b], allowed[b]) for b, sampler in enumerate(samplers)]

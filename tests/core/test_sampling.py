@@ -1,0 +1,179 @@
+"""Tests for minigpt_core.sampling: greedy, seeded sampling, filters, penalties, bias, masks, validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigpt_core.errors import InvalidRequest, MiniGPTError
+from minigpt_core.sampling import RequestSampler, SamplingParams, sample_batch
+
+V = 16
+
+
+def _logits(seed: int = 0) -> torch.Tensor:
+    return torch.randn(V, generator=torch.Generator().manual_seed(seed))
+
+
+def _run(params: SamplingParams, steps: int = 30, logits: torch.Tensor | None = None) -> list[int]:
+    sampler = RequestSampler(params)
+    row = torch.zeros(V) if logits is None else logits
+    out = []
+    for _ in range(steps):
+        tok = sampler.sample(row).token_id
+        out.append(tok)
+    return out
+
+
+def test_greedy_is_argmax_and_deterministic() -> None:
+    for seed in range(5):
+        row = _logits(seed)
+        tokens = _run(SamplingParams(temperature=0.0), steps=3, logits=row)
+        assert tokens == [int(row.argmax())] * 3
+
+
+def test_greedy_ties_pick_lowest_id() -> None:
+    row = torch.zeros(V)
+    row[5] = row[9] = 3.0
+    assert RequestSampler(SamplingParams(temperature=0.0)).sample(row).token_id == 5
+
+
+def test_same_seed_same_sequence_different_seed_differs() -> None:
+    a = _run(SamplingParams(seed=123))
+    b = _run(SamplingParams(seed=123))
+    c = _run(SamplingParams(seed=124))
+    assert a == b
+    assert a != c
+    assert len(set(a)) > 3  # flat logits: it really samples
+
+
+def test_unseeded_sampler_draws_its_own_seed() -> None:
+    s1, s2 = RequestSampler(SamplingParams()), RequestSampler(SamplingParams())
+    assert s1.seed != s2.seed
+    replay = RequestSampler(SamplingParams(seed=s1.seed))
+    row = torch.zeros(V)
+    assert [s1.sample(row).token_id for _ in range(10)] == [replay.sample(row).token_id for _ in range(10)]
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy() -> None:
+    for seed in range(5):
+        row = _logits(seed)
+        best = int(row.argmax())
+        assert set(_run(SamplingParams(top_k=1, seed=seed), steps=20, logits=row)) == {best}
+        assert set(_run(SamplingParams(top_p=1e-6, seed=seed), steps=20, logits=row)) == {best}
+
+
+def test_top_k_restricts_to_k_best() -> None:
+    row = _logits(3)
+    top3 = set(torch.topk(row, 3).indices.tolist())
+    got = set(_run(SamplingParams(top_k=3, temperature=2.0, seed=1), steps=200, logits=row))
+    assert got == top3
+
+
+def test_top_p_keeps_smallest_set_reaching_p() -> None:
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05] + [0.0] * (V - 4))
+    row = torch.log(probs.clamp_min(1e-30))
+    got = set(_run(SamplingParams(top_p=0.75, seed=0), steps=300, logits=row))
+    assert got == {0, 1}  # 0.5 < 0.75, 0.5 + 0.3 >= 0.75
+
+
+def test_min_p_drops_tokens_below_fraction_of_best() -> None:
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1] + [0.0] * (V - 4))
+    row = torch.log(probs.clamp_min(1e-30))
+    got = set(_run(SamplingParams(min_p=0.6, seed=0), steps=300, logits=row))
+    assert got == {0, 1}  # 0.2 < 0.6 * 0.4 = 0.24
+
+
+def test_penalties_change_the_right_logits_by_the_right_amounts() -> None:
+    row = torch.tensor([2.0, -1.0, 0.5, 3.0] + [0.0] * (V - 4))
+    params = SamplingParams(repetition_penalty=2.0, presence_penalty=0.5, frequency_penalty=0.25)
+    sampler = RequestSampler(params, prompt_ids=[1])
+    for tok in (0, 0, 3):
+        sampler.observe(tok)
+    got = sampler._adjusted_logits(row)
+    expected = row.clone()
+    expected[0] = 2.0 / 2.0 - 0.5 - 0.25 * 2  # seen (positive: divide), generated twice
+    expected[1] = -1.0 * 2.0  # prompt only: repetition penalty (negative: multiply), no OpenAI penalties
+    expected[3] = 3.0 / 2.0 - 0.5 - 0.25 * 1
+    assert torch.allclose(got, expected)
+    assert torch.equal(row[4:], got[4:])
+
+
+def test_logit_bias_bans_and_forces() -> None:
+    row = _logits(7)
+    best = int(row.argmax())
+    banned = _run(SamplingParams(temperature=0.0, logit_bias=((best, -100.0),)), steps=1, logits=row)
+    assert banned[0] != best
+    forced = _run(SamplingParams(seed=3, logit_bias=((11, 100.0),)), steps=50, logits=row)
+    assert set(forced) == {11}
+
+
+def test_allowed_mask_is_respected() -> None:
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[[2, 7]] = True
+    sampler = RequestSampler(SamplingParams(seed=0))
+    got = {sampler.sample(_logits(1), allowed).token_id for _ in range(100)}
+    assert got == {2, 7}
+    greedy = RequestSampler(SamplingParams(temperature=0.0)).sample(_logits(1), allowed)
+    assert greedy.token_id in (2, 7)
+    with pytest.raises(MiniGPTError):
+        sampler.sample(_logits(1), torch.zeros(V, dtype=torch.bool))
+
+
+def test_logprobs_come_from_raw_logits() -> None:
+    row = _logits(2)
+    params = SamplingParams(temperature=0.5, logit_bias=((4, 50.0),), logprobs=True, top_logprobs=3, seed=0)
+    tok = RequestSampler(params).sample(row)
+    raw = torch.log_softmax(row, dim=-1)
+    assert tok.token_id == 4
+    assert tok.logprob == pytest.approx(float(raw[4]))
+    assert [i for i, _ in tok.top_logprobs] == torch.topk(raw, 3).indices.tolist()
+    assert all(math.isclose(lp, float(raw[i]), rel_tol=1e-6) for i, lp in tok.top_logprobs)
+    assert RequestSampler(SamplingParams()).sample(row).top_logprobs == []
+
+
+def test_sample_batch_is_independent_of_neighbours() -> None:
+    rows = torch.stack([_logits(i) for i in range(3)])
+    alone = RequestSampler(SamplingParams(seed=9)).sample(rows[1]).token_id
+    samplers = [RequestSampler(SamplingParams(seed=s)) for s in (1, 9, 5)]
+    batch = sample_batch(rows, samplers, [None, None, None])
+    assert batch[1].token_id == alone
+    with pytest.raises(ValueError):
+        sample_batch(rows, samplers[:2], [None, None])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "param"),
+    [
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.1}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logit_bias": ((V, 1.0),)}, "logit_bias"),
+        ({"logit_bias": ((1, 101.0),)}, "logit_bias"),
+        ({"max_new_tokens": 0}, "max_tokens"),
+        ({"stop_token_ids": (-1,)}, "stop_token_ids"),
+        ({"max_thinking_tokens": -1}, "max_thinking_tokens"),
+    ],
+)
+def test_validation_errors_name_the_param(kwargs: dict[str, object], param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        SamplingParams(**kwargs).validate(V)  # type: ignore[arg-type]
+    assert err.value.param == param
+
+
+def test_valid_params_pass() -> None:
+    SamplingParams().validate(V)
+    SamplingParams(
+        temperature=0.0, top_p=0.9, top_k=5, logit_bias=((0, -100.0), (V - 1, 100.0)), logprobs=True, top_logprobs=20
+    ).validate(V)
