@@ -1,0 +1,189 @@
+"""Training throughput benchmark: tokens/s and MFU of MiniGPT against HF `LlamaForCausalLM` on the same card.
+
+Both models are built from the same `ModelConfig`, trained with the same optimizer (AdamW, fused on CUDA), dtype
+(bf16 autocast on CUDA, fp32 on CPU), batch and sequence length, on the same token stream. MFU uses
+model FLOPs per token = 6N + 12·L·H·d_head·T over the card's datasheet bf16 dense peak; the rate of a large bf16
+matmul measured in the same run is printed beside it. This is not the training loop (see loop.py), only a
+measurement harness: `python -m training.bench` or `minigpt-bench train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from minigpt_core.config import ModelConfig, preset
+from minigpt_core.model import MiniGPT
+
+# Datasheet dense bf16 peaks (TFLOP/s); MFU is quoted against these.
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+@dataclass
+class TrainResult:
+    impl: str
+    config: str
+    params: int
+    batch_size: int
+    seq_len: int
+    compile: bool
+    dtype: str
+    tokens_per_s: float
+    mfu: float | None
+    step_ms: float
+    compile_s: float
+    device: str
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in PEAK_BF16_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, iters: int = 10) -> float | None:
+    """The measured rate of a large bf16 matmul on this card (a practical ceiling beside the datasheet)."""
+    if device.type != "cuda":
+        return None
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+
+
+def build(impl: str, cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    if impl == "minigpt":
+        return MiniGPT(cfg).to(device)
+    from transformers import LlamaConfig, LlamaForCausalLM  # peer only; not a runtime dependency
+
+    hf_cfg = LlamaConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")})
+    hf_cfg._attn_implementation = "sdpa"
+    return LlamaForCausalLM(hf_cfg).to(device)
+
+
+def logits_of(impl: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x) if impl == "minigpt" else model(input_ids=x, use_cache=False).logits
+
+
+def bench_train(
+    impl: str,
+    config: str,
+    device: torch.device,
+    *,
+    batch_size: int,
+    seq_len: int,
+    steps: int,
+    warmup: int,
+    compile: bool,
+) -> TrainResult:
+    cfg = preset(config).replace(max_seq_len=max(seq_len, 128))
+    torch.manual_seed(0)
+    model = build(impl, cfg, device)
+    model.train()
+    cuda = device.type == "cuda"
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, weight_decay=0.1, fused=cuda)
+    fwd = torch.compile(model) if compile else model
+    data = torch.randint(0, cfg.vocab_size, (steps + warmup, batch_size, seq_len + 1), device=device)
+
+    def step(i: int) -> torch.Tensor:
+        x, y = data[i, :, :-1], data[i, :, 1:]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = logits_of(impl, fwd, x)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    t0 = time.perf_counter()
+    step(0)
+    if cuda:
+        torch.cuda.synchronize()
+    compile_s = time.perf_counter() - t0
+    for i in range(1, warmup):
+        step(i)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        loss = step(i)
+    float(loss)  # one host sync at the end
+    elapsed = time.perf_counter() - t0
+    tok_s = batch_size * seq_len * steps / elapsed
+    peak = device_peak_tflops(device)
+    mfu = tok_s * cfg.flops_per_token(seq_len) / (peak * 1e12) if peak else None
+    n_params = cfg.num_parameters()
+    del model, opt, fwd, data
+    if cuda:
+        torch.cuda.empty_cache()
+    return TrainResult(impl, config, n_params, batch_size, seq_len, compile, "bf16-autocast" if cuda else "fp32",
+                       tok_s, mfu, 1000 * elapsed / steps, compile_s, str(device))
+
+
+def format_table(rows: list[TrainResult]) -> str:
+    out = [f"{'impl':<9}{'config':<8}{'B':>4}{'T':>6}{'compile':>9}{'tok/s':>12}{'MFU':>8}{'step ms':>9}{'1st s':>7}"]
+    for r in rows:
+        mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
+        out.append(f"{r.impl:<9}{r.config:<8}{r.batch_size:>4}{r.seq_len:>6}{r.compile!s:>9}"
+                   f"{r.tokens_per_s:>12,.0f}{mfu:>8}{r.step_ms:>9.1f}{r.compile_s:>7.1f}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="minigpt-bench train", description=__doc__)
+    p.add_argument("--configs", default=None, help="comma list (default: small,medium on CUDA, tiny on CPU)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--impls", default="minigpt,hf")
+    p.add_argument("--no-compile", action="store_true", help="eager MiniGPT (the HF peer is always eager)")
+    p.add_argument("--json", default=None, help="write results here")
+    args = p.parse_args(argv)
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if args.device == "auto" else args.device))
+    cuda = dev.type == "cuda"
+    configs = (args.configs or ("small,medium" if cuda else "tiny")).split(",")
+    B = args.batch_size or (32 if cuda else 2)
+    T = args.seq_len or (1024 if cuda else 64)
+    steps = args.steps or (20 if cuda else 3)
+    rows: list[TrainResult] = []
+    for name in configs:
+        for impl in args.impls.split(","):
+            compile_it = impl == "minigpt" and cuda and not args.no_compile
+            rows.append(bench_train(impl, name, dev, batch_size=B, seq_len=T, steps=steps,
+                                    warmup=args.warmup, compile=compile_it))
+    mm = matmul_tflops(dev)
+    info: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+                            "torch": torch.__version__, "matmul_bf16_tflops": mm,
+                            "peak_bf16_tflops": device_peak_tflops(dev), "results": [asdict(r) for r in rows]}
+    print(f"device: {info['device']}  torch {torch.__version__}  datasheet bf16 peak: {info['peak_bf16_tflops']} "
+          f"TFLOP/s  measured 8192^3 bf16 matmul: {mm and round(mm)} TFLOP/s")
+    print(format_table(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(info, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
