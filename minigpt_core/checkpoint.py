@@ -1,0 +1,176 @@
+"""The checkpoint directory, the only on-disk format: HF-Llama-compatible and servable as is.
+
+    config.json              HF Llama keys (model_type "llama")
+    model.safetensors        HF Llama tensor names; the tied embedding is stored once
+    tokenizer.json           byte-level BPE (tokenizers)
+    tokenizer_config.json    special tokens + the Jinja chat_template
+    generation_config.json   eos/pad ids and default sampling
+
+Writes are atomic (a temp directory renamed into place); loading never unpickles. Training state
+(optimizer etc.) is not written here: `training` adds its own `trainer_state/` beside these files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minigpt_core.config import ModelConfig
+from minigpt_core.errors import CheckpointError, ConfigError
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import IM_END_ID, EOT_ID, Tokenizer, write_tokenizer_config
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+DEMO_MODEL_DIR = ASSETS_DIR / "demo"
+BUNDLED_TOKENIZER = ASSETS_DIR / "tokenizer.json"
+REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def default_generation_config() -> dict[str, Any]:
+    return {
+        "eos_token_id": [IM_END_ID, EOT_ID],
+        "pad_token_id": EOT_ID,
+        "bos_token_id": 1,
+        "do_sample": True,
+        "temperature": 0.7,
+        "top_p": 0.9,
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_checkpoint_files(
+    out_dir: Path, model: MiniGPT, tokenizer: Tokenizer, generation_config: dict[str, Any] | None = None
+) -> None:
+    """Write the checkpoint files into an existing directory (not atomic; see save_checkpoint)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    # HF ties lm_head to embed_tokens (tie_word_embeddings=true), so the shared tensor is stored once.
+    state.pop("lm_head.weight", None)
+    dtype = next(iter(state.values())).dtype
+    hf = model.config.to_hf_dict()
+    hf["torch_dtype"] = str(dtype).removeprefix("torch.")
+    _write_json(out_dir / "config.json", hf)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    tokenizer.save(out_dir)
+    write_tokenizer_config(out_dir, tokenizer, model_max_length=model.config.max_seq_len)
+    _write_json(out_dir / "generation_config.json", generation_config or default_generation_config())
+
+
+def save_checkpoint(
+    out_dir: str | Path,
+    model: MiniGPT,
+    tokenizer: Tokenizer,
+    generation_config: dict[str, Any] | None = None,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Atomically (re)write a checkpoint directory: build it beside the target, then rename into place.
+
+    `extra(tmp_dir)` may add files (e.g. training state) before the rename, so they land atomically too.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_checkpoint_files(tmp, model, tokenizer, generation_config)
+        if extra is not None:
+            extra(tmp)
+        _fsync_dir(tmp)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _fsync_dir(path: Path) -> None:
+    for f in path.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def load_config(model_dir: str | Path) -> ModelConfig:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (not a MiniGPT checkpoint directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    try:
+        return ModelConfig.from_hf_dict(data)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def load_checkpoint(
+    model_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> tuple[MiniGPT, Tokenizer]:
+    """Load (model, tokenizer) from a checkpoint directory; the model is in eval mode."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: checkpoint directory not found")
+    for name in REQUIRED_FILES:
+        if not (root / name).is_file():
+            raise CheckpointError(f"{root / name}: missing from the checkpoint directory")
+    config = load_config(root)
+    tokenizer = Tokenizer.from_dir(root)
+    weights = root / "model.safetensors"
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{weights}: cannot read safetensors ({exc})") from exc
+    state.pop("lm_head.weight", None)
+    model = MiniGPT(config)
+    expected = set(model.state_dict())
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: tensor names do not match the config "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for name, tensor in model.state_dict().items():
+        if state[name].shape != tensor.shape:
+            raise CheckpointError(
+                f"{weights}: {name} has shape {tuple(state[name].shape)}, config implies {tuple(tensor.shape)}"
+            )
+    model.load_state_dict(state, strict=True)
+    if dtype is not None:
+        model.to(dtype=dtype)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """auto → cuda, then mps, then cpu."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but CUDA is not available")
+    if name not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
+    return torch.device(name)
