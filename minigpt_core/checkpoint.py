@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
-from minigpt_core.tokenizer import IM_END_ID, EOT_ID, Tokenizer, write_tokenizer_config
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer, write_tokenizer_config
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL_DIR = ASSETS_DIR / "demo"

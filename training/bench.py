@@ -131,19 +131,30 @@ def bench_train(
     peak = device_peak_tflops(device)
     mfu = tok_s * cfg.flops_per_token(seq_len) / (peak * 1e12) if peak else None
     n_params = cfg.num_parameters()
-    del model, opt, fwd, data
-    if cuda:
-        torch.cuda.empty_cache()
-    return TrainResult(impl, config, n_params, batch_size, seq_len, compile, "bf16-autocast" if cuda else "fp32",
-                       tok_s, mfu, 1000 * elapsed / steps, compile_s, str(device))
+    return TrainResult(
+        impl,
+        config,
+        n_params,
+        batch_size,
+        seq_len,
+        compile,
+        "bf16-autocast" if cuda else "fp32",
+        tok_s,
+        mfu,
+        1000 * elapsed / steps,
+        compile_s,
+        str(device),
+    )
 
 
 def format_table(rows: list[TrainResult]) -> str:
     out = [f"{'impl':<9}{'config':<8}{'B':>4}{'T':>6}{'compile':>9}{'tok/s':>12}{'MFU':>8}{'step ms':>9}{'1st s':>7}"]
     for r in rows:
         mfu = f"{100 * r.mfu:.1f}%" if r.mfu is not None else "-"
-        out.append(f"{r.impl:<9}{r.config:<8}{r.batch_size:>4}{r.seq_len:>6}{r.compile!s:>9}"
-                   f"{r.tokens_per_s:>12,.0f}{mfu:>8}{r.step_ms:>9.1f}{r.compile_s:>7.1f}")
+        out.append(
+            f"{r.impl:<9}{r.config:<8}{r.batch_size:>4}{r.seq_len:>6}{r.compile!s:>9}"
+            f"{r.tokens_per_s:>12,.0f}{mfu:>8}{r.step_ms:>9.1f}{r.compile_s:>7.1f}"
+        )
     return "\n".join(out)
 
 
@@ -159,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compile", action="store_true", help="eager MiniGPT (the HF peer is always eager)")
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if args.device == "auto" else args.device))
+    dev = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     cuda = dev.type == "cuda"
     configs = (args.configs or ("small,medium" if cuda else "tiny")).split(",")
     B = args.batch_size or (32 if cuda else 2)
@@ -170,14 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     for name in configs:
         for impl in args.impls.split(","):
             compile_it = impl == "minigpt" and cuda and not args.no_compile
-            rows.append(bench_train(impl, name, dev, batch_size=B, seq_len=T, steps=steps,
-                                    warmup=args.warmup, compile=compile_it))
+            rows.append(
+                bench_train(
+                    impl, name, dev, batch_size=B, seq_len=T, steps=steps, warmup=args.warmup, compile=compile_it
+                )
+            )
     mm = matmul_tflops(dev)
-    info: dict[str, Any] = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu",
-                            "torch": torch.__version__, "matmul_bf16_tflops": mm,
-                            "peak_bf16_tflops": device_peak_tflops(dev), "results": [asdict(r) for r in rows]}
-    print(f"device: {info['device']}  torch {torch.__version__}  datasheet bf16 peak: {info['peak_bf16_tflops']} "
-          f"TFLOP/s  measured 8192^3 bf16 matmul: {mm and round(mm)} TFLOP/s")
+    info: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "torch": torch.__version__,
+        "matmul_bf16_tflops": mm,
+        "peak_bf16_tflops": device_peak_tflops(dev),
+        "results": [asdict(r) for r in rows],
+    }
+    print(
+        f"device: {info['device']}  torch {torch.__version__}  datasheet bf16 peak: {info['peak_bf16_tflops']} "
+        f"TFLOP/s  measured 8192^3 bf16 matmul: {mm and round(mm)} TFLOP/s"
+    )
     print(format_table(rows))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:

@@ -19,7 +19,7 @@ EXPECTED = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_con
 
 
 def test_directory_layout_and_hf_names(tiny_checkpoint: Path) -> None:
-    assert EXPECTED <= {p.name for p in tiny_checkpoint.iterdir()}
+    assert {p.name for p in tiny_checkpoint.iterdir()} >= EXPECTED
     cfg = json.loads((tiny_checkpoint / "config.json").read_text())
     assert cfg["model_type"] == "llama" and cfg["tie_word_embeddings"] is True
     from safetensors import safe_open
