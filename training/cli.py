@@ -1,0 +1,186 @@
+"""`minigpt-train`: the command line of training (pretrain and SFT; DPO and RLHF arrive with their issues).
+
+    minigpt-train --mode pretrain --config tiny --max-steps 50
+    minigpt-train --mode sft --config tiny --init checkpoints/pretrain_tiny --max-steps 50
+    minigpt-train --resume checkpoints/pretrain_tiny --max-steps 100
+    torchrun --nproc_per_node 2 -m training.cli --mode pretrain --device cpu ...
+    minigpt-train plot checkpoints/pretrain_tiny
+
+What it is: flag parsing into a resolved `TrainConfig` (preset, then explicit flags; on --resume the saved
+settings, then explicit flags), logging setup, and the one place that maps errors to exit codes
+(2: usage or not implemented, 1: bad input or configuration, 3: training diverged, 130: interrupted).
+What it is not: training logic; everything below `main` takes typed values, never the argparse Namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from minigpt_core.config import PRESETS
+from minigpt_core.errors import MiniGPTError
+from training.config import DEVICES, DTYPES, MODES, UNIMPLEMENTED_MODES, TrainConfig, resolve_config, train_preset
+from training.errors import TrainingDiverged, TrainingError
+from training.state import TRAINER_STATE_DIR, find_resume_point, run_dir_of
+
+logger = logging.getLogger("training.cli")
+PROG = "minigpt-train"
+
+# flag dest -> TrainConfig field, for flags that override a preset only when given.
+OVERRIDES = {
+    "data": "data",
+    "out": "out_dir",
+    "init": "init",
+    "tokenizer": "tokenizer",
+    "max_steps": "max_steps",
+    "learning_rate": "learning_rate",
+    "warmup_steps": "warmup_steps",
+    "batch_size": "batch_size",
+    "grad_accum": "grad_accum",
+    "seq_len": "seq_len",
+    "device": "device",
+    "dtype": "dtype",
+    "seed": "seed",
+    "eval_every": "eval_every",
+    "eval_batches": "eval_batches",
+    "save_every": "save_every",
+    "keep_last": "keep_last",
+    "time_limit": "time_limit_s",
+    "max_bad_fraction": "max_bad_fraction",
+}
+
+
+class UsageError(Exception):
+    """Bad command line: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train a MiniGPT model (pretrain or SFT).")
+    p.add_argument("--mode", choices=[*MODES, *UNIMPLEMENTED_MODES], help="training stage (default: pretrain)")
+    p.add_argument("--config", default="tiny", help=f"model preset ({', '.join(PRESETS)}) or a JSON file")
+    p.add_argument("--data", help="JSONL file or folder (default: the bundled synthetic corpus)")
+    p.add_argument("--out", help="run folder (default: checkpoints/<mode>_<config>/)")
+    p.add_argument("--resume", help="continue a run (its folder or one of its checkpoints/step_N)")
+    p.add_argument("--init", help="start from a checkpoint's weights and tokenizer (e.g. SFT from pretrain)")
+    p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the bundled tokenizer)")
+    p.add_argument("--retrain-tokenizer", action="store_true", help="train a new tokenizer on the training data")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--learning-rate", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--batch-size", type=int, help="rows per micro-batch per process")
+    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--device", choices=DEVICES)
+    p.add_argument("--dtype", choices=DTYPES, help="auto = bf16 autocast on CUDA, fp32 elsewhere")
+    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--eval-every", type=int, help="validate every N steps")
+    p.add_argument("--eval-batches", type=int, help="batches per validation")
+    p.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    p.add_argument("--keep-last", type=int, help="checkpoints to keep (default 3)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop and save after this much time")
+    p.add_argument("--max-bad-fraction", type=float, help="fail when more data lines than this are bad")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
+    """The resolved TrainConfig and the checkpoint to resume from (None for a new run)."""
+    overrides: dict[str, Any] = {
+        field: getattr(args, dest) for dest, field in OVERRIDES.items() if getattr(args, dest) is not None
+    }
+    if args.compile:
+        overrides["compile"] = True
+    if args.retrain_tokenizer:
+        overrides["retrain_tokenizer"] = True
+    for flag in ("data", "tokenizer"):
+        if flag in overrides and not Path(overrides[flag]).exists():
+            raise UsageError(f"--{flag} {overrides[flag]}: no such file or folder")
+    if args.init is not None and not (Path(args.init) / "config.json").is_file():
+        raise UsageError(f"--init {args.init}: not a checkpoint folder (no config.json)")
+    if args.resume is None:
+        mode = args.mode or "pretrain"
+        settings = train_preset(args.config, mode)
+        overrides.setdefault("out_dir", str(Path("checkpoints") / f"{mode}_{Path(args.config).stem}"))
+        settings.update(overrides)
+        return resolve_config(settings), None
+    if not Path(args.resume).exists():
+        raise UsageError(f"--resume {args.resume}: no such folder")
+    if args.init is not None:
+        raise UsageError("--resume and --init cannot be combined")
+    point = find_resume_point(args.resume)
+    saved = json.loads((point / TRAINER_STATE_DIR / "state.json").read_text(encoding="utf-8"))["config"]
+    if args.mode is not None and args.mode != saved["mode"]:
+        raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved['mode']}); use --init instead")
+    overrides.setdefault("out_dir", str(run_dir_of(point)))
+    saved.update(overrides)
+    return TrainConfig.from_dict(saved), point
+
+
+def _setup_logging(quiet: bool) -> None:
+    rank = int(os.environ.get("RANK", "0"))
+    level = logging.WARNING if quiet or rank != 0 else logging.INFO
+    prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s", force=True)
+
+
+def _plot_main(argv: list[str]) -> int:
+    from training.plot import plot_run
+
+    p = _Parser(prog=f"{PROG} plot", description="Draw RUN_DIR/loss.png from RUN_DIR/metrics.jsonl.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
+    args = p.parse_args(argv)
+    path = plot_run(args.run_dir, args.out)
+    if path is None:
+        raise TrainingError(f"{args.run_dir}: metrics.jsonl has no loss values yet")
+    print(path)
+    return 0
+
+
+def _train_main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.quiet)
+    if args.mode in UNIMPLEMENTED_MODES:
+        print(f"{PROG}: --mode {args.mode} is not implemented yet (only pretrain and sft)", file=sys.stderr)
+        return 2
+    cfg, resume_from = config_from_args(args)
+    from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
+
+    state = run_training(cfg, resume_from)
+    logger.info("done: step %d, %d tokens, run folder %s", state.step, state.tokens_seen, cfg.out_dir)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["plot"]:
+            return _plot_main(argv[1:])
+        return _train_main(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
+    except MiniGPTError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The training loop, split into step / evaluate / save, plus the learning-rate schedule and the optimizer.
+
+What it is: `Trainer` (everything the loop touches), `lr_at` (linear warmup, cosine decay to `min_lr_ratio` of the
+peak), `build_optimizer` (AdamW, fused on CUDA, no decay on norms), `train_step` (gradient accumulation over
+micro-batches normalised by the number of target tokens across all ranks, clipping, NaN/inf guard), `evaluate`
+(validation loss and bits-per-byte), `save` and `fit` (progress bar, metrics.jsonl, eval/save cadence, time limit).
+What it is not: building the run (tokenizer, model, data: `training.pipeline`) or parsing flags (`training.cli`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import Tokenizer
+from training.config import TrainConfig
+from training.dataset import IGNORE_INDEX, DocumentSet, PackedLoader
+from training.errors import TrainingDiverged
+from training.runtime import Runtime
+from training.state import TrainerState, list_checkpoints, save_training_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Trainer:
+    cfg: TrainConfig
+    rt: Runtime
+    run_dir: Path
+    model: MiniGPT  # the raw module: saved, evaluated
+    forward: torch.nn.Module  # what the step calls: the model, DDP-wrapped and/or compiled
+    tokenizer: Tokenizer
+    optimizer: torch.optim.Optimizer
+    train_loader: PackedLoader
+    val_docs: DocumentSet
+    byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id
+    state: TrainerState = field(default_factory=TrainerState)
+
+    @property
+    def pack(self) -> str:
+        return self.train_loader.pack
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
+    peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
+    if step < cfg.warmup_steps:
+        return peak * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = device.type == "cuda"  # fused kernels are a CUDA win; CPU keeps the reference path
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+
+
+def train_step(tr: Trainer) -> dict[str, float]:
+    """One optimizer step over `grad_accum` micro-batches; raises TrainingDiverged on NaN/inf."""
+    cfg, rt = tr.cfg, tr.rt
+    batches = []
+    for _ in range(cfg.grad_accum):
+        batch = tr.train_loader.next_batch()
+        assert batch is not None  # the training loader repeats forever
+        batches.append(batch)
+    n_local = float(sum(int((y != IGNORE_INDEX).sum()) for _, y in batches))
+    n_global = rt.all_reduce_sum([n_local])[0]
+    # DDP averages gradients over ranks, so each rank scales by world/N to get sum/N overall.
+    scale = rt.world_size / max(n_global, 1.0)
+    lr = lr_at(tr.state.step, cfg)
+    for group in tr.optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum = torch.zeros((), device=rt.device)
+    for i, (x, y) in enumerate(batches):
+        x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+        last = i == len(batches) - 1
+        no_sync = getattr(tr.forward, "no_sync", None)
+        sync_ctx = no_sync() if (rt.distributed and not last and no_sync) else contextlib.nullcontext()
+        with sync_ctx:
+            with rt.autocast():
+                logits = tr.forward(x)  # (B, T, V) float32
+            loss = F.cross_entropy(
+                logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            (loss * scale).backward()
+        loss_sum += loss.detach()
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), clip))
+    loss_value = rt.all_reduce_sum([float(loss_sum)])[0] / max(n_global, 1.0)
+    if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+        tr.optimizer.zero_grad(set_to_none=True)
+        saved = list_checkpoints(tr.run_dir)
+        keep = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was saved yet"
+        raise TrainingDiverged(
+            f"training diverged at step {tr.state.step + 1}: loss={loss_value}, grad_norm={grad_norm} "
+            f"(try a lower --learning-rate); stopped without saving, {keep}"
+        )
+    tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
+
+
+@torch.no_grad()
+def evaluate(tr: Trainer) -> dict[str, float]:
+    """Validation loss (nats per target token) and bits per byte over up to `eval_batches` batches."""
+    cfg, rt = tr.cfg, tr.rt
+    loader = PackedLoader(
+        tr.val_docs,
+        cfg.seq_len,
+        cfg.batch_size,
+        pack=tr.pack,
+        shuffle=False,
+        repeat=False,
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
+    tr.model.eval()
+    byte_lengths = tr.byte_lengths.to(rt.device)
+    nats = tokens = byte_nats = n_bytes = 0.0
+    for i, (x, y) in enumerate(loader):
+        if i >= cfg.eval_batches:
+            break
+        x, y = x.to(rt.device), y.to(rt.device)
+        with rt.autocast():
+            logits = tr.model(x)
+        per_token = F.cross_entropy(
+            logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        valid = y.view(-1) != IGNORE_INDEX
+        tb = byte_lengths[y.view(-1).clamp(min=0)] * valid  # special tokens count 0 bytes (and are left out)
+        nats += float(per_token[valid].sum())
+        tokens += float(valid.sum())
+        byte_nats += float(per_token[tb > 0].sum())
+        n_bytes += float(tb.sum())
+    tr.model.train()
+    nats, tokens, byte_nats, n_bytes = rt.all_reduce_sum([nats, tokens, byte_nats, n_bytes])
+    if tokens == 0:
+        return {}
+    bpb = byte_nats / (math.log(2) * n_bytes) if n_bytes else float("nan")
+    return {"val_loss": nats / tokens, "val_bpb": bpb, "val_tokens": tokens}
+
+
+def save(tr: Trainer) -> Path | None:
+    """Save on rank 0 (weights and optimizer state are identical on every rank); all ranks wait."""
+    path = None
+    if tr.rt.is_main:
+        tr.state.loader = tr.train_loader.state_dict()
+        tr.state.config = tr.cfg.to_dict()
+        path = save_training_checkpoint(
+            tr.run_dir, tr.model, tr.tokenizer, tr.optimizer, tr.state, keep_last=tr.cfg.keep_last
+        )
+        logger.info("saved %s", path)
+    tr.rt.barrier()
+    return path
+
+
+def append_metrics(tr: Trainer, record: dict[str, Any]) -> None:
+    if tr.rt.is_main:
+        with open(tr.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def fit(tr: Trainer) -> TrainerState:
+    """Train until max_steps (or the time limit), evaluating and saving on schedule."""
+    cfg, rt, st = tr.cfg, tr.rt, tr.state
+    tokens_per_step = cfg.tokens_per_step * rt.world_size
+    started, base_elapsed = time.monotonic(), st.elapsed_s
+    bar = tqdm(total=cfg.max_steps, initial=st.step, disable=not rt.is_main, unit="step", dynamic_ncols=True)
+    tok_rate = 0.0
+    try:
+        while st.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            m = train_step(tr)
+            dt = time.perf_counter() - t0
+            st.step += 1
+            st.tokens_seen += tokens_per_step
+            st.elapsed_s = base_elapsed + time.monotonic() - started
+            rate = tokens_per_step / max(dt, 1e-9)
+            tok_rate = rate if tok_rate == 0.0 else 0.9 * tok_rate + 0.1 * rate
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_rate:,.0f}", lr=f"{m['lr']:.2e}")
+            last = st.step >= cfg.max_steps
+            out_of_time = cfg.time_limit_s is not None and rt.any_flag(st.elapsed_s > cfg.time_limit_s)
+            record: dict[str, Any] = {"step": st.step, **m, "tok_per_s": rate, "elapsed_s": st.elapsed_s}
+            if cfg.eval_every and (st.step % cfg.eval_every == 0 or last or out_of_time):
+                record.update(evaluate(tr))
+                if "val_loss" in record:
+                    bar.write(f"step {st.step}: val_loss {record['val_loss']:.4f}, bpb {record['val_bpb']:.4f}")
+                    best = st.best_val_loss
+                    st.best_val_loss = record["val_loss"] if best is None else min(best, record["val_loss"])
+            if st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or "val_loss" in record:
+                append_metrics(tr, record)
+            if st.step % cfg.save_every == 0 or last or out_of_time:
+                save(tr)
+            if out_of_time:
+                logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
+                break
+    finally:
+        bar.close()
+    return st

@@ -1,0 +1,201 @@
+"""Builds a run from a resolved TrainConfig and trains it: tokenizer, model, data, optimizer, resume.
+
+What it is: `run_training(cfg, resume_from=None)`, the one function behind `minigpt-train --mode pretrain|sft`.
+It picks the tokenizer (resumed or `--init` checkpoint's, `--tokenizer`, a new one with `--retrain-tokenizer`, else
+the bundled one), builds or loads the model, tokenizes the data (rank 0 first under torchrun), wraps the model
+in DDP and/or torch.compile, restores trainer state when resuming, then calls `training.loop.fit`.
+What it is not: argument parsing (training.cli) or the loop itself (training.loop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint
+from minigpt_core.errors import ConfigError
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import Tokenizer, train_tokenizer
+from training.config import TrainConfig
+from training.data import iter_lines
+from training.dataset import (
+    DataFiles,
+    DocumentSet,
+    PackedLoader,
+    load_datasets,
+    resolve_data_files,
+    token_byte_lengths,
+)
+from training.errors import DataError
+from training.loop import Trainer, build_optimizer, fit
+from training.plot import plot_run
+from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
+from training.state import TrainerState, clean_stale, load_training_checkpoint
+
+logger = logging.getLogger(__name__)
+
+PACKING = {"pretrain": "stream", "sft": "docs"}  # pretrain packs a token stream; SFT keeps conversations whole
+
+
+def _texts(files: list[Path]) -> Iterator[str]:
+    """Every text a tokenizer should learn from: pretrain `text`, SFT message contents and reasoning."""
+    for path in files:
+        for _, obj, _err in iter_lines(path):
+            if obj is None:
+                continue
+            if isinstance(obj.get("text"), str):
+                yield obj["text"]
+            for message in obj.get("conversations") or []:
+                if isinstance(message, dict):
+                    for key in ("content", "reasoning_content"):
+                        if isinstance(message.get(key), str):
+                            yield message[key]
+
+
+def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: Path) -> Tokenizer:
+    if cfg.init and cfg.retrain_tokenizer:
+        raise ConfigError("--retrain-tokenizer cannot be combined with --init (the weights belong to its tokenizer)")
+    if cfg.init:
+        return Tokenizer.from_dir(cfg.init)
+    if cfg.tokenizer:
+        path = Path(cfg.tokenizer)
+        return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer.from_file(path)
+    if cfg.retrain_tokenizer:
+        target = run_dir / ".tokenizer" / "tokenizer.json"
+        if rt.is_main:
+            logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, files.train)))
+            train_tokenizer(_texts(files.train), cfg.model.vocab_size).save(target.parent)
+        rt.barrier()
+        return Tokenizer.from_file(target)
+    if not BUNDLED_TOKENIZER.is_file():
+        raise ConfigError(f"the bundled tokenizer {BUNDLED_TOKENIZER} is missing; pass --retrain-tokenizer")
+    return Tokenizer.from_file(BUNDLED_TOKENIZER)
+
+
+def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[MiniGPT, TrainConfig]:
+    """A fresh model (seeded) or the --init checkpoint's weights; returns the config with the real model shape."""
+    if cfg.init:
+        model, _ = load_checkpoint(cfg.init)
+        if model.config != cfg.model:
+            logger.info("--init: using the checkpoint's model shape instead of the %s preset", cfg.config_name)
+        cfg = cfg.replace(model=model.config)
+    else:
+        if tokenizer.vocab_size != cfg.model.vocab_size:
+            logger.info("vocab_size %d -> %d to match the tokenizer", cfg.model.vocab_size, tokenizer.vocab_size)
+            cfg = cfg.replace(model=cfg.model.replace(vocab_size=tokenizer.vocab_size))
+        seed_everything(cfg.seed)
+        model = MiniGPT(cfg.model)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens, the model only {model.config.vocab_size}")
+    model.train()
+    return model, cfg
+
+
+def _datasets(cfg: TrainConfig, files: DataFiles, tokenizer: Tokenizer, rt: Runtime) -> tuple[DocumentSet, ...]:
+    # Rank 0 tokenizes (and caches) first, so the other ranks only open the memmaps.
+    if rt.is_main:
+        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.max_bad_fraction)
+    rt.barrier()
+    if not rt.is_main:
+        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.max_bad_fraction)
+    if len(train) == 0:
+        raise DataError("no training documents")
+    return train, val
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, forget metrics logged after the checkpoint (they will be produced again)."""
+    path = run_dir / "metrics.jsonl"
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def run_training(cfg: TrainConfig, resume_from: Path | None = None) -> TrainerState:
+    """Train per `cfg`; with `resume_from` (a step directory) continue that checkpoint exactly."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    try:
+        return _run(cfg, rt, resume_from)
+    finally:
+        rt.shutdown()
+
+
+def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerState:
+    run_dir = Path(cfg.out_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run_dir)
+    rt.barrier()
+    files = resolve_data_files(cfg.data, cfg.mode)
+    loaded = load_training_checkpoint(resume_from) if resume_from is not None else None
+    if loaded is not None:
+        model, tokenizer = loaded.model, loaded.tokenizer
+        cfg = cfg.replace(model=model.config)
+    else:
+        tokenizer = choose_tokenizer(cfg, files, rt, run_dir)
+        model, cfg = build_model(cfg, tokenizer)
+    if rt.is_main:
+        cfg.save(run_dir / "run_config.json")
+    train_docs, val_docs = _datasets(cfg, files, tokenizer, rt)
+    model.to(rt.device)
+    optimizer = build_optimizer(model, cfg, rt.device)
+    loader = PackedLoader(
+        train_docs,
+        cfg.seq_len,
+        cfg.batch_size,
+        pack=PACKING[cfg.mode],
+        seed=cfg.seed,
+        rank=rt.rank,
+        world_size=rt.world_size,
+    )
+    state = TrainerState(config=cfg.to_dict())
+    if loaded is not None:
+        optimizer.load_state_dict(loaded.optimizer)
+        loader.load_state_dict(loaded.state.loader)
+        set_rng_state(loaded.rng)
+        state = loaded.state
+        if rt.is_main:
+            _truncate_metrics(run_dir, state.step)
+        logger.info("resuming from %s at step %d", loaded.path, state.step)
+    forward: torch.nn.Module = model
+    if rt.distributed:
+        forward = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    if cfg.compile:
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    trainer = Trainer(
+        cfg=cfg,
+        rt=rt,
+        run_dir=run_dir,
+        model=model,
+        forward=forward,
+        tokenizer=tokenizer,
+        optimizer=optimizer,
+        train_loader=loader,
+        val_docs=val_docs,
+        byte_lengths=token_byte_lengths(tokenizer),
+        state=state,
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info(
+        "%s %s: %.2fM parameters, %d train / %d val documents, %d tokens per step on %d rank(s), device %s",
+        cfg.mode,
+        cfg.config_name,
+        n_params / 1e6,
+        len(train_docs),
+        len(val_docs),
+        cfg.tokens_per_step * rt.world_size,
+        rt.world_size,
+        rt.device,
+    )
+    final = fit(trainer)
+    if rt.is_main and loader.truncated:
+        logger.warning("%d conversations were longer than --seq-len and were truncated", loader.truncated)
+    if rt.is_main:
+        plot_run(run_dir)
+    return final

@@ -1,0 +1,185 @@
+"""Training checkpoints on disk: servable directory + `trainer_state/`, written atomically, last N kept.
+
+Layout of a run folder:
+
+    RUN/run_config.json  metrics.jsonl  loss.png
+    RUN/config.json model.safetensors tokenizer*.json generation_config.json   <- latest save, servable as is
+    RUN/checkpoints/step_0000500/{servable files, trainer_state/{state.json, optimizer.pt, rng.pt}}
+
+Each step directory is built in a temp directory and renamed into place (minigpt_core.checkpoint.save_checkpoint),
+so a crash or SIGKILL mid-save leaves the previous checkpoints untouched; the top-level servable files are then
+hard-linked (or copied) over one by one with `os.replace`. Everything loads without unpickling arbitrary objects
+(`torch.load(weights_only=True)`).
+What it is not: the loop's policy of when to save (training.loop) or the model file format (minigpt_core).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from minigpt_core.checkpoint import load_checkpoint, save_checkpoint
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import Tokenizer
+from training.errors import ResumeError
+from training.runtime import rng_state
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+TRAINER_STATE_DIR = "trainer_state"
+SERVABLE_FILES = (
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+)
+_STEP_RE = re.compile(r"^step_(\d+)$")
+# Test hook: pause inside the save of this step (after writing, before the rename) so a test can SIGKILL us.
+PAUSE_ENV = "MINIGPT_TEST_PAUSE_SAVE_AT_STEP"
+
+
+@dataclass
+class TrainerState:
+    """The non-tensor part of the trainer state (state.json)."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    loader: dict[str, Any] = field(default_factory=dict)
+    best_val_loss: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model: MiniGPT
+    tokenizer: Tokenizer
+    state: TrainerState
+    optimizer: dict[str, Any]
+    rng: dict[str, Any]
+
+
+def step_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS_DIR / f"step_{step:07d}"
+
+
+def save_training_checkpoint(
+    run_dir: Path,
+    model: MiniGPT,
+    tokenizer: Tokenizer,
+    optimizer: torch.optim.Optimizer,
+    state: TrainerState,
+    keep_last: int,
+) -> Path:
+    """Write RUN/checkpoints/step_N atomically, publish it at the top level, prune old steps."""
+
+    def add_trainer_state(tmp: Path) -> None:
+        sd = tmp / TRAINER_STATE_DIR
+        sd.mkdir()
+        torch.save(optimizer.state_dict(), sd / "optimizer.pt")
+        torch.save(rng_state(), sd / "rng.pt")
+        (sd / "state.json").write_text(json.dumps(asdict(state), indent=2) + "\n", encoding="utf-8")
+        for f in sd.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _maybe_pause(state.step, run_dir)
+
+    target = save_checkpoint(step_dir(run_dir, state.step), model, tokenizer, extra=add_trainer_state)
+    publish(target, run_dir)
+    prune(run_dir, keep_last)
+    return target
+
+
+def _maybe_pause(step: int, run_dir: Path) -> None:
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and int(wanted) == step:
+        (run_dir / ".save-paused").write_text(str(os.getpid()))
+        time.sleep(600)
+
+
+def publish(src: Path, run_dir: Path) -> None:
+    """Make RUN itself servable: replace each top-level file atomically with the new step's copy."""
+    for name in SERVABLE_FILES:
+        if not (src / name).exists():
+            continue
+        tmp = run_dir / f".{name}.tmp-{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(src / name, tmp)  # no extra disk space; survives pruning of src
+        except OSError:
+            shutil.copy2(src / name, tmp)
+        os.replace(tmp, run_dir / name)
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step directories of a run, oldest first."""
+    root = run_dir / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        m = _STEP_RE.match(d.name)
+        if m and (d / TRAINER_STATE_DIR / "state.json").is_file() and (d / "model.safetensors").is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def prune(run_dir: Path, keep_last: int) -> None:
+    for _, d in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def clean_stale(run_dir: Path) -> None:
+    """Remove temp directories left by a save that was killed."""
+    root = run_dir / CHECKPOINTS_DIR
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".") and (".tmp-" in d.name or ".old-" in d.name):
+                logger.info("removing the leftovers of an interrupted save: %s", d)
+                shutil.rmtree(d, ignore_errors=True)
+    for f in run_dir.glob(".*.tmp-*"):
+        f.unlink(missing_ok=True)
+    (run_dir / ".save-paused").unlink(missing_ok=True)
+
+
+def find_resume_point(path: str | Path) -> Path:
+    """A step directory to resume from: `path` itself, or the newest complete one of the run at `path`."""
+    p = Path(path)
+    if (p / TRAINER_STATE_DIR / "state.json").is_file():
+        return p
+    found = list_checkpoints(p)
+    if not found:
+        raise ResumeError(f"{p}: no checkpoint with trainer_state to resume from")
+    return found[-1][1]
+
+
+def run_dir_of(step_path: Path) -> Path:
+    """RUN for RUN/checkpoints/step_N."""
+    if step_path.parent.name == CHECKPOINTS_DIR:
+        return step_path.parent.parent
+    return step_path
+
+
+def load_training_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    sd = path / TRAINER_STATE_DIR
+    try:
+        raw = json.loads((sd / "state.json").read_text(encoding="utf-8"))
+        optimizer = torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng = torch.load(sd / "rng.pt", map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ResumeError(f"{sd}: cannot read the trainer state ({exc})") from exc
+    model, tokenizer = load_checkpoint(path, device=device)
+    model.train()
+    return LoadedCheckpoint(path, model, tokenizer, TrainerState(**raw), optimizer, rng)
