@@ -1,0 +1,406 @@
+"""The continuous-batching generation engine: a thread that owns the model and serves many requests at once.
+
+What it is: `Engine.submit()` validates a request (token ids, sampling params, context length, queue bound)
+and returns a `RequestHandle`, an async iterator of `TokenEvent`s fed from the engine thread through
+`loop.call_soon_threadsafe`; `Engine.generate()` is its blocking twin for CLIs and RL rollouts. The engine
+thread admits waiting requests into free KV-cache slots and runs scheduler steps (see scheduler.py: one
+prefill chunk for a new request interleaved with one batched decode step for all running ones). It sleeps on
+a Condition when idle. `handle.cancel()` (or closing the iteration) frees the slot at the next step.
+
+What it is not: it knows nothing about text, chat templates or HTTP; it takes token ids and yields token ids.
+Torch never runs on the caller's asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import uuid
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from types import TracebackType
+
+import torch
+
+from minigpt_core.constraints import AllOf, Constraint, ThinkBudget, prompt_ends_inside_think
+from minigpt_core.errors import (
+    ConfigError,
+    ContextLengthExceeded,
+    EngineClosed,
+    EngineOverloaded,
+    InvalidRequest,
+    MiniGPTError,
+)
+from minigpt_core.kv_cache import KVCache
+from minigpt_core.model import MiniGPT
+from minigpt_core.sampling import RequestSampler, SamplingParams
+from minigpt_core.scheduler import Scheduler, Sequence, TokenEvent
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID, THINK_END_ID, THINK_ID
+
+__all__ = ["Engine", "EngineStats", "RequestHandle", "TokenEvent"]
+
+logger = logging.getLogger(__name__)
+
+_WAKE = TokenEvent(None, None, None, "cancelled")  # identity sentinel that wakes a consumer after cancel()
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    kv_tokens_used: int
+    kv_tokens_total: int
+    num_slots: int
+    max_model_len: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    steps_total: int
+    finished_total: dict[str, int] = field(default_factory=dict)  # by finish_reason
+
+
+class RequestHandle:
+    """The consumer's end of one request: iterate its TokenEvents, or cancel it.
+
+    A handle made inside a running asyncio loop is iterated with `async for`; one made outside (or through
+    `Engine.generate`) with a plain `for`. The iteration ends after the event that has a finish_reason.
+    `cancel()` is thread safe and idempotent: the slot is freed at the next engine step and the iteration
+    ends without further events. Closing the async iteration (`aclose()`, or the consuming task being
+    cancelled) cancels the request.
+    """
+
+    def __init__(self, engine: Engine, request_id: str, prompt_tokens: int, loop: asyncio.AbstractEventLoop | None):
+        self.request_id = request_id
+        self.prompt_tokens = prompt_tokens
+        self._engine = engine
+        self._loop = loop
+        self._async_queue: asyncio.Queue[TokenEvent] | None = asyncio.Queue() if loop is not None else None
+        self._sync_queue: queue.Queue[TokenEvent] = queue.Queue()
+        self._cancelled = False
+        self._engine_done = False  # the engine pushed a final event
+        self._consumer_done = False  # the iteration has ended
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    # --- engine side (engine thread) ----------------------------------------------------------
+    def _push(self, event: TokenEvent) -> None:
+        if self._cancelled or self._engine_done:
+            return
+        if event.finish_reason is not None:
+            self._engine_done = True
+        self._deliver(event)
+
+    def _deliver(self, event: TokenEvent) -> None:
+        if self._loop is None or self._async_queue is None:
+            self._sync_queue.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody can listen any more
+            self._cancelled = True
+
+    # --- consumer side ------------------------------------------------------------------------
+    def cancel(self) -> None:
+        if self._cancelled or self._engine_done:
+            return
+        self._cancelled = True
+        self._deliver(_WAKE)  # wake a consumer blocked on the queue
+        self._engine._wake()
+
+    def _next_event(self, event: TokenEvent) -> TokenEvent:
+        if event is _WAKE or self._cancelled:
+            self._consumer_done = True
+            raise _EndOfStream
+        if event.finish_reason is not None:
+            self._consumer_done = True
+        return event
+
+    def __aiter__(self) -> RequestHandle:
+        return self
+
+    async def __anext__(self) -> TokenEvent:
+        if self._async_queue is None:
+            raise MiniGPTError("this handle was submitted outside an event loop: iterate it with a plain for")
+        if self._consumer_done or self._cancelled:
+            self._consumer_done = True
+            raise StopAsyncIteration
+        try:
+            event = await self._async_queue.get()
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        try:
+            return self._next_event(event)
+        except _EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        if not self._consumer_done:
+            self.cancel()
+        self._consumer_done = True
+
+    def __iter__(self) -> RequestHandle:
+        return self
+
+    def __next__(self) -> TokenEvent:
+        if self._loop is not None:
+            raise MiniGPTError("this handle belongs to an event loop: iterate it with async for")
+        if self._consumer_done or self._cancelled:
+            self._consumer_done = True
+            raise StopIteration
+        try:
+            return self._next_event(self._sync_queue.get())
+        except _EndOfStream:
+            raise StopIteration from None
+
+
+class _EndOfStream(Exception):
+    pass
+
+
+class Engine:
+    """Continuous batching over a fixed set of KV-cache slots. Start it with `start()` (or `with Engine(...)`).
+
+    `kv_len_bucket`: a decode step reads the cache up to its longest row rounded up to a multiple of this
+    (64 by default; >= max_model_len reads the whole slot every step, the fixed shape a CUDA-graph path
+    wants). Rows never share a reduction, so a request's greedy tokens do not depend on its neighbours;
+    what can differ is float rounding (~1e-7 on CPU, where GEMM kernels vary with the batch size even at a
+    fixed kv_len), far below the gap between distinct logits. Reading whole slots costs ~10x on CPU.
+    """
+
+    def __init__(
+        self,
+        model: MiniGPT,
+        *,
+        max_num_seqs: int = 16,
+        max_model_len: int | None = None,
+        max_queued: int = 256,
+        prefill_chunk: int = 256,
+        eos_token_ids: Iterable[int] = (IM_END_ID, EOT_ID),
+        device: torch.device | str | None = None,
+        kv_len_bucket: int = 64,
+    ) -> None:
+        config = model.config
+        max_model_len = config.max_seq_len if max_model_len is None else max_model_len
+        for name, value in (
+            ("max_num_seqs", max_num_seqs),
+            ("max_model_len", max_model_len),
+            ("max_queued", max_queued),
+            ("prefill_chunk", prefill_chunk),
+            ("kv_len_bucket", kv_len_bucket),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if max_model_len > config.max_seq_len:
+            raise ConfigError(f"max_model_len {max_model_len} exceeds the model's max_seq_len {config.max_seq_len}")
+        param = next(model.parameters())
+        self.device = torch.device(device) if device is not None else param.device
+        self.model = model.to(self.device).eval()
+        self.vocab_size = config.vocab_size
+        self.max_num_seqs, self.max_model_len, self.max_queued = max_num_seqs, max_model_len, max_queued
+        self.cache = KVCache(config, max_num_seqs, max_model_len, self.device, param.dtype)
+        self._scheduler = Scheduler(
+            self.model,
+            self.cache,
+            max_model_len=max_model_len,
+            prefill_chunk=prefill_chunk,
+            eos_token_ids=tuple(eos_token_ids),
+            device=self.device,
+            kv_len_bucket=kv_len_bucket,
+        )
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._closed = False
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine has been shut down")
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
+            self._thread.start()
+        logger.info("engine started: %d slots x %d tokens on %s", self.max_num_seqs, self.max_model_len, self.device)
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        """Stop the thread; every unfinished request ends with "cancelled". Idempotent."""
+        with self._cond:
+            self._closed = True
+            self._stop = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+        with self._cond:
+            leftovers = list(self._waiting) if thread is None else []
+            self._waiting.clear()
+        for seq, _ in leftovers:
+            seq.emit(TokenEvent(None, None, None, "cancelled"))
+
+    def __enter__(self) -> Engine:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # --- requests -------------------------------------------------------------------------------
+    def submit(
+        self,
+        prompt_ids: Iterable[int],
+        params: SamplingParams,
+        constraint: Constraint | None = None,
+        request_id: str | None = None,
+    ) -> RequestHandle:
+        """Queue a request; iterate the returned handle for its TokenEvents.
+
+        Raises InvalidRequest (empty prompt, ids outside the vocabulary, bad sampling values),
+        ContextLengthExceeded, EngineOverloaded (waiting queue full) or EngineClosed. Requests submitted
+        before `start()` wait for it.
+        """
+        try:
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        return self._submit(prompt_ids, params, constraint, request_id, loop)
+
+    def generate(
+        self, prompt_ids: Iterable[int], params: SamplingParams, constraint: Constraint | None = None
+    ) -> Iterator[TokenEvent]:
+        """Blocking twin of `submit`: validates now, then yields TokenEvents; closing the iterator cancels."""
+        handle = self._submit(prompt_ids, params, constraint, None, None)
+        return _BlockingStream(handle)
+
+    def _submit(
+        self,
+        prompt_ids: Iterable[int],
+        params: SamplingParams,
+        constraint: Constraint | None,
+        request_id: str | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> RequestHandle:
+        prompt = self._validate(prompt_ids, params)
+        if params.max_thinking_tokens is not None:
+            budget = ThinkBudget(
+                params.max_thinking_tokens,
+                THINK_END_ID,
+                vocab_size=self.vocab_size,
+                think_id=THINK_ID,
+                inside=prompt_ends_inside_think(prompt, THINK_ID, THINK_END_ID),
+            )
+            constraint = budget if constraint is None else AllOf([constraint, budget])
+        request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
+        handle = RequestHandle(self, request_id, len(prompt), loop)
+        seq = Sequence(
+            request_id=request_id,
+            prompt_ids=prompt,
+            params=params,
+            sampler=RequestSampler(params, prompt),
+            constraint=constraint,
+            emit=handle._push,
+            is_cancelled=lambda: handle.cancelled,
+        )
+        with self._cond:
+            if self._closed:
+                raise EngineClosed("the engine has been shut down")
+            if len(self._waiting) >= self.max_queued:
+                raise EngineOverloaded(f"the waiting queue is full ({self.max_queued} requests)")
+            self._waiting.append((seq, handle))
+            self._cond.notify_all()
+        logger.debug("queued %s: %d prompt tokens, max_new_tokens=%d", request_id, len(prompt), params.max_new_tokens)
+        return handle
+
+    def _validate(self, prompt_ids: Iterable[int], params: SamplingParams) -> list[int]:
+        try:
+            prompt = [int(t) for t in prompt_ids]
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"prompt token ids must be integers: {exc}", param="prompt") from None
+        if not prompt:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        bad = next((t for t in prompt if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(f"token id {bad} is outside the vocabulary (size {self.vocab_size})", param="prompt")
+        params.validate(self.vocab_size)
+        if len(prompt) + params.max_new_tokens > self.max_model_len:
+            raise ContextLengthExceeded(len(prompt), params.max_new_tokens, self.max_model_len)
+        return prompt
+
+    def stats(self) -> EngineStats:
+        sched = self._scheduler
+        with self._cond:
+            waiting = sum(1 for _, handle in self._waiting if not handle.cancelled)
+        return EngineStats(
+            running=len(sched.running),
+            waiting=waiting,
+            kv_tokens_used=sched.kv_tokens_used(),
+            kv_tokens_total=self.max_num_seqs * self.max_model_len,
+            num_slots=self.max_num_seqs,
+            max_model_len=self.max_model_len,
+            prompt_tokens_total=sched.counters.prompt_tokens,
+            generation_tokens_total=sched.counters.generation_tokens,
+            steps_total=sched.counters.steps,
+            finished_total=dict(sched.counters.finished),
+        )
+
+    # --- the engine thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        sched = self._scheduler
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    self._drop_cancelled_waiting()
+                    while not self._stop and not self._waiting and not sched.running:
+                        self._cond.wait()
+                        self._drop_cancelled_waiting()
+                    if self._stop:
+                        break
+                    while self._waiting and sched.free_slots:
+                        sched.admit(self._waiting.popleft()[0])
+                try:
+                    sched.step()
+                except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
+                    logger.exception("engine step failed")
+            sched.abort_all("cancelled")
+            with self._cond:
+                leftovers = list(self._waiting)
+                self._waiting.clear()
+            for seq, _ in leftovers:
+                seq.emit(TokenEvent(None, None, None, "cancelled"))
+        logger.info("engine stopped")
+
+    def _drop_cancelled_waiting(self) -> None:
+        if any(handle.cancelled for _, handle in self._waiting):
+            self._waiting = deque(item for item in self._waiting if not item[1].cancelled)
+
+
+class _BlockingStream(Iterator[TokenEvent]):
+    """What `Engine.generate` returns: iterates a handle; `close()` (or being dropped) cancels the request."""
+
+    def __init__(self, handle: RequestHandle) -> None:
+        self.handle = handle
+
+    def __next__(self) -> TokenEvent:
+        try:
+            return next(self.handle)
+        except BaseException:
+            self.handle.cancel()
+            raise
+
+    def close(self) -> None:
+        self.handle.cancel()
+
+    def __del__(self) -> None:
+        self.handle.cancel()

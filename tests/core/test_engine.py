@@ -1,0 +1,314 @@
+"""Tests for the continuous-batching engine and the constraints: real tiny models, real threads, no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from minigpt_core.config import ModelConfig
+from minigpt_core.constraints import AllOf, ThinkBudget, prompt_ends_inside_think
+from minigpt_core.engine import Engine, RequestHandle, TokenEvent
+from minigpt_core.errors import ContextLengthExceeded, EngineClosed, EngineOverloaded, InvalidRequest
+from minigpt_core.model import MiniGPT
+from minigpt_core.sampling import SamplingParams
+from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
+
+V = 256
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniGPT:
+    torch.manual_seed(0)
+    # A larger init spread than training uses, so greedy logits are well separated.
+    config = ModelConfig(
+        vocab_size=V, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_dim=128, max_seq_len=128, init_std=0.3
+    )
+    return MiniGPT(config).eval()
+
+
+@pytest.fixture
+def engine(model: MiniGPT) -> Iterator[Engine]:
+    # Small prefill chunks and kv_len buckets, so tests cross chunk and bucket boundaries.
+    eng = Engine(model, max_num_seqs=16, prefill_chunk=8, kv_len_bucket=16)
+    eng.start()
+    yield eng
+    eng.shutdown()
+
+
+def prompts(n: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(1)
+    return [torch.randint(9, V, (3 + (5 * i) % 23,), generator=g).tolist() for i in range(n)]
+
+
+def tokens_of(events: list[TokenEvent]) -> list[int]:
+    return [ev.token_id for ev in events if ev.token_id is not None]
+
+
+def naive_greedy(model: MiniGPT, prompt: list[int], n: int) -> list[int]:
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            logits = model(torch.tensor([ids]))  # full recompute, no cache
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt) :]
+
+
+async def collect(handle: RequestHandle) -> list[TokenEvent]:
+    return [ev async for ev in handle]
+
+
+def wait_until(cond: object, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not cond():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.002)
+
+
+# --- correctness --------------------------------------------------------------------------------------
+
+
+def test_greedy_matches_full_recompute(engine: Engine, model: MiniGPT) -> None:
+    for prompt in prompts(4):  # lengths 3..18 with prefill_chunk 8: one to three prefill chunks
+        events = list(engine.generate(prompt, GREEDY))
+        assert tokens_of(events) == naive_greedy(model, prompt, GREEDY.max_new_tokens)
+        assert [ev.finish_reason for ev in events] == [None] * 11 + ["length"]
+        assert all(ev.logprob is not None and ev.logprob <= 0 for ev in events)
+
+
+def test_sixteen_concurrent_equal_sixteen_sequential(engine: Engine) -> None:
+    ps = prompts(16)
+    params = [SamplingParams(temperature=0.0, max_new_tokens=6 + i % 9, ignore_eos=True) for i in range(16)]
+    sequential = [tokens_of(list(engine.generate(p, sp))) for p, sp in zip(ps, params, strict=True)]
+
+    async def concurrent() -> list[list[TokenEvent]]:
+        handles = [engine.submit(p, sp) for p, sp in zip(ps, params, strict=True)]
+        return await asyncio.gather(*(collect(h) for h in handles))
+
+    steps = engine.stats().steps_total
+    results = asyncio.run(concurrent())
+    assert [tokens_of(r) for r in results] == sequential
+    assert engine.stats().steps_total - steps < sum(sp.max_new_tokens for sp in params) / 3  # really batched
+    assert [len(t) for t in sequential] == [sp.max_new_tokens for sp in params]
+    assert engine.stats().running == 0
+
+
+def test_seeded_sampling_is_reproducible_and_batch_invariant(engine: Engine) -> None:
+    prompt = prompts(1)[0]
+    sp = SamplingParams(temperature=1.0, seed=1234, max_new_tokens=20, ignore_eos=True)
+    first = tokens_of(list(engine.generate(prompt, sp)))
+
+    async def with_neighbours() -> list[TokenEvent]:
+        others = [engine.submit(p, GREEDY) for p in prompts(5)]
+        mine = engine.submit(prompt, sp)
+        result = await collect(mine)
+        await asyncio.gather(*(collect(h) for h in others))
+        return result
+
+    assert tokens_of(asyncio.run(with_neighbours())) == first
+    other_seed = tokens_of(list(engine.generate(prompt, SamplingParams(temperature=1.0, seed=99, max_new_tokens=20))))
+    assert other_seed != first
+
+
+def test_stop_tokens_eos_and_length(engine: Engine, model: MiniGPT) -> None:
+    prompt = prompts(3)[2]
+    expected = naive_greedy(model, prompt, 12)
+    stop_id = expected[4]
+    events = list(
+        engine.generate(prompt, SamplingParams(temperature=0.0, max_new_tokens=20, stop_token_ids=(stop_id,)))
+    )
+    assert tokens_of(events) == expected[: expected.index(stop_id) + 1]
+    assert events[-1].finish_reason == "stop" and events[-1].token_id == stop_id
+    # The same id as an EOS of the engine stops too, unless ignore_eos.
+    eos_engine = Engine(model, max_num_seqs=2, eos_token_ids=(stop_id,))
+    with eos_engine:
+        assert tokens_of(
+            list(eos_engine.generate(prompt, SamplingParams(temperature=0.0, max_new_tokens=20)))
+        ) == tokens_of(events)
+        free = list(eos_engine.generate(prompt, SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)))
+        assert tokens_of(free) == expected and free[-1].finish_reason == "length"
+
+
+def test_context_end_is_length(model: MiniGPT) -> None:
+    with Engine(model, max_num_seqs=1, max_model_len=20) as eng:
+        events = list(
+            eng.generate(list(range(9, 19)), SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True))
+        )
+        assert len(events) == 10 and events[-1].finish_reason == "length"
+
+
+# --- validation and limits ----------------------------------------------------------------------------
+
+
+def test_validation_errors(engine: Engine) -> None:
+    with pytest.raises(InvalidRequest, match="empty"):
+        engine.submit([], GREEDY)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        engine.submit([5, V], GREEDY)
+    with pytest.raises(InvalidRequest, match="vocabulary"):
+        engine.submit([-1], GREEDY)
+    with pytest.raises(InvalidRequest):
+        engine.submit([10], SamplingParams(temperature=-1.0))
+    with pytest.raises(ContextLengthExceeded) as info:
+        engine.submit(list(range(9, 109)), SamplingParams(max_new_tokens=29))
+    assert (info.value.prompt_tokens, info.value.max_new_tokens, info.value.max_model_len) == (100, 29, 128)
+    assert "128" in str(info.value)
+    engine.submit(list(range(9, 109)), SamplingParams(max_new_tokens=28)).cancel()  # exactly fits
+
+
+def test_queue_bound_raises_overloaded(model: MiniGPT) -> None:
+    eng = Engine(model, max_num_seqs=1, max_queued=2)
+    try:
+        handles = [eng.submit([10, 11], GREEDY) for _ in range(2)]  # not started: both wait
+        with pytest.raises(EngineOverloaded):
+            eng.submit([10, 11], GREEDY)
+        assert eng.stats().waiting == 2
+        handles[0].cancel()  # a cancelled waiting request no longer counts
+        assert eng.stats().waiting == 1
+        eng.start()
+        events = list(handles[1])
+        assert len(events) == GREEDY.max_new_tokens and events[-1].finish_reason == "length"
+        assert list(handles[0]) == []
+    finally:
+        eng.shutdown()
+    with pytest.raises(EngineClosed):
+        eng.submit([10, 11], GREEDY)
+
+
+# --- cancellation --------------------------------------------------------------------------------------
+
+
+def test_cancel_frees_the_slot_within_one_step(engine: Engine) -> None:
+    long = SamplingParams(temperature=0.0, max_new_tokens=100, ignore_eos=True)
+
+    async def main() -> None:
+        handles = [engine.submit(p, long) for p in prompts(3)]
+        first = [await h.__anext__() for h in handles]
+        assert all(ev.finish_reason is None for ev in first)
+        steps = engine.stats().steps_total
+        handles[0].cancel()
+        handles[0].cancel()  # idempotent
+        await handles[1].aclose()
+        task = asyncio.create_task(collect(handles[2]))
+        await asyncio.sleep(0)
+        task.cancel()  # a consumer task cancelled mid-iteration cancels its request
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.to_thread(wait_until, lambda: engine.stats().running == 0)
+        assert engine.stats().steps_total - steps <= 3
+        assert [ev async for ev in handles[0]] == []
+
+    asyncio.run(main())
+    assert engine.stats().finished_total.get("cancelled", 0) >= 3
+
+
+def test_closing_blocking_generate_cancels(engine: Engine) -> None:
+    stream = engine.generate(prompts(1)[0], SamplingParams(temperature=0.0, max_new_tokens=100, ignore_eos=True))
+    assert next(stream).finish_reason is None
+    stream.close()  # type: ignore[attr-defined]
+    wait_until(lambda: engine.stats().running == 0)
+    assert engine.stats().kv_tokens_used == 0
+    idle_steps = engine.stats().steps_total
+    time.sleep(0.05)
+    assert engine.stats().steps_total == idle_steps  # idle: asleep on the Condition, no busy loop
+
+
+def test_shutdown_cancels_running_requests(model: MiniGPT) -> None:
+    eng = Engine(model, max_num_seqs=1)
+    eng.start()
+    stream = eng.generate([10, 11, 12], SamplingParams(temperature=0.0, max_new_tokens=100, ignore_eos=True))
+    queued = eng.generate([10, 11, 12], GREEDY)
+    assert next(stream).finish_reason is None
+    eng.shutdown()
+    assert [ev for ev in stream][-1].finish_reason == "cancelled"
+    assert [ev.finish_reason for ev in queued] == ["cancelled"]
+
+
+# --- errors and constraints ----------------------------------------------------------------------------
+
+
+class Exploding:
+    """A user-supplied constraint that fails after a few tokens."""
+
+    def __init__(self, after: int) -> None:
+        self.after, self.seen = after, 0
+
+    def allowed(self) -> torch.Tensor | None:
+        if self.seen >= self.after:
+            raise RuntimeError("boom")
+        return None
+
+    def advance(self, token_id: int) -> None:
+        self.seen += 1
+
+    def is_finished(self) -> bool:
+        return False
+
+
+def test_errors_end_only_their_request_and_the_thread_survives(engine: Engine) -> None:
+    async def main() -> tuple[list[TokenEvent], list[TokenEvent], list[TokenEvent]]:
+        healthy = engine.submit(prompts(1)[0], GREEDY)
+        bad = engine.submit([10, 11], GREEDY, constraint=Exploding(after=3))
+        empty = engine.submit([10, 11], GREEDY, constraint=AllOf([ThinkBudget(0, THINK_END_ID, vocab_size=V + 1)]))
+        return await collect(healthy), await collect(bad), await collect(empty)
+
+    healthy, bad, empty = asyncio.run(main())
+    assert len(healthy) == GREEDY.max_new_tokens and healthy[-1].finish_reason == "length"
+    assert len(bad) == 4 and bad[-1].finish_reason == "error" and "boom" in (bad[-1].error or "")
+    assert [ev.finish_reason for ev in empty] == ["error"]  # a mask of the wrong shape
+    assert len(list(engine.generate([10, 11], GREEDY))) == GREEDY.max_new_tokens  # still serving
+    assert engine.stats().finished_total["error"] == 2
+
+
+def test_think_budget_is_exact() -> None:
+    budget = ThinkBudget(2, THINK_END_ID, vocab_size=10)
+    assert budget.allowed() is None
+    budget.advance(20)
+    budget.advance(21)
+    mask = budget.allowed()
+    assert mask is not None and mask.tolist() == [i == THINK_END_ID for i in range(10)]
+    budget.advance(THINK_END_ID)
+    assert budget.allowed() is None and not budget.is_finished()
+    outside = ThinkBudget(0, THINK_END_ID, vocab_size=10, think_id=THINK_ID, inside=False)
+    assert outside.allowed() is None
+    outside.advance(THINK_ID)
+    assert outside.allowed() is not None
+    assert prompt_ends_inside_think([1, THINK_ID, 9], THINK_ID, THINK_END_ID)
+    assert not prompt_ends_inside_think([THINK_ID, 9, THINK_END_ID, 9], THINK_ID, THINK_END_ID)
+    with pytest.raises(InvalidRequest):
+        ThinkBudget(-1, THINK_END_ID, vocab_size=10)
+
+
+def test_engine_applies_think_budget(engine: Engine) -> None:
+    for n in (0, 3):
+        sp = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True, max_thinking_tokens=n)
+        tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], sp)))
+        assert THINK_END_ID in tokens[: n + 1]
+        assert THINK_END_ID not in tokens[: tokens.index(THINK_END_ID)]
+
+
+def test_all_of_intersects_masks() -> None:
+    class Only:
+        def __init__(self, ids: list[int]) -> None:
+            self.mask = torch.zeros(8, dtype=torch.bool)
+            self.mask[ids] = True
+
+        def allowed(self) -> torch.Tensor | None:
+            return self.mask
+
+        def advance(self, token_id: int) -> None:
+            pass
+
+        def is_finished(self) -> bool:
+            return True
+
+    both = AllOf([Only([1, 2, 3]), Only([2, 3, 4])])
+    mask = both.allowed()
+    assert mask is not None and mask.nonzero().flatten().tolist() == [2, 3]
+    assert both.is_finished()
+    assert AllOf([]).allowed() is None and not AllOf([]).is_finished()
