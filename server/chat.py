@@ -1,0 +1,218 @@
+"""Request preparation: OpenAI wire request -> prompt token ids, per-choice `SamplingParams`, parser options.
+
+The boundary where wire names (`max_tokens`, `logit_bias`, `reasoning_effort`, ...) become internal ones.
+It renders chat messages through `minigpt_core.chat_template.render` (the one template training also uses),
+checks the context length before anything is queued (never silent truncation), and is the hook where a grammar
+`Constraint` will be built from `tools` / `tool_choice` / `response_format` (issue 9). It does not run the engine
+or format responses: that is `server.streaming`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from minigpt_core.chat_template import render
+from minigpt_core.constraints import Constraint
+from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
+from minigpt_core.sampling import SamplingParams
+from server.protocol import ChatCompletionRequest, NamedToolChoice, SamplingFields, TextPart
+
+logger = logging.getLogger(__name__)
+
+# reasoning_effort -> thinking budget in tokens (None = only max_tokens bounds it).
+EFFORT_BUDGETS: dict[str, int | None] = {"minimal": 64, "low": 256, "medium": 1024, "high": None}
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """Everything the generation runner needs; one `params` entry per choice (`n`)."""
+
+    prompt_ids: list[int]
+    params: list[SamplingParams]
+    stops: list[str] = field(default_factory=list)
+    thinking: bool = False
+    parse_tools: bool = False
+    single_tool_call: bool = False
+    # Builds a fresh Constraint per choice (they are stateful); None = unconstrained. TODO(issue 9).
+    make_constraint: Callable[[], Constraint | None] | None = None
+
+
+def resolve_thinking(req: ChatCompletionRequest) -> tuple[bool, int | None]:
+    """(enable_thinking, max_thinking_tokens) from ultra_think, reasoning_effort and chat_template_kwargs."""
+    enabled = False
+    budget: int | None = None
+    kwargs = req.chat_template_kwargs or {}
+    if "enable_thinking" in kwargs:
+        value = kwargs["enable_thinking"]
+        if not isinstance(value, bool):
+            raise InvalidRequest("chat_template_kwargs.enable_thinking must be a boolean", "chat_template_kwargs")
+        enabled = value
+    if req.reasoning_effort is not None:
+        enabled = req.reasoning_effort != "none"
+        budget = EFFORT_BUDGETS.get(req.reasoning_effort)
+    if req.ultra_think is not None:
+        enabled = req.ultra_think
+    if req.max_thinking_tokens is not None:
+        budget = req.max_thinking_tokens
+    return enabled, budget if enabled else None
+
+
+def _template_messages(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i, msg in enumerate(req.messages):
+        if isinstance(msg.content, list) and any(not isinstance(p, TextPart) for p in msg.content):
+            raise InvalidRequest("only text content parts are supported", f"messages.{i}.content")
+        role = "system" if msg.role == "developer" else msg.role
+        content = msg.content if isinstance(msg.content, str | None) else [p.model_dump() for p in msg.content]
+        item: dict[str, Any] = {"role": role, "content": content}
+        if msg.role == "assistant" and msg.tool_calls:
+            item["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in msg.tool_calls
+            ]
+        if msg.reasoning_content:
+            item["reasoning_content"] = msg.reasoning_content
+        if msg.role == "tool":
+            if not msg.tool_call_id:
+                raise InvalidRequest("a tool message needs tool_call_id", f"messages.{i}.tool_call_id")
+            item["tool_call_id"] = msg.tool_call_id
+        if msg.name:
+            item["name"] = msg.name
+        out.append(item)
+    return out
+
+
+def _offered_tools(req: ChatCompletionRequest) -> list[Mapping[str, Any]] | None:
+    """The tools to render, after checking tool_choice against them; None when no tool may be called."""
+    tools = req.tools or []
+    names = [t.function.name for t in tools]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("tool names must be unique", "tools")
+    choice = req.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in names:
+            raise InvalidRequest(f"tool_choice names {choice.function.name!r}, which is not in tools", "tool_choice")
+        tools = [t for t in tools if t.function.name == choice.function.name]
+    elif choice == "required" and not tools:
+        raise InvalidRequest('tool_choice "required" needs at least one tool', "tool_choice")
+    if choice == "none" or not tools:
+        return None
+    return [t.model_dump(mode="json", exclude_none=True, by_alias=True) for t in tools]
+
+
+def build_constraint_factory(req: ChatCompletionRequest, tokenizer: Any) -> Callable[[], Constraint | None] | None:
+    """Hook for grammar-constrained decoding of tool calls and response_format.
+
+    TODO(issue 9): return a factory of llguidance-backed constraints here; until then output is unconstrained
+    (the thinking budget is applied by the engine from `SamplingParams.max_thinking_tokens`).
+    """
+    return None
+
+
+def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int, default: int) -> int:
+    """The completion budget; raises ContextLengthExceeded rather than truncating anything."""
+    room = max_model_len - prompt_len
+    if requested is None:
+        if room < 1:
+            raise ContextLengthExceeded(prompt_len, 1, max_model_len)
+        return min(default, room)
+    if prompt_len + requested > max_model_len:
+        raise ContextLengthExceeded(prompt_len, requested, max_model_len)
+    return requested
+
+
+def sampling_params(
+    req: SamplingFields,
+    *,
+    max_new_tokens: int,
+    vocab_size: int,
+    defaults: Mapping[str, float],
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    max_thinking_tokens: int | None = None,
+) -> list[SamplingParams]:
+    """One validated SamplingParams per choice; seeded requests use seed + i for choice i."""
+    bias: list[tuple[int, float]] = []
+    for key, value in (req.logit_bias or {}).items():
+        try:
+            token_id = int(key)
+        except ValueError:
+            raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
+        bias.append((token_id, float(value)))
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
+    base = SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=req.temperature if req.temperature is not None else float(defaults.get("temperature", 1.0)),
+        top_p=req.top_p if req.top_p is not None else float(defaults.get("top_p", 1.0)),
+        top_k=top_k,
+        min_p=req.min_p or 0.0,
+        repetition_penalty=req.repetition_penalty if req.repetition_penalty is not None else 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        logit_bias=tuple(bias),
+        seed=req.seed,
+        ignore_eos=req.ignore_eos,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        max_thinking_tokens=max_thinking_tokens,
+    )
+    base.validate(vocab_size)
+    if req.seed is None:
+        return [base] * req.n
+    return [_replace_seed(base, req.seed + i) for i in range(req.n)]
+
+
+def _replace_seed(params: SamplingParams, seed: int) -> SamplingParams:
+    import dataclasses
+
+    return dataclasses.replace(params, seed=seed)
+
+
+def prepare_chat(
+    req: ChatCompletionRequest,
+    tokenizer: Any,
+    *,
+    max_model_len: int,
+    default_max_tokens: int,
+    defaults: Mapping[str, float],
+    vocab_size: int,
+) -> PreparedRequest:
+    """Messages -> template -> ids; context check; SamplingParams; parser options. Raises InvalidRequest."""
+    thinking, budget = resolve_thinking(req)
+    tools = _offered_tools(req)
+    rendered = render(
+        _template_messages(req),
+        tools,
+        add_generation_prompt=True,
+        enable_thinking=thinking,
+        tokenizer=tokenizer,
+    )
+    prompt_ids = list(rendered.ids)
+    max_new = resolve_max_tokens(req.requested_max_tokens(), len(prompt_ids), max_model_len, default_max_tokens)
+    params = sampling_params(
+        req,
+        max_new_tokens=max_new,
+        vocab_size=vocab_size,
+        defaults=defaults,
+        logprobs=req.logprobs,
+        top_logprobs=req.top_logprobs or 0,
+        max_thinking_tokens=budget,
+    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("prompt text: %r", rendered.text)
+    return PreparedRequest(
+        prompt_ids=prompt_ids,
+        params=params,
+        stops=req.stop_list(),
+        thinking=thinking,
+        parse_tools=tools is not None,
+        single_tool_call=not req.parallel_tool_calls,
+        make_constraint=build_constraint_factory(req, tokenizer),
+    )

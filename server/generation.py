@@ -1,0 +1,222 @@
+"""The generation runner: engine handles -> `ChoiceDelta`s, the one code path under stream and non-stream.
+
+For each choice it iterates the engine's TokenEvents, feeds the token ids to an `OutputParser` (which routes
+text into reasoning / content / tool calls and holds back partial UTF-8 and partial stop strings), attaches
+log-probabilities, counts tokens and records latency metrics. Choices of one request (`n`, or several
+prompts) run as tasks merged into one async iterator. Closing that iterator (client gone, error) cancels every
+engine request, which frees their slots. It does not format anything for the wire: see `server.streaming`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from minigpt_core import output_parser as op
+from minigpt_core.errors import EngineClosed, MiniGPTError
+from server.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def tool_call_id() -> str:
+    """OpenAI-style call id: "call_" + 24 random alphanumerics."""
+    return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+@dataclass
+class ChoiceDelta:
+    """What one engine step added to one choice. Text fields are safe to show (stops already removed)."""
+
+    index: int
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # OpenAI streaming tool-call deltas
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    def has_output(self) -> bool:
+        return bool(self.reasoning or self.content or self.tool_calls or self.finish_reason)
+
+
+@dataclass(frozen=True)
+class ChoiceJob:
+    """One submitted engine request and the parser that reads its tokens."""
+
+    index: int
+    handle: Any  # minigpt_core.engine.RequestHandle
+    parser: op.OutputParser
+    thinking: bool = False
+    single_tool_call: bool = False
+
+
+class _ChoiceState:
+    def __init__(self, job: ChoiceJob, metrics: Metrics | None, started: float) -> None:
+        self.job = job
+        self.metrics = metrics
+        self.started = started
+        self.last_token: float | None = None
+        self.reasoning_seen = 0
+        self.saw_tool_call = False
+
+    def observe_token(self, delta: ChoiceDelta, event: Any) -> None:
+        now = time.perf_counter()
+        if self.metrics is not None:
+            if self.last_token is None:
+                self.metrics.observe_ttft(now - self.started)
+            else:
+                self.metrics.observe_itl(now - self.last_token)
+        self.last_token = now
+        delta.completion_tokens += 1
+        if event.logprob is not None:
+            top = [(int(t), float(lp)) for t, lp in (event.top_logprobs or [])]
+            delta.logprobs.append(TokenLogprob(int(event.token_id), float(event.logprob), top))
+
+    def apply(self, delta: ChoiceDelta, segments: Sequence[Any]) -> bool:
+        """Fold parser segments into `delta`; True when this choice must stop (stop string, call limit)."""
+        counted = self.job.parser.reasoning_tokens
+        delta.reasoning_tokens += counted - self.reasoning_seen
+        self.reasoning_seen = counted
+        for seg in segments:
+            if isinstance(seg, op.Reasoning):
+                delta.reasoning += seg.text
+            elif isinstance(seg, op.Content):
+                delta.content += seg.text
+            elif isinstance(seg, op.ToolCallStart):
+                self.saw_tool_call = True
+                delta.tool_calls.append(
+                    {
+                        "index": seg.index,
+                        "id": tool_call_id(),
+                        "type": "function",
+                        "function": {"name": seg.name, "arguments": ""},
+                    }
+                )
+            elif isinstance(seg, op.ToolCallArgs):
+                delta.tool_calls.append({"index": seg.index, "function": {"arguments": seg.fragment}})
+            elif isinstance(seg, op.ToolCallEnd):
+                if self.job.single_tool_call:
+                    return True
+            elif isinstance(seg, op.Finished):
+                return True
+        return False
+
+    def finish_reason(self, engine_reason: str | None) -> str:
+        if self.saw_tool_call and engine_reason in (None, "stop"):
+            return "tool_calls"
+        return engine_reason or "stop"
+
+
+async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
+    """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request."""
+    state = _ChoiceState(job, metrics, time.perf_counter())
+    try:
+        async for event in job.handle:
+            delta = ChoiceDelta(job.index)
+            if event.finish_reason == "error":
+                raise MiniGPTError(f"generation failed: {event.error or 'engine error'}")
+            if event.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down
+                raise EngineClosed("generation was cancelled: the server is shutting down")
+            segments: list[Any] = []
+            if event.token_id is not None:
+                state.observe_token(delta, event)
+                segments += job.parser.push(event.token_id)
+            if event.finish_reason is not None:
+                segments += job.parser.finish()
+            if state.apply(delta, segments):
+                delta.finish_reason = state.finish_reason(None)
+                yield delta
+                return
+            if event.finish_reason is not None:
+                delta.finish_reason = state.finish_reason(event.finish_reason)
+                yield delta
+                return
+            if delta.has_output() or delta.logprobs:
+                yield delta
+        # The handle ended without a finish reason (engine shut down): close the choice cleanly.
+        delta = ChoiceDelta(job.index)
+        state.apply(delta, job.parser.finish())
+        delta.finish_reason = state.finish_reason(None)
+        yield delta
+    finally:
+        job.handle.cancel()
+
+
+_DONE = object()
+
+
+async def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
+    """Interleave the deltas of every choice as they come; an error in any choice ends them all."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump(job: ChoiceJob) -> None:
+        try:
+            async for delta in run_choice(job, metrics):
+                await queue.put(delta)
+            await queue.put(_DONE)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            await queue.put(exc)
+
+    tasks = [asyncio.create_task(pump(job)) for job in jobs]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is _DONE:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for job in jobs:
+            job.handle.cancel()
+
+
+def submit_all(
+    engine: Any,
+    prompts: Sequence[tuple[int, list[int], Any]],
+    request_id: str,
+    make_parser: Callable[[], op.OutputParser],
+    *,
+    make_constraint: Callable[[], Any] | None = None,
+    thinking: bool = False,
+    single_tool_call: bool = False,
+) -> list[ChoiceJob]:
+    """Submit (index, prompt_ids, params) triples before the first byte, so errors are still plain 4xx.
+
+    If one submission fails (queue full, bad params) the ones already made are cancelled.
+    """
+    jobs: list[ChoiceJob] = []
+    try:
+        for index, prompt_ids, params in prompts:
+            constraint = make_constraint() if make_constraint is not None else None
+            handle = engine.submit(prompt_ids, params, constraint=constraint, request_id=f"{request_id}-{index}")
+            jobs.append(ChoiceJob(index, handle, make_parser(), thinking, single_tool_call))
+    except BaseException:
+        for job in jobs:
+            job.handle.cancel()
+        raise
+    return jobs

@@ -1,0 +1,294 @@
+"""HTTP routes: chat and legacy completions, models, health, metrics, tokenize / detokenize.
+
+Each handler validates (pydantic wire model, model name, context length), submits every choice to the engine
+before the first byte, then hands the merged deltas to `server.streaming` for either SSE or one JSON body.
+A client that disconnects, streaming or not, cancels its engine requests. No error mapping here (see
+`server.errors`), no sampling or template logic (see `server.chat`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from minigpt_core.chat_template import render
+from minigpt_core.errors import InvalidRequest
+from minigpt_core.output_parser import OutputParser
+from server.app import ServerState
+from server.chat import prepare_chat, resolve_max_tokens, sampling_params
+from server.generation import ChoiceJob, merge_choices, submit_all
+from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.streaming import (
+    ResponseMeta,
+    Usage,
+    chat_response,
+    chat_stream,
+    completion_response,
+    completion_stream,
+)
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+
+
+class SSEResponse(StreamingResponse):
+    """text/event-stream whose engine requests are cancelled however the response ends (disconnect included)."""
+
+    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+
+
+def _state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+def _request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", "")) or f"{time.time_ns():x}"
+
+
+def _canceller(jobs: Sequence[ChoiceJob]) -> Callable[[], None]:
+    def cancel() -> None:
+        for job in jobs:
+            job.handle.cancel()
+
+    return cancel
+
+
+def _on_done(state: ServerState, rid: str, prompt_tokens: int, started: float) -> Callable[[Usage], None]:
+    def done(usage: Usage) -> None:
+        elapsed = time.perf_counter() - started
+        state.metrics.count_tokens(prompt=prompt_tokens, generated=usage.completion_tokens)
+        state.metrics.observe_e2e(elapsed)
+        reasons = ",".join(usage.finish_reasons[i] for i in sorted(usage.finish_reasons))
+        logger.info(
+            "%s generated: prompt_tokens=%d completion_tokens=%d latency=%.3fs finish=%s",
+            rid,
+            prompt_tokens,
+            usage.completion_tokens,
+            elapsed,
+            reasons,
+        )
+
+    return done
+
+
+async def _until_disconnect(
+    request: Request, work: Coroutine[Any, Any, dict[str, Any]], jobs: Sequence[ChoiceJob]
+) -> Response:
+    """Run a non-streamed generation, cancelling it if the client goes away first."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return JSONResponse(task.result())
+        logger.info("%s client disconnected; generation cancelled", _request_id(request))
+        return Response(status_code=499)
+    finally:
+        for t in (watcher, task):
+            t.cancel()
+        await asyncio.gather(watcher, task, return_exceptions=True)
+        _canceller(jobs)()
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    state = _state(request)
+    engine, tokenizer = state.require_ready()
+    state.check_model(body.model)
+    started = time.perf_counter()
+    prep = prepare_chat(
+        body,
+        tokenizer,
+        max_model_len=state.max_model_len,
+        default_max_tokens=state.settings.default_max_tokens,
+        defaults=state.defaults,
+        vocab_size=state.vocab_size,
+    )
+    rid = _request_id(request)
+
+    def make_parser() -> OutputParser:
+        return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
+
+    jobs = submit_all(
+        engine,
+        [(i, prep.prompt_ids, p) for i, p in enumerate(prep.params)],
+        rid,
+        make_parser,
+        make_constraint=prep.make_constraint,
+        thinking=prep.thinking,
+        single_tool_call=prep.single_tool_call,
+    )
+    meta = ResponseMeta(
+        id=f"chatcmpl-{rid}",
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_tokens=len(prep.prompt_ids),
+        n_choices=len(jobs),
+        token_bytes=tokenizer.token_bytes,
+        logprobs=body.logprobs,
+        thinking=prep.thinking,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        on_done=_on_done(state, rid, len(prep.prompt_ids), started),
+    )
+    deltas = merge_choices(jobs, state.metrics)
+    if body.stream:
+        return SSEResponse(chat_stream(meta, deltas), _canceller(jobs))
+    return await _until_disconnect(request, chat_response(meta, deltas), jobs)
+
+
+def _completion_prompts(body: CompletionRequest, state: ServerState) -> list[tuple[list[int], str]]:
+    """(ids, text) per prompt; token prompts are checked against the vocabulary."""
+    assert state.tokenizer is not None
+    raw = body.prompt
+    items: list[str | list[int]]
+    if isinstance(raw, str):
+        items = [raw]
+    elif raw and all(isinstance(x, int) for x in raw):
+        items = [list(raw)]  # type: ignore[arg-type]
+    else:
+        items = list(raw)  # type: ignore[arg-type]
+    out: list[tuple[list[int], str]] = []
+    for k, item in enumerate(items):
+        if isinstance(item, str):
+            ids = state.tokenizer.encode(item)
+            text = item
+        else:
+            if any(not 0 <= t < state.vocab_size for t in item):
+                raise InvalidRequest(f"prompt[{k}] holds a token id outside the vocabulary", "prompt")
+            ids, text = list(item), state.tokenizer.decode(item)
+        if not ids:
+            raise InvalidRequest(f"prompt[{k}] is empty", "prompt")
+        out.append((ids, text))
+    return out
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    state = _state(request)
+    engine, tokenizer = state.require_ready()
+    state.check_model(body.model)
+    started = time.perf_counter()
+    prompts = _completion_prompts(body, state)
+    longest = max(len(ids) for ids, _ in prompts)
+    max_new = resolve_max_tokens(body.max_tokens, longest, state.max_model_len, COMPLETIONS_DEFAULT_MAX_TOKENS)
+    top = body.logprobs or 0
+    params = sampling_params(
+        body,
+        max_new_tokens=max_new,
+        vocab_size=state.vocab_size,
+        defaults=state.defaults,
+        logprobs=body.logprobs is not None,
+        top_logprobs=top,
+    )
+    rid = _request_id(request)
+    stops = body.stop_list()
+    triples = [(p * body.n + j, ids, params[j]) for p, (ids, _) in enumerate(prompts) for j in range(body.n)]
+    jobs = submit_all(
+        engine, triples, rid, lambda: OutputParser(tokenizer, thinking=False, parse_tools=False, stops=stops)
+    )
+    prompt_tokens = sum(len(ids) for ids, _ in prompts)
+    meta = ResponseMeta(
+        id=f"cmpl-{rid}",
+        created=int(time.time()),
+        model=state.model_name,
+        prompt_tokens=prompt_tokens,
+        n_choices=len(jobs),
+        token_bytes=tokenizer.token_bytes,
+        logprobs=body.logprobs is not None,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        prompt_texts=[text for _, text in prompts for _ in range(body.n)] if body.echo else [],
+        on_done=_on_done(state, rid, prompt_tokens, started),
+    )
+    deltas = merge_choices(jobs, state.metrics)
+    if body.stream:
+        return SSEResponse(completion_stream(meta, deltas), _canceller(jobs))
+    return await _until_disconnect(request, completion_response(meta, deltas), jobs)
+
+
+def _model_card(state: ServerState) -> dict[str, Any]:
+    return {
+        "id": state.model_name,
+        "object": "model",
+        "created": state.created,
+        "owned_by": "minigpt",
+        "root": state.model_name,
+        "max_model_len": state.max_model_len or None,
+    }
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    return {"object": "list", "data": [_model_card(_state(request))]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    state.check_model(model_id)
+    return _model_card(state)
+
+
+@router.get("/health", response_model=None)
+async def health(request: Request) -> Response:
+    state = _state(request)
+    if state.ready:
+        return JSONResponse({"status": "ok", "model": state.model_name})
+    status = "error" if state.load_error else "loading"
+    return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> PlainTextResponse:
+    state = _state(request)
+    stats = state.engine.stats() if state.engine is not None else None
+    snapshot = stats if stats is None or isinstance(stats, dict) else dataclasses.asdict(stats)
+    return PlainTextResponse(state.metrics.render(snapshot), media_type="text/plain; version=0.0.4")
+
+
+@router.post("/tokenize")
+async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    _, tokenizer = state.require_ready()
+    state.check_model(body.model)
+    if body.prompt is not None:
+        ids = tokenizer.encode(body.prompt)
+    else:
+        assert body.messages is not None
+        messages = [m.model_dump(exclude_none=True) for m in body.messages]
+        ids = render(messages, add_generation_prompt=body.add_generation_prompt, tokenizer=tokenizer).ids
+    return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
+
+
+@router.post("/detokenize")
+async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
+    state = _state(request)
+    _, tokenizer = state.require_ready()
+    state.check_model(body.model)
+    if any(not 0 <= t < state.vocab_size for t in body.tokens):
+        raise InvalidRequest("tokens holds an id outside the vocabulary", "tokens")
+    return {"prompt": tokenizer.decode(body.tokens)}

@@ -1,0 +1,56 @@
+"""Server settings: one pydantic-settings model, read from `MINIGPT_*` environment variables and CLI flags.
+
+This is the serving configuration only (where the model is, how many sequences run at once, limits, auth).
+It is not the model's shape (`minigpt_core.config`) and not sampling defaults (`minigpt_core.sampling`).
+`server.__main__` turns argparse flags into a `Settings`; nothing deeper than `create_app` sees argparse.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything `create_app` needs. Every field can be set as `MINIGPT_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="MINIGPT_", extra="ignore", frozen=True)
+
+    model: Path | None = Field(default=None, description="checkpoint directory; None = bundled demo model")
+    served_model_name: str | None = Field(default=None, description="name clients send as `model`")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: str | None = Field(default=None, description="if set, every route but /health needs it")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_num_seqs: int = Field(default=8, ge=1, le=1024)
+    max_model_len: int | None = Field(default=None, ge=16, description="None = the model's max_seq_len")
+    max_queued: int = Field(default=64, ge=0)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
+    default_max_tokens: int = Field(default=256, ge=1, description="when the request sets no max_tokens")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After header on 429")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key", "served_model_name")
+    @classmethod
+    def _empty_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    def resolved_model_dir(self) -> Path:
+        """The checkpoint directory to load: `model`, or the demo model bundled with `minigpt_core`."""
+        if self.model is not None:
+            return self.model
+        from minigpt_core import checkpoint
+
+        return Path(checkpoint.DEMO_MODEL_DIR)
+
+    def model_name(self) -> str:
+        """The id reported by /v1/models and accepted in requests."""
+        if self.served_model_name:
+            return self.served_model_name
+        if self.model is None:
+            return "minigpt-demo"
+        return Path(self.model).resolve().name or "minigpt"

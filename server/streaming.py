@@ -1,0 +1,283 @@
+"""Wire formatting of `ChoiceDelta`s: SSE chunks for `stream: true`, and the accumulated non-stream body.
+
+Both shapes are built from the same deltas (`server.generation`), so a streamed answer and a non-streamed one
+carry the same text, tool calls, logprobs and usage by construction. SSE framing is exactly OpenAI's:
+`data: {json}\\n\\n` lines, no `event:` names, the same `id` / `created` / `model` on every chunk, `role` in
+the first delta of each choice, `finish_reason` once per choice, an optional usage chunk with `choices: []`,
+then `data: [DONE]`. An error after the first byte becomes a final `data: {"error": ...}` event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from server.errors import error_response_for
+from server.generation import ChoiceDelta, TokenLogprob
+
+logger = logging.getLogger(__name__)
+
+DONE_LINE = b"data: [DONE]\n\n"
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+
+
+@dataclass
+class ResponseMeta:
+    """What every chunk of one response shares, plus what its usage needs."""
+
+    id: str
+    created: int
+    model: str
+    prompt_tokens: int
+    n_choices: int
+    token_bytes: Callable[[int], bytes]
+    logprobs: bool = False
+    thinking: bool = False
+    include_usage: bool = False
+    prompt_texts: list[str] = field(default_factory=list)  # /v1/completions echo, per choice
+    on_done: Callable[[Usage], None] | None = None  # logging / metrics once the last delta is in
+
+    def done(self, usage: Usage) -> None:
+        if self.on_done is not None:
+            self.on_done(usage)
+
+
+@dataclass
+class Usage:
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.completion_tokens += delta.completion_tokens
+        self.reasoning_tokens += delta.reasoning_tokens
+        if delta.finish_reason is not None:
+            self.finish_reasons[delta.index] = delta.finish_reason
+
+    def body(self, prompt_tokens: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": prompt_tokens + self.completion_tokens,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
+
+
+# --- logprobs ------------------------------------------------------------------------------------------
+def _token_entry(token_bytes: Callable[[int], bytes], token_id: int, logprob: float) -> dict[str, Any]:
+    raw = token_bytes(token_id)
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def chat_logprobs(meta: ResponseMeta, items: list[TokenLogprob]) -> dict[str, Any]:
+    content = []
+    for item in items:
+        entry = _token_entry(meta.token_bytes, item.token_id, item.logprob)
+        entry["top_logprobs"] = [_token_entry(meta.token_bytes, t, lp) for t, lp in item.top]
+        content.append(entry)
+    return {"content": content}
+
+
+def completion_logprobs(meta: ResponseMeta, items: list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """Legacy /v1/completions logprobs: tokens, token_logprobs, top_logprobs (dicts), text_offset."""
+    out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for item in items:
+        token = meta.token_bytes(item.token_id).decode("utf-8", errors="replace")
+        out["tokens"].append(token)
+        out["token_logprobs"].append(item.logprob)
+        tops = {meta.token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in item.top}
+        out["top_logprobs"].append(tops)
+        out["text_offset"].append(offset)
+        offset += len(token)
+    return out
+
+
+# --- chat completions ------------------------------------------------------------------------------------
+def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+    body: dict[str, Any] = {
+        "id": meta.id,
+        "object": "chat.completion.chunk",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if meta.include_usage:
+        body["usage"] = usage
+    return sse(body)
+
+
+def _chat_delta(meta: ResponseMeta, delta: ChoiceDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if delta.reasoning:
+        out["reasoning_content"] = delta.reasoning
+        out["reasoning"] = delta.reasoning
+    if delta.content:
+        out["content"] = delta.content
+    if delta.tool_calls:
+        out["tool_calls"] = delta.tool_calls
+    return out
+
+
+async def chat_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
+    """SSE body of a streamed chat completion."""
+    usage = Usage()
+    pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(meta.n_choices)}
+    for i in range(meta.n_choices):
+        first = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        yield _chat_chunk(meta, [first])
+    try:
+        async for delta in deltas:
+            usage.add(delta)
+            pending[delta.index].extend(delta.logprobs)
+            body = _chat_delta(meta, delta)
+            if body or (delta.finish_reason is None and pending[delta.index] and meta.logprobs):
+                lp = chat_logprobs(meta, pending.pop(delta.index)) if meta.logprobs else None
+                pending[delta.index] = []
+                choice = {"index": delta.index, "delta": body, "logprobs": lp, "finish_reason": None}
+                yield _chat_chunk(meta, [choice])
+            if delta.finish_reason is not None:
+                rest = pending.pop(delta.index, [])
+                lp = chat_logprobs(meta, rest) if meta.logprobs and rest else None
+                pending[delta.index] = []
+                choice = {"index": delta.index, "delta": {}, "logprobs": lp, "finish_reason": delta.finish_reason}
+                yield _chat_chunk(meta, [choice])
+        meta.done(usage)
+        if meta.include_usage:
+            yield _chat_chunk(meta, [], usage.body(meta.prompt_tokens))
+    except Exception as exc:
+        yield _stream_error(exc)
+    yield DONE_LINE
+
+
+@dataclass
+class _ChatChoice:
+    reasoning: str = ""
+    content: str = ""
+    tool_calls: dict[int, dict[str, Any]] = field(default_factory=dict)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str = "stop"
+
+    def add(self, delta: ChoiceDelta) -> None:
+        self.reasoning += delta.reasoning
+        self.content += delta.content
+        self.logprobs.extend(delta.logprobs)
+        for call in delta.tool_calls:
+            slot = self.tool_calls.setdefault(
+                call["index"], {"id": "", "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+            slot["id"] = call.get("id", slot["id"])
+            fn = call.get("function", {})
+            slot["function"]["name"] += fn.get("name", "")
+            slot["function"]["arguments"] += fn.get("arguments", "")
+        if delta.finish_reason is not None:
+            self.finish_reason = delta.finish_reason
+
+
+async def chat_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> dict[str, Any]:
+    """Non-streamed chat completion: the same deltas, accumulated."""
+    usage = Usage()
+    choices = [_ChatChoice() for _ in range(meta.n_choices)]
+    async for delta in deltas:
+        usage.add(delta)
+        choices[delta.index].add(delta)
+    meta.done(usage)
+    out = []
+    for i, c in enumerate(choices):
+        message: dict[str, Any] = {"role": "assistant", "content": c.content}
+        if c.tool_calls:
+            message["tool_calls"] = [c.tool_calls[k] for k in sorted(c.tool_calls)]
+            message["content"] = c.content or None
+        if meta.thinking:
+            message["reasoning_content"] = c.reasoning
+            message["reasoning"] = c.reasoning
+        lp = chat_logprobs(meta, c.logprobs) if meta.logprobs else None
+        out.append({"index": i, "message": message, "logprobs": lp, "finish_reason": c.finish_reason})
+    return {
+        "id": meta.id,
+        "object": "chat.completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": None,
+        "choices": out,
+        "usage": usage.body(meta.prompt_tokens),
+    }
+
+
+# --- legacy completions -----------------------------------------------------------------------------------
+def _completion_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+    body: dict[str, Any] = {
+        "id": meta.id,
+        "object": "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": None,
+        "choices": choices,
+    }
+    if meta.include_usage:
+        body["usage"] = usage
+    return sse(body)
+
+
+async def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
+    usage = Usage()
+    offsets = dict.fromkeys(range(meta.n_choices), 0)
+    try:
+        for i, text in enumerate(meta.prompt_texts):
+            if text:
+                yield _completion_chunk(meta, [{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+                offsets[i] = len(text)
+        async for delta in deltas:
+            usage.add(delta)
+            text = delta.reasoning + delta.content
+            lp = completion_logprobs(meta, delta.logprobs, offsets[delta.index]) if meta.logprobs else None
+            offsets[delta.index] += sum(
+                len(meta.token_bytes(t.token_id).decode("utf-8", "replace")) for t in delta.logprobs
+            )
+            if text or delta.finish_reason is not None or (lp and lp["tokens"]):
+                choice = {"index": delta.index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
+                yield _completion_chunk(meta, [choice])
+        meta.done(usage)
+        if meta.include_usage:
+            yield _completion_chunk(meta, [], usage.body(meta.prompt_tokens))
+    except Exception as exc:
+        yield _stream_error(exc)
+    yield DONE_LINE
+
+
+async def completion_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> dict[str, Any]:
+    usage = Usage()
+    texts = [meta.prompt_texts[i] if i < len(meta.prompt_texts) else "" for i in range(meta.n_choices)]
+    echo_len = [len(t) for t in texts]
+    lps: list[list[TokenLogprob]] = [[] for _ in range(meta.n_choices)]
+    async for delta in deltas:
+        usage.add(delta)
+        texts[delta.index] += delta.reasoning + delta.content
+        lps[delta.index].extend(delta.logprobs)
+    meta.done(usage)
+    choices = []
+    for i in range(meta.n_choices):
+        lp = completion_logprobs(meta, lps[i], echo_len[i]) if meta.logprobs else None
+        reason = usage.finish_reasons.get(i, "stop")
+        choices.append({"index": i, "text": texts[i], "logprobs": lp, "finish_reason": reason})
+    return {
+        "id": meta.id,
+        "object": "text_completion",
+        "created": meta.created,
+        "model": meta.model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": usage.body(meta.prompt_tokens),
+    }
+
+
+def _stream_error(exc: BaseException) -> bytes:
+    status, body, _ = error_response_for(exc)
+    logger.warning("error after the stream began (status %d): %s", status, body["error"]["message"])
+    return sse(body)
