@@ -31,7 +31,7 @@ class RMSNorm(nn.Module):
         # Normalise in float32 like HF Llama, then cast back before the weight multiply.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        return self.weight * xf.type_as(x)
 
 
 class RotaryEmbedding(nn.Module):
