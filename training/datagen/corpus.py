@@ -1,0 +1,147 @@
+"""Writes the bundled synthetic corpus to a folder, and reads its texts back for tokenizer training.
+
+What it is: `generate_corpus(out_dir, seed, scale)`, which writes pretrain / SFT / DPO train and val JSONL files,
+three held-out eval files and a `manifest.json` (counts, seed, and the registry of which phrasing templates went
+to which split), deterministic for a seed; and `iter_texts(out_dir)`, which yields every piece of text in them.
+What it is not: a tokenizer or a data loader (training/data.py reads these files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from training.datagen import identity, math_dialogues, smalltalk, tool_dialogues
+from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, make_rng
+from training.datagen.preference import preference_pair
+from training.datagen.pretrain import pretrain_document
+
+logger = logging.getLogger(__name__)
+
+# Records per file at scale 1.0.
+BASE_COUNTS: dict[str, int] = {
+    "pretrain_train": 12000,
+    "pretrain_val": 600,
+    "sft_train": 6000,
+    "sft_val": 600,
+    "dpo_train": 2000,
+    "dpo_val": 200,
+    "eval_think": 200,
+    "eval_tools": 200,
+    "eval_identity": 100,
+}
+
+SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]]] = {
+    "identity": (0.17, identity.identity_conversation),
+    "math_think": (0.17, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
+    "math_direct": (0.16, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
+    "tools": (0.35, tool_dialogues.tool_conversation),
+    "smalltalk": (0.15, smalltalk.smalltalk_conversation),
+}
+
+
+def sft_conversation(rng: random.Random, split: Split) -> Conversation:
+    """One SFT dialogue of a kind drawn by the mix weights."""
+    names = list(SFT_KINDS)
+    kind = rng.choices(names, weights=[SFT_KINDS[n][0] for n in names])[0]
+    return SFT_KINDS[kind][1](rng, split)
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> int:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    return len(records)
+
+
+def _count(name: str, scale: float) -> int:
+    return max(1, round(BASE_COUNTS[name] * scale))
+
+
+def _unique(rng: random.Random, make: Callable[[random.Random], dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """`count` eval records with distinct prompts (fewer if the held-out phrasings run out first)."""
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for _ in range(count * 20):
+        record = make(rng)
+        key = json.dumps(record["messages"], ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            out.append(record)
+            if len(out) == count:
+                break
+    return out
+
+
+def build_records(seed: int, scale: float) -> dict[str, list[dict[str, Any]]]:
+    """Every file's records in memory; each stream has its own RNG so one count does not shift another."""
+    records: dict[str, list[dict[str, Any]]] = {}
+    for split in SPLITS:
+        rng = make_rng(seed, "pretrain", split)
+        records[f"pretrain_{split}"] = [
+            {"text": pretrain_document(rng, split)} for _ in range(_count(f"pretrain_{split}", scale))
+        ]
+        rng = make_rng(seed, "sft", split)
+        records[f"sft_{split}"] = [
+            {"conversations": sft_conversation(rng, split)} for _ in range(_count(f"sft_{split}", scale))
+        ]
+        rng = make_rng(seed, "dpo", split)
+        records[f"dpo_{split}"] = [preference_pair(rng, split) for _ in range(_count(f"dpo_{split}", scale))]
+    records["eval_think"] = _unique(make_rng(seed, "eval_think"), math_dialogues.math_eval, _count("eval_think", scale))
+    records["eval_tools"] = _unique(make_rng(seed, "eval_tools"), tool_dialogues.tool_eval, _count("eval_tools", scale))
+    records["eval_identity"] = _unique(
+        make_rng(seed, "eval_identity"), identity.identity_eval, _count("eval_identity", scale)
+    )
+    return records
+
+
+def generate_corpus(out_dir: Path, seed: int = 0, scale: float = 1.0) -> dict[str, int]:
+    """Write the corpus into `out_dir` (created if needed); return the line count of each file (by stem)."""
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts = {name: _write_jsonl(out_dir / f"{name}.jsonl", recs) for name, recs in build_records(seed, scale).items()}
+    manifest = {
+        "seed": seed,
+        "scale": scale,
+        "counts": counts,
+        "templates": {family: dict(splits) for family, splits in sorted(TEMPLATE_REGISTRY.items())},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    logger.info("wrote synthetic corpus to %s: %s", out_dir, counts)
+    return counts
+
+
+def message_texts(messages: list[dict[str, Any]]) -> Iterator[str]:
+    """The text carried by chat messages: contents, reasoning, tool-call names/arguments and tool schemas."""
+    for message in messages:
+        for key in ("content", "reasoning_content"):
+            if message.get(key):
+                yield str(message[key])
+        for call in message.get("tool_calls") or []:
+            yield call["function"]["name"]
+            yield call["function"]["arguments"]
+        if message.get("tools"):
+            yield json.dumps(message["tools"], ensure_ascii=False)
+
+
+def iter_texts(out_dir: Path) -> Iterator[str]:
+    """Every text of a generated corpus (pretrain documents and all message texts), e.g. for tokenizer training."""
+    out_dir = Path(out_dir)
+    for path in sorted(out_dir.glob("*.jsonl")):
+        with path.open(encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                if "text" in record:
+                    yield record["text"]
+                for key in ("conversations", "chosen", "rejected", "messages"):
+                    yield from message_texts(record.get(key) or [])
+                if record.get("tools"):
+                    yield json.dumps(record["tools"], ensure_ascii=False)

@@ -1,0 +1,357 @@
+"""Synthetic tool schemas: generated verb_noun tools with parameters of every JSON type, and matching requests.
+
+What it is: a generator of OpenAI tool dicts (string, integer, number, boolean, enum, array, nested object and
+optional parameters) and of `ToolScenario`s whose user request names every value the call must copy into its
+arguments, so a model learns to read whatever schema it is offered. Verbs, nouns, parameter value pools and
+request phrasings are split: held-out tools have names, values and wordings never seen in training.
+What it is not: the built-in tools (tools_data.py) or conversation assembly (tool_dialogues.py).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from training.datagen.base import Split, register_templates, split_pool, value_split
+from training.datagen.tools_data import ToolScenario
+
+# (verb, past participle)
+VERBS: dict[Split, tuple[tuple[str, str], ...]] = {
+    "train": (
+        ("create", "created"),
+        ("get", "retrieved"),
+        ("update", "updated"),
+        ("delete", "deleted"),
+        ("list", "listed"),
+        ("send", "sent"),
+        ("book", "booked"),
+        ("find", "found"),
+        ("cancel", "cancelled"),
+        ("check", "checked"),
+        ("add", "added"),
+        ("start", "started"),
+        ("stop", "stopped"),
+        ("upload", "uploaded"),
+        ("rate", "rated"),
+        ("order", "ordered"),
+        ("track", "tracked"),
+        ("share", "shared"),
+        ("save", "saved"),
+        ("move", "moved"),
+    ),
+    "val": (
+        ("schedule", "scheduled"),
+        ("archive", "archived"),
+        ("register", "registered"),
+        ("fetch", "fetched"),
+        ("assign", "assigned"),
+        ("reserve", "reserved"),
+        ("publish", "published"),
+        ("export", "exported"),
+    ),
+}
+NOUNS: dict[Split, tuple[str, ...]] = {
+    "train": (
+        "ticket",
+        "order",
+        "invoice",
+        "playlist",
+        "reminder",
+        "recipe",
+        "note",
+        "meeting",
+        "flight",
+        "hotel",
+        "user",
+        "task",
+        "message",
+        "photo",
+        "song",
+        "review",
+        "payment",
+        "event",
+        "contact",
+        "file",
+        "album",
+        "table",
+        "room",
+        "project",
+    ),
+    "val": (
+        "parcel",
+        "subscription",
+        "vehicle",
+        "workout",
+        "appointment",
+        "coupon",
+        "shipment",
+        "lesson",
+        "podcast",
+        "garden",
+    ),
+}
+DESCRIPTIONS = register_templates(
+    "synthetic.description",
+    {
+        "train": (
+            "{Verb} {a} {noun}.",
+            "Use this to {verb} {a} {noun}.",
+            "{Verb}s {a} {noun} for the user.",
+            "Tool that can {verb} {a} {noun}.",
+        ),
+        "val": ("Lets you {verb} {a} {noun}.", "{Verb} one {noun} on request."),
+    },
+)
+REQUESTS = register_templates(
+    "synthetic.request",
+    {
+        "train": (
+            "Please {verb} {a} {noun} with {params}.",
+            "{Verb} the {noun}: {params}.",
+            "I want to {verb} {a} {noun}. Use {params}.",
+            "Can you {verb} {a} {noun}? Set {params}.",
+            "{Verb} {a} {noun} for me, {params}.",
+        ),
+        "val": ("Could you {verb} one {noun} using {params}?", "Go ahead and {verb} {a} {noun} with these: {params}."),
+    },
+)
+
+STRINGS = (
+    "Paris",
+    "Team lunch",
+    "Berlin",
+    "alice@example.com",
+    "Blue sky",
+    "Weekly sync",
+    "bob",
+    "Tokyo",
+    "Hello there",
+    "Quarterly report",
+    "Oslo",
+    "carol@mail.com",
+    "Birthday party",
+    "Madrid",
+    "Green tea",
+    "Project X",
+    "Lisbon",
+    "dave",
+    "Morning run",
+    "Cairo",
+    "Budget plan",
+    "Seoul",
+    "eve@test.org",
+    "Old town",
+    "Lima",
+)
+CITIES = (
+    "Paris",
+    "Berlin",
+    "Tokyo",
+    "Oslo",
+    "Madrid",
+    "Lisbon",
+    "Cairo",
+    "Seoul",
+    "Lima",
+    "Rome",
+    "Dublin",
+    "Nairobi",
+    "Hanoi",
+    "Quito",
+    "Vienna",
+)
+TAGS = ("work", "home", "urgent", "family", "travel", "music", "sport", "food", "school", "health", "ideas", "later")
+ENUMS = {
+    "priority": ("low", "medium", "high"),
+    "status": ("open", "pending", "closed"),
+    "size": ("small", "medium", "large"),
+    "format": ("pdf", "csv", "json"),
+    "currency": ("USD", "EUR", "CNY"),
+    "mode": ("fast", "safe", "balanced"),
+    "color": ("red", "green", "blue", "black"),
+    "visibility": ("public", "private"),
+}
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """How one parameter is described in the schema, drawn as a value and mentioned in a request."""
+
+    names: tuple[str, ...]
+    schema: Callable[[str], dict[str, Any]]
+    value: Callable[[random.Random, Split, str], Any]
+    phrase: Callable[[random.Random, str, Any], str]
+
+
+def article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _str_value(rng: random.Random, split: Split, _name: str) -> str:
+    return rng.choice(split_pool(STRINGS, split))
+
+
+def _num_value(rng: random.Random, split: Split, _name: str) -> float:
+    while True:
+        value = round(rng.uniform(0.5, 500), rng.choice((1, 2)))
+        if value_split("number", value) == split:
+            return value
+
+
+def _bool_phrase(rng: random.Random, name: str, value: Any) -> str:
+    word = rng.choice((("true", "false"), ("yes", "no"), ("on", "off")))[0 if value else 1]
+    return f"{_label(name)} {word}"
+
+
+def _list_phrase(_rng: random.Random, name: str, value: Any) -> str:
+    items = [f'"{v}"' if isinstance(v, str) else str(v) for v in value]
+    joined = items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return f"{_label(name)} {joined}"
+
+
+def _object_phrase(_rng: random.Random, name: str, value: Any) -> str:
+    inner = ", ".join(f'{_label(k)} "{v}"' if isinstance(v, str) else f"{_label(k)} {v}" for k, v in value.items())
+    return f"{_label(name)} ({inner})"
+
+
+PARAM_KINDS: tuple[ParamKind, ...] = (
+    ParamKind(
+        ("title", "name", "city", "email", "query", "label", "destination", "username", "subject"),
+        lambda n: {"type": "string", "description": f"The {_label(n)}"},
+        _str_value,
+        lambda _r, n, v: f'{_label(n)} "{v}"',
+    ),
+    ParamKind(
+        ("quantity", "count", "seats", "duration_minutes", "limit", "pages", "guests", "year"),
+        lambda n: {"type": "integer", "description": f"The {_label(n)}"},
+        lambda r, s, n: r.choice(split_pool(tuple(range(1, 400)), s)),
+        lambda _r, n, v: f"{_label(n)} {v}",
+    ),
+    ParamKind(
+        ("amount", "price", "weight_kg", "rating", "distance_km", "budget"),
+        lambda n: {"type": "number", "description": f"The {_label(n)}"},
+        _num_value,
+        lambda _r, n, v: f"{_label(n)} {v}",
+    ),
+    ParamKind(
+        ("urgent", "notify", "is_public", "recurring", "include_archived", "dry_run"),
+        lambda n: {"type": "boolean", "description": f"Whether {_label(n)}"},
+        lambda r, s, n: r.random() < 0.5,
+        _bool_phrase,
+    ),
+    ParamKind(
+        tuple(ENUMS),
+        lambda n: {"type": "string", "enum": list(ENUMS[n]), "description": f"The {n}"},
+        lambda r, s, n: r.choice(ENUMS[n]),
+        lambda _r, n, v: f"{n} {v}",
+    ),
+    ParamKind(
+        ("tags", "recipients", "keywords", "labels"),
+        lambda n: {"type": "array", "items": {"type": "string"}, "description": f"List of {_label(n)}"},
+        lambda r, s, n: r.sample(split_pool(TAGS, s), min(2, r.randint(1, 2), len(split_pool(TAGS, s)))),
+        _list_phrase,
+    ),
+    ParamKind(
+        ("ids", "item_ids", "days"),
+        lambda n: {"type": "array", "items": {"type": "integer"}, "description": f"List of {_label(n)}"},
+        lambda r, s, n: sorted(r.sample(split_pool(tuple(range(1, 60)), s), r.randint(1, 3))),
+        _list_phrase,
+    ),
+    ParamKind(
+        ("location", "address"),
+        lambda n: {
+            "type": "object",
+            "description": f"The {n}",
+            "properties": {"city": {"type": "string"}, "zip": {"type": "integer"}},
+            "required": ["city"],
+        },
+        lambda r, s, n: {
+            "city": r.choice(split_pool(CITIES, s)),
+            **({"zip": r.randint(10000, 99999)} if r.random() < 0.5 else {}),
+        },
+        _object_phrase,
+    ),
+)
+
+
+@dataclass
+class SyntheticTool:
+    tool: dict[str, Any]
+    verb: str
+    participle: str
+    noun: str
+    kinds: dict[str, ParamKind]
+
+
+def make_tool(
+    rng: random.Random, split: Split, verb: tuple[str, str] | None = None, noun: str | None = None
+) -> SyntheticTool:
+    """A random verb_noun tool with 1-4 parameters of distinct names; about a third are optional."""
+    verb_word, participle = verb or rng.choice(VERBS[split])
+    noun = noun or rng.choice(NOUNS[split])
+    kinds = rng.sample(PARAM_KINDS, rng.randint(1, 4))
+    chosen = {rng.choice(kind.names): kind for kind in kinds}
+    properties = {name: kind.schema(name) for name, kind in chosen.items()}
+    names = list(chosen)
+    required = [n for i, n in enumerate(names) if i == 0 or rng.random() < 0.65]
+    description = rng.choice(DESCRIPTIONS[split]).format(
+        verb=verb_word, Verb=verb_word.capitalize(), noun=noun, a=article(noun)
+    )
+    tool = {
+        "type": "function",
+        "function": {
+            "name": f"{verb_word}_{noun}",
+            "description": description,
+            "parameters": {"type": "object", "properties": properties, "required": required},
+        },
+    }
+    return SyntheticTool(tool, verb_word, participle, noun, chosen)
+
+
+def distractor_tools(rng: random.Random, split: Split, target: SyntheticTool, count: int) -> list[dict[str, Any]]:
+    """Other synthetic tools; some share the target's noun (another verb) so the name must be read carefully."""
+    out: list[dict[str, Any]] = []
+    names = {target.tool["function"]["name"]}
+    while len(out) < count:
+        if rng.random() < 0.4:
+            other = make_tool(rng, split, noun=target.noun)
+        else:
+            other = make_tool(rng, split)
+        if other.tool["function"]["name"] not in names:
+            names.add(other.tool["function"]["name"])
+            out.append(other.tool)
+    return out
+
+
+def synthetic_scenario(rng: random.Random, split: Split) -> tuple[ToolScenario, SyntheticTool]:
+    """A request that mentions each chosen argument value; the call copies them; a JSON result; the answer."""
+    spec = make_tool(rng, split)
+    required = set(spec.tool["function"]["parameters"]["required"])
+    arguments: dict[str, Any] = {}
+    phrases: list[str] = []
+    for name, kind in spec.kinds.items():
+        if name not in required and rng.random() < 0.4:
+            continue  # optional and not mentioned: the call must leave it out
+        arguments[name] = kind.value(rng, split, name)
+        phrases.append(kind.phrase(rng, name, arguments[name]))
+    joined = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+    request = rng.choice(REQUESTS[split]).format(
+        verb=spec.verb, Verb=spec.verb.capitalize(), noun=spec.noun, a=article(spec.noun), params=joined
+    )
+    record_id = f"{spec.noun[:3].upper()}-{rng.randint(100, 9999)}"
+    result = json.dumps({"status": "ok", "id": record_id})
+    answer = rng.choice(
+        (
+            f"Done: the {spec.noun} was {spec.participle} (id {record_id}).",
+            f"The {spec.noun} has been {spec.participle}. Its id is {record_id}.",
+        )
+    )
+    reasoning = f"The user wants to {spec.verb} a {spec.noun}. The {spec.tool['function']['name']} tool fits."
+    return ToolScenario(spec.tool, request, arguments, result, answer, reasoning), spec

@@ -1,0 +1,379 @@
+"""Tool-use scenarios for the six built-in tools: a request, the call's arguments, a tool result, the answer.
+
+What it is: per-tool scenario builders (`ToolScenario`) with split-disjoint phrasings and values. Schemas and
+real results come from `tools.registry.default_registry()` when that package is importable, so the model learns
+the true result formats; otherwise (and always for `current_time`, whose real result depends on the clock, and
+`search_docs`, whose result depends on a folder) a local stand-in in the same format keeps the corpus
+deterministic.
+What it is not: the conversation assembly (tool_dialogues.py) or the synthetic schemas (synthetic_tools.py).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from training.datagen.base import Split, register_templates, split_pool, value_split
+from training.datagen.tool_schemas import FALLBACK_SCHEMAS, SEARCH_SNIPPETS, TIMEZONES, local_result
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ToolScenario:
+    tool: dict[str, Any]  # OpenAI tool dict
+    request: str
+    arguments: dict[str, Any]
+    result: str
+    answer: str
+    reasoning: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.tool["function"]["name"])
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> Any | None:
+    try:
+        from tools.registry import default_registry
+    except ImportError:
+        logger.info("tools.registry not available: using built-in stand-in schemas and results")
+        return None
+    return default_registry()
+
+
+def builtin_schema(name: str) -> dict[str, Any]:
+    """The OpenAI schema of a built-in tool: the registry's when available, else the stand-in."""
+    registry = _registry()
+    if registry is not None:
+        for schema in registry.schemas():
+            if schema["function"]["name"] == name:
+                return dict(schema)
+    return FALLBACK_SCHEMAS[name]
+
+
+def run_tool(name: str, arguments: dict[str, Any]) -> str:
+    """The tool's real result through the registry when it is deterministic, else the stand-in's."""
+    registry = _registry()
+    if registry is not None and name not in ("current_time", "search_docs"):
+        return str(registry.call(name, arguments))
+    return local_result(name, arguments)
+
+
+def _lang(text: str) -> str:
+    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+
+
+CALC = register_templates(
+    "tools.calculator",
+    {
+        "train": (
+            "Use the calculator to compute {expr}.",
+            "What is {expr}? Please use a tool.",
+            "Calculate {expr} for me.",
+            "Compute {expr}.",
+            "{expr} 等于多少？请用计算器。",
+            "用计算器算一下 {expr}。",
+        ),
+        "val": ("Can you work out {expr} with the calculator?", "I need the value of {expr}.", "帮我算一下 {expr}。"),
+    },
+)
+UNIT = register_templates(
+    "tools.unit_convert",
+    {
+        "train": (
+            "Convert {v} {frm} to {to}.",
+            "How many {to} is {v} {frm}?",
+            "Please convert {v} {frm} into {to}.",
+            "把 {v} {frm} 换算成 {to}。",
+        ),
+        "val": (
+            "What is {v} {frm} expressed in {to}?",
+            "I have {v} {frm}. How much is that in {to}?",
+            "{v} {frm} 等于多少 {to}？",
+        ),
+    },
+)
+TIME = register_templates(
+    "tools.current_time",
+    {
+        "train": (
+            "What time is it in {tz}?",
+            "Tell me the current time in {tz}.",
+            "What is the date today in {tz}?",
+            "现在 {tz} 几点了？",
+        ),
+        "val": ("What's the local time in {tz} right now?", "Check the clock in {tz} for me.", "{tz} 现在是什么时间？"),
+    },
+)
+DATE = register_templates(
+    "tools.date_add",
+    {
+        "train": (
+            "What date is {days} days after {date}?",
+            "Add {days} days to {date}.",
+            "If I start on {date}, which date is {days} days later?",
+            "{date} 之后 {days} 天是哪一天？",
+        ),
+        "val": (
+            "Starting from {date}, what is the date in {days} days?",
+            "Which day comes {days} days past {date}?",
+            "从 {date} 起再过 {days} 天是几号？",
+        ),
+    },
+)
+STATS = register_templates(
+    "tools.text_stats",
+    {
+        "train": (
+            'How many words are in this text: "{text}"?',
+            'Count the words and characters in "{text}".',
+            'Give me text statistics for: "{text}"',
+            '统计一下这段文字："{text}"',
+        ),
+        "val": (
+            'Analyse the length of "{text}".',
+            'What are the word and character counts of "{text}"?',
+            '这句话有多少个词："{text}"？',
+        ),
+    },
+)
+SEARCH = register_templates(
+    "tools.search_docs",
+    {
+        "train": (
+            "Search the docs for {query}.",
+            "Look up {query} in the documentation.",
+            "What do the docs say about {query}?",
+            "在文档里查一下 {query}。",
+        ),
+        "val": ("Find documentation about {query}.", "Check the manual regarding {query}.", "帮我搜索文档：{query}。"),
+    },
+)
+
+UNIT_PAIRS = (
+    ("km", "mi"),
+    ("mi", "km"),
+    ("kg", "lb"),
+    ("lb", "kg"),
+    ("miles", "kilometers"),
+    ("feet", "meters"),
+    ("meters", "feet"),
+    ("celsius", "fahrenheit"),
+    ("fahrenheit", "celsius"),
+    ("liters", "gallons"),
+    ("gallons", "liters"),
+    ("hours", "minutes"),
+    ("GB", "MB"),
+    ("inches", "cm"),
+    ("ounces", "grams"),
+    ("km/h", "mph"),
+    ("mph", "km/h"),
+    ("pounds", "kilograms"),
+    ("cups", "ml"),
+    ("yards", "meters"),
+)
+TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "I like green tea.",
+    "MiniGPT is a small model.",
+    "It rained all day, so we stayed home.",
+    "Hello world!",
+    "Cats sleep a lot. Dogs do too.",
+    "We will meet at noon.",
+    "Small models can learn simple patterns.",
+    "Please close the door.",
+    "The train leaves at nine.",
+    "Music makes people happy.",
+    "Books are full of stories.",
+    "Today is a good day to learn.",
+    "Water boils at one hundred degrees.",
+    "She plays the piano every day.",
+)
+QUERIES = (
+    "tokenizer training",
+    "the chat template",
+    "tool calling",
+    "think mode",
+    "the KV cache",
+    "starting the server",
+    "checkpoint format",
+    "learning rate",
+    "DPO training",
+    "streaming responses",
+    "batch size",
+    "special tokens",
+    "the demo model",
+    "resume training",
+    "sampling temperature",
+)
+
+
+def _pick_values(rng: random.Random, split: Split, kind: str, make: Callable[[], tuple[Any, ...]]) -> tuple[Any, ...]:
+    while True:
+        values = make()
+        if value_split(kind, *values) == split:
+            return values
+
+
+def _expression(rng: random.Random) -> str:
+    a, b, c = rng.randint(11, 999), rng.randint(2, 99), rng.randint(1, 50)
+    return rng.choice(
+        (
+            f"{a} * {b}",
+            f"{a} + {b} * {c}",
+            f"({a} - {b}) * {c}",
+            f"{a} / {b}",
+            f"{b} ** 2",
+            f"{a} * {b} - {c}",
+            f"{a} % {b}",
+            f"{a} + {b} + {c}",
+        )
+    )
+
+
+def calculator_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    (expr,) = _pick_values(rng, split, "calc", lambda: (_expression(rng),))
+    request = rng.choice(CALC[split]).format(expr=expr)
+    result = run_tool("calculator", {"expression": expr})
+    lang = _lang(request)
+    answer = f"{expr} = {result}。" if lang == "zh" else rng.choice((f"{expr} = {result}.", f"The result is {result}."))
+    return ToolScenario(
+        builtin_schema("calculator"),
+        request,
+        {"expression": expr},
+        result,
+        answer,
+        "计算需要精确结果，用计算器。" if lang == "zh" else "This needs an exact result, so I use the calculator.",
+    )
+
+
+def unit_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    frm, to, v = _pick_values(
+        rng, split, "unit", lambda: (*rng.choice(UNIT_PAIRS), rng.choice((rng.randint(1, 200), rng.randint(1, 99) / 2)))
+    )
+    request = rng.choice(UNIT[split]).format(v=v, frm=frm, to=to)
+    arguments = {"value": v, "from_unit": frm, "to_unit": to}
+    result = run_tool("unit_convert", arguments)
+    match = re.search(r"=\s*(.+)$", result)
+    converted = match.group(1) if match else result
+    answer = f"{v} {frm} 等于 {converted}。" if _lang(request) == "zh" else f"{v} {frm} is {converted}."
+    return ToolScenario(
+        builtin_schema("unit_convert"),
+        request,
+        arguments,
+        result,
+        answer,
+        f"The user wants {frm} converted to {to}; unit_convert does that.",
+    )
+
+
+def time_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    tz = rng.choice(split_pool(tuple(TIMEZONES), split))
+    base = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=rng.randint(0, 700 * 24 * 60))
+    request = rng.choice(TIME[split]).format(tz=tz)
+    arguments = {"timezone": tz}
+    result = local_result("current_time", {**arguments, "_utc": base.isoformat()})
+    data = json.loads(result)
+    if _lang(request) == "zh":
+        answer = f"{tz} 现在是 {data['date']} {data['time'][:5]}，{data['weekday']}。"
+    else:
+        answer = f"In {tz} it is {data['time'][:5]} on {data['weekday']}, {data['date']}."
+    return ToolScenario(
+        builtin_schema("current_time"),
+        request,
+        arguments,
+        result,
+        answer,
+        "I cannot know the time myself, so I call current_time.",
+    )
+
+
+def date_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    offset, days = _pick_values(rng, split, "date", lambda: (rng.randint(0, 1500), rng.randint(1, 120)))
+    date = (dt.date(2023, 1, 1) + dt.timedelta(days=offset)).isoformat()
+    request = rng.choice(DATE[split]).format(date=date, days=days)
+    arguments = {"date": date, "days": days}
+    result = run_tool("date_add", arguments)
+    data = json.loads(result)
+    if _lang(request) == "zh":
+        answer = f"{date} 之后 {days} 天是 {data['date']}（{data['weekday']}）。"
+    else:
+        answer = f"{days} days after {date} is {data['date']}, a {data['weekday']}."
+    return ToolScenario(
+        builtin_schema("date_add"),
+        request,
+        arguments,
+        result,
+        answer,
+        "Date arithmetic is easy to get wrong; date_add does it exactly.",
+    )
+
+
+def stats_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    text = rng.choice(split_pool(TEXTS, split))
+    request = rng.choice(STATS[split]).format(text=text)
+    result = run_tool("text_stats", {"text": text})
+    try:
+        data = json.loads(result)
+        words, chars = data.get("words"), data.get("characters", data.get("chars"))
+    except (json.JSONDecodeError, AttributeError):
+        words, chars = None, None
+    if words is None or chars is None:
+        answer = f"The statistics are: {result}"
+    elif _lang(request) == "zh":
+        answer = f"这段文字有 {words} 个词，{chars} 个字符。"
+    else:
+        answer = f"The text has {words} words and {chars} characters."
+    return ToolScenario(
+        builtin_schema("text_stats"),
+        request,
+        {"text": text},
+        result,
+        answer,
+        "Counting exactly is a job for text_stats.",
+    )
+
+
+def search_scenario(rng: random.Random, split: Split) -> ToolScenario:
+    query = rng.choice(split_pool(QUERIES, split))
+    request = rng.choice(SEARCH[split]).format(query=query)
+    arguments: dict[str, Any] = {"query": query}
+    if rng.random() < 0.3:
+        arguments["top_k"] = rng.randint(1, 5)
+        request += (
+            f" Show me {arguments['top_k']} results." if _lang(request) == "en" else f" 返回 {arguments['top_k']} 条。"
+        )
+    result = local_result("search_docs", arguments)
+    top = json.loads(result)[0]
+    answer = f"According to {top['source']}: {top['text']}"
+    return ToolScenario(
+        builtin_schema("search_docs"),
+        request,
+        arguments,
+        result,
+        answer,
+        "The answer is in the project docs, so I search them.",
+    )
+
+
+BUILTIN_SCENARIOS: dict[str, Callable[[random.Random, Split], ToolScenario]] = {
+    "calculator": calculator_scenario,
+    "unit_convert": unit_scenario,
+    "current_time": time_scenario,
+    "date_add": date_scenario,
+    "text_stats": stats_scenario,
+    "search_docs": search_scenario,
+}
+BUILTIN_NAMES = tuple(BUILTIN_SCENARIOS)
+assert set(BUILTIN_NAMES) == set(FALLBACK_SCHEMAS)  # internal invariant of this package
+assert SEARCH_SNIPPETS  # stand-in corpus must not be empty
