@@ -217,3 +217,25 @@ def test_max_completion_tokens_and_content_parts(live: LiveServer) -> None:
         )
     assert r.status_code == 200, r.text
     assert r.json()["usage"]["completion_tokens"] == 3
+
+
+@pytest.mark.parametrize(
+    "tool_choice", ["auto", "none", "required", {"type": "function", "function": {"name": "calc"}}]
+)
+def test_tools_are_accepted(live: LiveServer, tool_choice: Any) -> None:
+    tool = {"type": "function", "function": {"name": "calc", "description": "math", "parameters": {"type": "object"}}}
+    body = chat(
+        live,
+        max_tokens=6,
+        temperature=0,
+        tools=[tool],
+        tool_choice=tool_choice,
+        parallel_tool_calls=False,
+        response_format={"type": "text"},
+    )
+    msg = body["choices"][0]["message"]
+    assert "<tool_call>" not in (msg["content"] or "")
+    # the tools are rendered into the prompt (except for "none")
+    plain = chat(live, max_tokens=1, temperature=0)
+    grew = body["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+    assert grew == (tool_choice != "none")

@@ -143,7 +143,7 @@ def test_api_key(tiny_checkpoint: Path) -> None:
 
 def test_queue_full_is_429_with_retry_after(tiny_checkpoint: Path) -> None:
     with live_server(tiny_checkpoint, max_num_seqs=1, max_queued=1) as srv:
-        body = {"model": MODEL_NAME, "messages": MSGS, "max_tokens": 60, "ignore_eos": True, "temperature": 0}
+        body = {"model": MODEL_NAME, "messages": MSGS, "max_tokens": 40, "ignore_eos": True, "temperature": 0}
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as c:

@@ -1,0 +1,107 @@
+"""minigpt-serve flags -> Settings, the app loading its own model (health 503 -> 200), and minigpt-generate."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from server.__main__ import settings_from_args
+from server.app import create_app
+from server.generate import Generator, run_chat
+from server.generate import main as generate_main
+from server.settings import Settings
+
+
+def test_flags_override_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MINIGPT_PORT", "9001")
+    monkeypatch.setenv("MINIGPT_API_KEY", "from-env")
+    s = settings_from_args(["--model", str(tmp_path), "--max-num-seqs", "3", "--api-key", "flag"])
+    assert (s.port, s.api_key, s.max_num_seqs, s.model) == (9001, "flag", 3, tmp_path)
+    assert s.model_name() == tmp_path.name
+    assert Settings().model_name() == "minigpt-demo"
+    with pytest.raises(SystemExit):
+        settings_from_args(["--max-num-seqs", "0"])
+
+
+def test_app_loads_model_in_lifespan(tiny_checkpoint: Path) -> None:
+    settings = Settings(model=tiny_checkpoint, served_model_name="t", max_model_len=128, max_num_seqs=2)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started and thread.is_alive():
+            time.sleep(0.01)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
+            deadline = time.monotonic() + 20
+            while c.get("/health").status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert c.get("/health").status_code == 200
+            r = c.post(
+                "/v1/chat/completions",
+                json={"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+            )
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+            assert c.get("/v1/models").json()["data"][0]["max_model_len"] == 128
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def test_app_reports_missing_model(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(Settings(model=tmp_path / "nope"))) as client:
+        deadline = time.monotonic() + 10
+        while client.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = client.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "error" and "nope" in r.json()["detail"]
+        r = client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
+
+
+def test_generate_single_and_batch(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--model-path", str(tiny_checkpoint), "--max-length", "4", "--temperature", "0"]
+    assert generate_main([*args, "--mode", "single", "--prompt", "hello"]) == 0
+    single = capsys.readouterr().out
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n\nthe model\n", encoding="utf-8")
+    assert generate_main([*args, "--mode", "batch", "--prompts-file", str(prompts)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prompt"] for r in rows] == ["hello", "the model"]
+    assert rows[0]["output"] + "\n" == single  # batch and single agree at temperature 0
+    assert generate_main([*args, "--mode", "batch"]) == 2
+
+
+def test_chat_keeps_history_and_think_prefix(tiny_checkpoint: Path) -> None:
+    from minigpt_core.checkpoint import load_checkpoint
+    from minigpt_core.engine import Engine
+    from minigpt_core.sampling import SamplingParams
+
+    model, tokenizer = load_checkpoint(tiny_checkpoint, "cpu")
+    with Engine(model, max_num_seqs=1, max_model_len=256) as engine:
+        gen = Generator(engine, tokenizer, SamplingParams(max_new_tokens=3, temperature=0.0))
+        seen: list[tuple[int, str, bool]] = []
+        original = gen.answer
+
+        def spy(messages: list[dict[str, object]], thinking: bool):  # type: ignore[no-untyped-def]
+            seen.append((len(messages), str(messages[-1]["content"]), thinking))
+            return original(messages, thinking)
+
+        gen.answer = spy  # type: ignore[method-assign]
+        out = io.StringIO()
+        run_chat(gen, "be brief", False, io.StringIO("hello\nthink: why\nexit\n"), out)
+    # system + user, then system + user + assistant + user, with the think: prefix switching thinking on
+    assert seen == [(2, "hello", False), (4, "why", True)]
+    assert out.getvalue().count("> ") == 3
