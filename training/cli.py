@@ -131,7 +131,7 @@ def _setup_logging(quiet: bool) -> None:
     rank = int(os.environ.get("RANK", "0"))
     level = logging.WARNING if quiet or rank != 0 else logging.INFO
     prefix = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 else ""
-    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s", force=True)
+    logging.basicConfig(level=level, format=f"{prefix}%(levelname)s %(name)s: %(message)s")
 
 
 def _plot_main(argv: list[str]) -> int:

@@ -122,7 +122,8 @@ class DocumentSet:
         return sum(self.length(i) for i in range(len(self)))
 
 
-def _docs_of(shards: list[TokenShard], keep: Any = None) -> DocumentSet:
+def documents_of(shards: list[TokenShard], keep: Any = None) -> DocumentSet:
+    """All documents of `shards` (or those whose ids `keep(ids)` selects), in file order."""
     sids, dids = [], []
     for s, shard in enumerate(shards):
         ids = np.arange(shard.n_docs, dtype=np.int64)
@@ -142,15 +143,15 @@ def load_datasets(
     train_shards = [open_shard(p, mode, tokenizer, max_bad_fraction) for p in files.train]
     if files.val:
         val_shards = [open_shard(p, mode, tokenizer, max_bad_fraction) for p in files.val]
-        return _docs_of(train_shards), _docs_of(val_shards)
+        return documents_of(train_shards), documents_of(val_shards)
     total = sum(s.n_docs for s in train_shards)
     if total < 2:
         logger.warning("only %d document(s) and no validation file: validating on the training data", total)
-        return _docs_of(train_shards), _docs_of(train_shards)
+        return documents_of(train_shards), documents_of(train_shards)
     every = min(HOLDOUT_EVERY, total)
     logger.info("no validation file: holding out every %d-th training document", every)
-    train = _docs_of(train_shards, lambda ids: ids % every != every - 1)
-    val = _docs_of(train_shards, lambda ids: ids % every == every - 1)
+    train = documents_of(train_shards, lambda ids: ids % every != every - 1)
+    val = documents_of(train_shards, lambda ids: ids % every == every - 1)
     return train, val
 
 

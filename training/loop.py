@@ -118,29 +118,47 @@ def train_step(tr: Trainer) -> dict[str, float]:
     return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 
 
-@torch.no_grad()
 def evaluate(tr: Trainer) -> dict[str, float]:
     """Validation loss (nats per target token) and bits per byte over up to `eval_batches` batches."""
-    cfg, rt = tr.cfg, tr.rt
-    loader = PackedLoader(
+    cfg = tr.cfg
+    return evaluate_docs(
+        tr.model,
         tr.val_docs,
-        cfg.seq_len,
-        cfg.batch_size,
+        tr.rt,
+        tr.byte_lengths,
         pack=tr.pack,
-        shuffle=False,
-        repeat=False,
-        rank=rt.rank,
-        world_size=rt.world_size,
+        seq_len=cfg.seq_len,
+        batch_size=cfg.batch_size,
+        max_batches=cfg.eval_batches,
     )
-    tr.model.eval()
-    byte_lengths = tr.byte_lengths.to(rt.device)
+
+
+@torch.no_grad()
+def evaluate_docs(
+    model: torch.nn.Module,
+    docs: DocumentSet,
+    rt: Runtime,
+    byte_lengths: torch.Tensor,
+    *,
+    pack: str,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int | None = None,
+) -> dict[str, float]:
+    """Loss and bits-per-byte of `model` over `docs` (this rank's share, summed over ranks); {} if empty."""
+    loader = PackedLoader(
+        docs, seq_len, batch_size, pack=pack, shuffle=False, repeat=False, rank=rt.rank, world_size=rt.world_size
+    )
+    was_training = model.training
+    model.eval()
+    byte_lengths = byte_lengths.to(rt.device)
     nats = tokens = byte_nats = n_bytes = 0.0
     for i, (x, y) in enumerate(loader):
-        if i >= cfg.eval_batches:
+        if max_batches is not None and i >= max_batches:
             break
         x, y = x.to(rt.device), y.to(rt.device)
         with rt.autocast():
-            logits = tr.model(x)
+            logits = model(x)
         per_token = F.cross_entropy(
             logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="none"
         )
@@ -150,7 +168,7 @@ def evaluate(tr: Trainer) -> dict[str, float]:
         tokens += float(valid.sum())
         byte_nats += float(per_token[tb > 0].sum())
         n_bytes += float(tb.sum())
-    tr.model.train()
+    model.train(was_training)
     nats, tokens, byte_nats, n_bytes = rt.all_reduce_sum([nats, tokens, byte_nats, n_bytes])
     if tokens == 0:
         return {}
