@@ -52,7 +52,7 @@ def live_server(checkpoint: Path, **settings: Any) -> Iterator[LiveServer]:
         model,
         max_num_seqs=engine_kw.get("max_num_seqs", 4),
         max_queued=engine_kw.get("max_queued", 64),
-        max_model_len=256,
+        max_model_len=512,
     )
     engine.start()
     cfg = Settings(model=checkpoint, served_model_name=MODEL_NAME, **settings)

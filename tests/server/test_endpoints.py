@@ -26,7 +26,7 @@ def test_models_and_health(live: LiveServer) -> None:
         data = c.get("/v1/models").json()
         assert data["object"] == "list" and [m["id"] for m in data["data"]] == [MODEL_NAME]
         card = c.get(f"/v1/models/{MODEL_NAME}").json()
-        assert card["object"] == "model" and card["max_model_len"] == 256
+        assert card["object"] == "model" and card["max_model_len"] == 512
     sdk = openai.OpenAI(base_url=live.base_url, api_key="x", max_retries=0)
     assert [m.id for m in sdk.models.list()] == [MODEL_NAME]
 
@@ -34,7 +34,7 @@ def test_models_and_health(live: LiveServer) -> None:
 def test_tokenize_roundtrip(live: LiveServer) -> None:
     with live.client() as c:
         tok = c.post("/tokenize", json={"prompt": "hello world 你好"}).json()
-        assert tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] == 256
+        assert tok["count"] == len(tok["tokens"]) > 0 and tok["max_model_len"] == 512
         assert c.post("/detokenize", json={"tokens": tok["tokens"]}).json()["prompt"] == "hello world 你好"
         chat = c.post("/tokenize", json={"messages": [{"role": "user", "content": "hello"}]}).json()
         assert chat["tokens"][0] == 1  # <|im_start|>
@@ -91,7 +91,7 @@ def test_metrics_exposition(live: LiveServer) -> None:
     assert r.headers["content-type"].startswith("text/plain")
     text = r.text
     assert metric(text, "minigpt_generation_tokens_total") >= 1 and metric(text, "minigpt_prompt_tokens_total") >= 1
-    assert metric(text, "minigpt_kv_cache_tokens_total") == 4 * 256
+    assert metric(text, "minigpt_kv_cache_tokens_total") == 4 * 512
     assert metric(text, "minigpt_time_to_first_token_seconds_count") >= 1
     assert 'minigpt_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert '_bucket{le="+Inf"}' in text
@@ -128,7 +128,7 @@ def test_abandoned_streams_are_cancelled(live: LiveServer) -> None:
 
 
 def test_non_stream_disconnect_cancels(live: LiveServer) -> None:
-    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "go"}], "max_tokens": 240, "ignore_eos": True}
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "go"}], "max_tokens": 480, "ignore_eos": True}
     before = live.engine.stats().generation_tokens_total
     with httpx.Client(base_url=live.url, timeout=0.3) as c, contextlib.suppress(httpx.TimeoutException):
         c.post("/v1/chat/completions", json=body)
@@ -137,4 +137,4 @@ def test_non_stream_disconnect_cancels(live: LiveServer) -> None:
         while _running(live, c) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _running(live, c) == 0
-    assert live.engine.stats().generation_tokens_total - before < 200
+    assert live.engine.stats().generation_tokens_total - before < 400

@@ -72,7 +72,7 @@ def test_context_length_exceeded(live: LiveServer) -> None:
             400,
             code="context_length_exceeded",
         )
-        assert "256" in err["message"] and "10000" in err["message"]
+        assert "512" in err["message"] and "10000" in err["message"]
         long = [{"role": "user", "content": "hello world " * 400}]
         envelope(
             c.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": long}), 400, "context_length_exceeded"

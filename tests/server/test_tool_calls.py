@@ -59,9 +59,9 @@ def collect(tokenizer: Tokenizer, deltas: list[ChoiceDelta]) -> tuple[dict[str, 
 
 
 def test_tool_call_shapes(tiny_tokenizer: Tokenizer) -> None:
-    ids = tiny_tokenizer.encode("Let me compute.") + [TOOL_CALL_ID, *tiny_tokenizer.encode(CALL), TOOL_CALL_END_ID]
+    ids = [*tiny_tokenizer.encode("Let me compute."), TOOL_CALL_ID, *tiny_tokenizer.encode(CALL), TOOL_CALL_END_ID]
     body, events = collect(
-        tiny_tokenizer, deltas_for(tiny_tokenizer, ids + [TOOL_CALL_ID, *tiny_tokenizer.encode(CALL), TOOL_CALL_END_ID])
+        tiny_tokenizer, deltas_for(tiny_tokenizer, [*ids, TOOL_CALL_ID, *tiny_tokenizer.encode(CALL), TOOL_CALL_END_ID])
     )
     choice = body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
