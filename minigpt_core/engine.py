@@ -170,6 +170,9 @@ class Engine:
     wants). Rows never share a reduction, so a request's greedy tokens do not depend on its neighbours;
     what can differ is float rounding (~1e-7 on CPU, where GEMM kernels vary with the batch size even at a
     fixed kv_len), far below the gap between distinct logits. Reading whole slots costs ~10x on CPU.
+
+    On CUDA the decode step runs "dense" (row b is slot b; the cache is read as a view) from power-of-two
+    batch and KV-length buckets, each captured once as a CUDA graph (`cuda_graphs`, default on for CUDA).
     """
 
     def __init__(
@@ -183,6 +186,7 @@ class Engine:
         eos_token_ids: Iterable[int] = (IM_END_ID, EOT_ID),
         device: torch.device | str | None = None,
         kv_len_bucket: int = 64,
+        cuda_graphs: bool | None = None,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -211,6 +215,8 @@ class Engine:
             eos_token_ids=tuple(eos_token_ids),
             device=self.device,
             kv_len_bucket=kv_len_bucket,
+            dense_decode=self.device.type == "cuda",
+            cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()

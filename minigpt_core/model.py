@@ -95,14 +95,17 @@ class Attention(nn.Module):
         if cache is None:
             y = _sdpa(q, k, v, None, is_causal=True)
         else:
-            assert slots is not None and positions is not None
+            assert positions is not None
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
+            rows = slots if slots is not None else torch.arange(B, device=x.device)
             # Advanced indices around a slice put (B, T) first: the target view is (B, T, KV, D).
-            ck[slots[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
-            cv[slots[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
-            keys = ck[slots, :, :kv_len].to(q.dtype)  # (B, KV, kv_len, D)
-            values = cv[slots, :, :kv_len].to(q.dtype)
-            y = _sdpa(q, keys, values, attn_mask, is_causal=False)
+            ck[rows[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[rows[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+            if slots is None:  # dense rows: row b is slot b, so the cache is read as a view (no gather copy)
+                keys, values = ck[:B, :, :kv_len], cv[:B, :, :kv_len]  # (B, KV, kv_len, D)
+            else:
+                keys, values = ck[slots, :, :kv_len], cv[slots, :, :kv_len]
+            y = _sdpa(q, keys.to(q.dtype), values.to(q.dtype), attn_mask, is_causal=False)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
 
@@ -113,9 +116,7 @@ def _sdpa(
     """SDPA with grouped KV heads: flash / mem-efficient kernels on GPU when no explicit mask is given."""
     if k.shape[1] != q.shape[1]:
         if _HAS_ENABLE_GQA and (mask is None or q.device.type != "cpu"):
-            return F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True
-            )
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
@@ -204,7 +205,8 @@ class MiniGPT(nn.Module):
         """Logits (B, T, V) in float32, or the final hidden states (B, T, C) with `return_hidden`.
 
         Without a cache: a causal forward from position 0. With a cache: row b writes its T new keys/values into
-        slot `slots[b]` at `positions[b]` and attends to that slot's keys at positions <= each query's position.
+        slot `slots[b]` (slot b when `slots` is None) at `positions[b]` and attends to that slot's keys at
+        positions <= each query's position.
         `kv_len` (default: max position + 1) is how many cache positions are read; a fixed value keeps the
         shapes, and so the arithmetic, of one row independent of its batch neighbours.
         """
@@ -215,8 +217,8 @@ class MiniGPT(nn.Module):
             pos = torch.arange(T, device=input_ids.device)[None].expand(B, T)
             n_kv = T
         else:
-            if slots is None or positions is None:
-                raise ValueError("a cached forward needs slots and positions")
+            if positions is None:
+                raise ValueError("a cached forward needs positions (and slots, unless row b is slot b)")
             pos = positions
             n_kv = kv_len if kv_len is not None else int(positions.max().item()) + 1
             key_pos = torch.arange(n_kv, device=input_ids.device)

@@ -202,3 +202,52 @@ def sample_batch(
     if logits.dim() != 2 or logits.shape[0] != len(samplers) or len(samplers) != len(allowed):
         raise ValueError(f"logits {tuple(logits.shape)} must be (B, V) with B = {len(samplers)} samplers and masks")
     return [sampler.sample(logits[b], allowed[b]) for b, sampler in enumerate(samplers)]
+
+
+def is_simple(params: SamplingParams) -> bool:
+    """True when a request needs only temperature / top-k / top-p / min-p: the batched GPU fast path.
+
+    Seeded requests, penalties, logit bias and logprobs keep the per-row `RequestSampler` (exact replay).
+    """
+    return (
+        params.seed is None
+        and not params.logprobs
+        and not params.logit_bias
+        and params.presence_penalty == 0.0
+        and params.frequency_penalty == 0.0
+        and params.repetition_penalty == 1.0
+    )
+
+
+def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Sample one token per row of `logits` (n, V) in a few batched kernels; returns ids (n,) on the device.
+
+    Greedy rows (temperature 0) take the argmax; the others temperature, top-k, top-p and min-p, then one
+    `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds.
+    """
+    device = logits.device
+    temps = torch.tensor([p.temperature for p in params], device=device, dtype=torch.float32)
+    greedy = logits.argmax(dim=-1)
+    if all(p.temperature == 0.0 for p in params):
+        return greedy
+    x = logits.float() / torch.where(temps > 0, temps, torch.ones_like(temps))[:, None]
+    top_ks = [p.top_k for p in params]
+    if any(k > 0 for k in top_ks):
+        k_max = max(top_ks)
+        kth = x.topk(min(k_max, x.shape[-1]), dim=-1).values  # (n, k_max) sorted descending
+        idx = torch.tensor([(k if k > 0 else k_max) - 1 for k in top_ks], device=device)
+        thresh = kth.gather(1, idx[:, None])
+        no_k = torch.tensor([k <= 0 for k in top_ks], device=device)[:, None]
+        x = torch.where((x < thresh) & ~no_k, torch.full_like(x, float("-inf")), x)
+    probs = x.softmax(dim=-1)
+    if any(p.top_p < 1.0 for p in params):
+        top_ps = torch.tensor([p.top_p for p in params], device=device)[:, None]
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) > top_ps  # keep the smallest prefix reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+        probs = probs.masked_fill(drop, 0.0)
+    if any(p.min_p > 0.0 for p in params):
+        min_ps = torch.tensor([p.min_p for p in params], device=device)[:, None]
+        probs = probs.masked_fill(probs < min_ps * probs.max(dim=-1, keepdim=True).values, 0.0)
+    sampled = torch.multinomial(probs, 1).squeeze(1)
+    return torch.where(temps > 0, sampled, greedy)

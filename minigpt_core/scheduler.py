@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt_core.constraints import Constraint
+from minigpt_core.cuda_graphs import GraphedDecoder, buckets_up_to, pick
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
-from minigpt_core.sampling import RequestSampler, SamplingParams
+from minigpt_core.sampling import RequestSampler, SampledToken, SamplingParams, is_simple, sample_simple_batch
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Scheduler:
         eos_token_ids: tuple[int, ...],
         device: torch.device,
         kv_len_bucket: int = 64,
+        dense_decode: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
         self.max_model_len, self.prefill_chunk = max_model_len, prefill_chunk
@@ -107,10 +110,23 @@ class Scheduler:
         self.decode_ids = torch.zeros((n, 1), dtype=torch.long, device=device)
         self.decode_slots = torch.zeros((n,), dtype=torch.long, device=device)
         self.decode_positions = torch.zeros((n, 1), dtype=torch.long, device=device)
+        # Dense decode (the GPU path): row b of a step is slot b, the cache is read as a view, and shapes come
+        # from a few buckets so each (batch, kv) pair can be one captured CUDA graph.
+        self.dense_decode = dense_decode or cuda_graphs
+        self.batch_buckets = buckets_up_to(n)
+        self.kv_buckets = buckets_up_to(max_model_len, start=min(128, max_model_len))
+        self.graphs: GraphedDecoder | None = None
+        if cuda_graphs:
+            self.graphs = GraphedDecoder(
+                model, cache, self.decode_ids, self.decode_positions, self.batch_buckets, self.kv_buckets
+            )
+            self.graphs.capture_all()
 
     # --- bookkeeping --------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> None:
         """Give `seq` a free slot; the caller checked `free_slots` first."""
+        if self.dense_decode:  # lowest free slot first keeps dense steps small
+            self.free_slots.sort(reverse=True)
         seq.slot = self.free_slots.pop()
         self.running.append(seq)
 
@@ -182,6 +198,21 @@ class Scheduler:
             self._accept(seq, logits[0, -1])
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
+        logits = self._dense_logits(seqs) if self.dense_decode else self._gathered_logits(seqs)  # (n, V)
+        for seq in seqs:
+            seq.num_cached += 1
+        simple = [seq for seq in seqs if seq.constraint is None and is_simple(seq.params)]
+        if len(simple) == len(seqs):  # one batched sample and one host transfer for the whole step
+            tokens = sample_simple_batch(logits, [seq.params for seq in seqs])
+            logprobs = logits.float().log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+            pairs = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1).tolist()  # one host transfer
+            for seq, (token_id, logprob) in zip(seqs, pairs, strict=True):
+                self._record(seq, SampledToken(int(token_id), logprob, []))
+            return
+        for i, seq in enumerate(seqs):
+            self._accept(seq, logits[i])
+
+    def _gathered_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         n = len(seqs)
         ids = torch.tensor([seq.last_token for seq in seqs], dtype=torch.long)
         slots = torch.tensor([seq.slot for seq in seqs], dtype=torch.long)
@@ -189,10 +220,25 @@ class Scheduler:
         self.decode_ids[:n, 0].copy_(ids)
         self.decode_slots[:n].copy_(slots)
         self.decode_positions[:n, 0].copy_(positions)
-        logits = self.forward_decode(n, self._kv_len(max(seq.num_cached for seq in seqs) + 1))  # (n, V)
-        for i, seq in enumerate(seqs):
-            seq.num_cached += 1
-            self._accept(seq, logits[i])
+        return self.forward_decode(n, self._kv_len(max(seq.num_cached for seq in seqs) + 1))
+
+    def _dense_logits(self, seqs: list[Sequence]) -> torch.Tensor:
+        b = pick(self.batch_buckets, max(seq.slot for seq in seqs) + 1)
+        kv_len = pick(self.kv_buckets, max(seq.num_cached for seq in seqs) + 1)
+        ids = [0] * b
+        positions = [self.max_model_len - 1] * b  # padding rows write where no live query reads yet
+        for seq in seqs:
+            ids[seq.slot], positions[seq.slot] = seq.last_token, seq.num_cached
+        self.decode_ids[:b, 0].copy_(torch.tensor(ids, dtype=torch.long), non_blocking=True)
+        self.decode_positions[:b, 0].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
+        if self.graphs is not None:
+            out = self.graphs.run(b, kv_len)
+        else:
+            out = self.model(self.decode_ids[:b], cache=self.cache, positions=self.decode_positions[:b], kv_len=kv_len)[
+                :, -1
+            ]
+        rows = torch.tensor([seq.slot for seq in seqs], dtype=torch.long).to(self.device, non_blocking=True)
+        return out.index_select(0, rows)
 
     def _kv_len(self, needed: int) -> int:
         bucket = self.kv_len_bucket
@@ -217,7 +263,18 @@ class Scheduler:
         try:
             mask = seq.constraint.allowed() if seq.constraint is not None else None
             sampled = seq.sampler.sample(logits_row, mask)
-            token_id = sampled.token_id
+        except Exception as exc:
+            logger.warning("sampling failed for request %s: %s", seq.request_id, exc)
+            self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
+            return
+        self._record(seq, sampled)
+
+    def _record(self, seq: Sequence, sampled: SampledToken) -> None:
+        """Account for a sampled token: penalties' counts, the constraint, stopping, and the TokenEvent."""
+        if seq.finished or seq.is_cancelled():
+            return
+        token_id = sampled.token_id
+        try:
             seq.sampler.observe(token_id)
             if seq.constraint is not None:
                 seq.constraint.advance(token_id)

@@ -312,3 +312,20 @@ def test_all_of_intersects_masks() -> None:
     assert mask is not None and mask.nonzero().flatten().tolist() == [2, 3]
     assert both.is_finished()
     assert AllOf([]).allowed() is None and not AllOf([]).is_finished()
+
+
+def test_dense_decode_path_gives_the_same_greedy_tokens() -> None:
+    """The GPU decode layout (row b = slot b, bucketed shapes, batched sampling) on CPU, against the default."""
+    torch.manual_seed(0)
+    model = MiniGPT(ModelConfig(vocab_size=97, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_dim=128)).eval()
+    prompts = [[5 + i, 7, 9 + 2 * i, 11] * (i + 1) for i in range(5)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
+
+    def run(dense: bool) -> list[list[int]]:
+        engine = Engine(model, max_num_seqs=4, max_model_len=128)
+        engine._scheduler.dense_decode = dense
+        with engine:
+            streams = [engine.generate(p, params) for p in prompts]
+            return [[ev.token_id for ev in s if ev.token_id is not None] for s in streams]
+
+    assert run(True) == run(False)

@@ -177,3 +177,26 @@ def test_valid_params_pass() -> None:
     SamplingParams(
         temperature=0.0, top_p=0.9, top_k=5, logit_bias=((0, -100.0), (V - 1, 100.0)), logprobs=True, top_logprobs=20
     ).validate(V)
+
+
+def test_simple_batch_sampler_matches_the_rules() -> None:
+    from minigpt_core.sampling import is_simple, sample_simple_batch
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 50)
+    params = [
+        SamplingParams(temperature=0.0),
+        SamplingParams(temperature=1.0, top_k=1),
+        SamplingParams(temperature=0.8, top_p=1e-6),
+        SamplingParams(temperature=1.0, min_p=0.999),
+    ]
+    assert all(is_simple(p) for p in params)
+    assert not is_simple(SamplingParams(seed=3)) and not is_simple(SamplingParams(presence_penalty=0.5))
+    for _ in range(20):  # every rule here collapses to the argmax
+        assert torch.equal(sample_simple_batch(logits, params), logits.argmax(-1))
+    free = [SamplingParams(temperature=1.0, top_k=5)] * 4
+    draws = torch.stack([sample_simple_batch(logits, free) for _ in range(200)])  # (200, 4)
+    top5 = logits.topk(5, dim=-1).indices
+    for row in range(4):
+        assert set(draws[:, row].tolist()) <= set(top5[row].tolist())
+        assert len(set(draws[:, row].tolist())) > 1
