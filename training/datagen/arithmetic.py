@@ -274,10 +274,14 @@ def compare_problem(rng: random.Random, split: Split) -> Problem:
     return Problem(template.format(a=a, b=b), _compare_steps(a, b, zh), final, big, "zh" if zh else "en")
 
 
+def _unit_values(rng: random.Random) -> tuple[int, int, int]:
+    """(unit pair index, direction, amount): amounts stay small so that answers keep at most 4 digits."""
+    index = rng.randrange(len(UNITS))
+    return index, rng.randint(0, 1), rng.randint(1, 12 if UNITS[index][2] < 1000 else 9)
+
+
 def unit_problem(rng: random.Random, split: Split) -> Problem:
-    index, down, v = pick(
-        rng, split, "unit", lambda: (rng.randrange(len(UNITS)), rng.randint(0, 1), rng.randint(1, 12))
-    )
+    index, down, v = pick(rng, split, "unit", lambda: _unit_values(rng))
     big, small, factor = UNITS[index]
     template = rng.choice(UNIT[split])
     zh = is_zh(template)

@@ -104,9 +104,12 @@ def single_call_dialogue(rng: random.Random, split: Split, think: bool) -> Conve
     ]
 
 
+def _is_zh(text: str) -> bool:
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
 def _join(first: str, second: str) -> str:
-    zh = any("\u4e00" <= ch <= "\u9fff" for ch in first + second)
-    if zh:
+    if _is_zh(first + second):
         return f"{first} 另外，{second}"
     second = second[0].lower() + second[1:] if second[:2] != "I " else second
     return f"{first} Also, {second}"
@@ -116,6 +119,11 @@ def parallel_dialogue(rng: random.Random, split: Split) -> Conversation:
     """Two independent requests in one message: two calls in one assistant turn, two results, one answer."""
     first = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
     second = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
+    while True:  # both requests in one language: mixed-language messages are rare in the wild
+        same_language = _is_zh(first.request) == _is_zh(second.request)
+        if same_language and (first.name != second.name or first.tool == second.tool):
+            break  # (one name offered twice with two schemas would make one call invalid)
+        second = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
     needed = [first.tool] if first.name == second.name else [first.tool, second.tool]
     tools = offered_tools(rng, split, needed, max(len(needed), _tool_count(rng, len(needed))))
     calls = [tool_call(rng, first.name, first.arguments), tool_call(rng, second.name, second.arguments)]

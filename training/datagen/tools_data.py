@@ -65,7 +65,10 @@ def run_tool(name: str, arguments: dict[str, Any]) -> str:
     """The tool's real result through the registry when it is deterministic, else the stand-in's."""
     registry = _registry()
     if registry is not None and name not in ("current_time", "search_docs"):
-        return str(registry.call(name, arguments))
+        try:
+            return str(registry.call(name, arguments))
+        except Exception as exc:  # a tool refusing our value must not stop corpus generation
+            logger.warning("tool %s refused %s (%s); using the stand-in result", name, arguments, exc)
     return local_result(name, arguments)
 
 
