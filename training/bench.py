@@ -75,10 +75,11 @@ def build(impl: str, cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
 
     hf_cfg = LlamaConfig(**{k: v for k, v in cfg.to_hf_dict().items() if k not in ("architectures", "model_type")})
     hf_cfg._attn_implementation = "sdpa"
-    return LlamaForCausalLM(hf_cfg).to(device)
+    hf_model: torch.nn.Module = LlamaForCausalLM(hf_cfg)
+    return hf_model.to(device)
 
 
-def logits_of(impl: str, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def logits_of(impl: str, model: Any, x: torch.Tensor) -> torch.Tensor:
     return model(x) if impl == "minigpt" else model(input_ids=x, use_cache=False).logits
 
 
