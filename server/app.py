@@ -194,6 +194,8 @@ class GatewayMiddleware:
             if self._key is not None and path not in OPEN_PATHS and not self._authorized(headers):
                 await _send_error(send_wrapper, Unauthorized("Incorrect or missing API key.", None))
                 return
+            if scope.get("method") == "POST" and b"json" not in headers.get("content-type", b""):
+                scope = _as_json(scope)  # `curl -d` sends form encoding; every POST body here is JSON
             body, receive_next = await self._read_body(headers, receive)
             if body is None:
                 await _send_error(
@@ -239,6 +241,11 @@ class GatewayMiddleware:
             if not message.get("more_body", False):
                 break
         return b"".join(chunks), receive
+
+
+def _as_json(scope: Scope) -> Scope:
+    kept = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
+    return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

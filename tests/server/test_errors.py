@@ -65,6 +65,14 @@ def test_malformed_json_and_wrong_shapes_are_400(live: LiveServer) -> None:
         envelope(c.post("/detokenize", json={"tokens": [-1]}), 400)
 
 
+def test_json_without_content_type_is_accepted(live: LiveServer) -> None:
+    raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
+    with live.client() as c:  # what `curl -d` sends: form encoding
+        r = c.post("/v1/chat/completions", content=raw, headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 200, r.text
+        envelope(c.post("/v1/chat/completions", content=b"model=tiny", headers={"content-type": "text/plain"}), 400)
+
+
 def test_context_length_exceeded(live: LiveServer) -> None:
     with live.client() as c:
         err = envelope(
