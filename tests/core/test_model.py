@@ -64,9 +64,7 @@ def test_cached_decoding_equals_full_recompute(qk_norm: bool) -> None:
         out.append(model(ids[:, 7:12], cache=cache, slots=slots, positions=torch.arange(7, 12).expand(2, 5)))
         for t in range(12, 20):
             pos = torch.full((2, 1), t)
-            out.append(
-                model(ids[:, t : t + 1], cache=cache, slots=slots, positions=pos, kv_len=cfg.max_seq_len)
-            )
+            out.append(model(ids[:, t : t + 1], cache=cache, slots=slots, positions=pos, kv_len=cfg.max_seq_len))
     cached = torch.cat(out, dim=1)
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
 
