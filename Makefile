@@ -35,7 +35,8 @@ demo-model: install
 	$(BIN)/python -m training.demo
 
 bench: install
-	$(BIN)/minigpt-bench
+	$(BIN)/minigpt-bench serve
+	$(BIN)/minigpt-bench train
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

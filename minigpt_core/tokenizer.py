@@ -115,6 +115,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; checkpoints are read by other users (e.g. a container's)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

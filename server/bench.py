@@ -1,0 +1,269 @@
+"""`minigpt-bench`: serving speed through HTTP against HF `generate` on the same weights and card.
+
+`minigpt-bench serve` starts `minigpt-serve` in a subprocess (so the load generator does not share its GIL),
+sends streaming `/v1/completions` requests of random token prompts of a fixed length with a fixed output length
+(`ignore_eos`, greedy) at each concurrency level, and reports TTFT, inter-token latency and output tokens/s.
+The peer is HF transformers `generate` on the same checkpoint, same dtype and device, at batch 1 and the same
+batch sizes. `minigpt-bench train` runs the training benchmark (training/bench.py) in its own process.
+It prints a table and writes JSON; on CPU it runs small sizes so CI can smoke-test it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+
+from minigpt_core.checkpoint import BUNDLED_TOKENIZER, DEMO_MODEL_DIR, save_checkpoint
+from minigpt_core.config import preset
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
+
+
+def random_checkpoint(config: str, out: Path) -> Path:
+    """Random weights of a preset with the bundled tokenizer: speed does not depend on what was learned."""
+    torch.manual_seed(0)
+    tokenizer = Tokenizer.from_file(BUNDLED_TOKENIZER)
+    cfg = preset(config)
+    return save_checkpoint(
+        out / config, MiniGPT(cfg.replace(vocab_size=max(cfg.vocab_size, tokenizer.vocab_size))), tokenizer
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(model: Path, port: int, device: str, max_num_seqs: int, max_model_len: int) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "server",
+        "--model",
+        str(model),
+        "--port",
+        str(port),
+        "--device",
+        device,
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--max-model-len",
+        str(max_model_len),
+        "--max-queued",
+        "4096",
+        "--log-level",
+        "warning",
+        "--served-model-name",
+        "bench",
+    ]
+    if device == "cuda":
+        cmd += ["--dtype", "bfloat16"]
+    proc = subprocess.Popen(cmd)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"minigpt-serve exited with {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("minigpt-serve did not become healthy in 600 s")
+
+
+async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> dict[str, float]:
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": output_len,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    first: float | None = None
+    tokens = 0
+    async with client.stream("POST", "/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("choices") and first is None:
+                first = time.perf_counter()
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    end = time.perf_counter()
+    first = first or end
+    return {"ttft_s": first - t0, "total_s": end - t0, "tokens": tokens, "itl_s": (end - first) / max(tokens - 1, 1)}
+
+
+async def run_level(
+    base_url: str, concurrency: int, n_requests: int, prompt_len: int, output_len: int, vocab: int
+) -> dict[str, Any]:
+    rng = random.Random(concurrency)
+    prompts = [[rng.randrange(NUM_SPECIAL, vocab) for _ in range(prompt_len)] for _ in range(n_requests)]
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
+        await one_request(client, prompts[0], 4)  # warm-up (connection, first-use paths)
+        queue = list(prompts)
+        results: list[dict[str, float]] = []
+
+        async def worker() -> None:
+            while queue:
+                results.append(await one_request(client, queue.pop(), output_len))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ttfts = sorted(r["ttft_s"] for r in results)
+    return {
+        "impl": "minigpt-serve (HTTP)",
+        "concurrency": concurrency,
+        "requests": len(results),
+        "output_tok_s": sum(r["tokens"] for r in results) / wall,
+        "ttft_p50_ms": 1000 * statistics.median(ttfts),
+        "ttft_p90_ms": 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
+        "itl_mean_ms": 1000 * statistics.mean(r["itl_s"] for r in results),
+        "per_stream_tok_s": statistics.mean(1 / r["itl_s"] for r in results),
+    }
+
+
+def hf_generate(model_dir: Path, device: str, batch: int, prompt_len: int, output_len: int) -> dict[str, Any]:
+    """The peer: HF transformers `generate` (greedy, KV cache) on the same weights, dtype and device."""
+    from transformers import AutoModelForCausalLM  # peer only; not a runtime dependency
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    vocab = Tokenizer.from_dir(model_dir).vocab_size
+    ids = torch.randint(NUM_SPECIAL, vocab, (batch, prompt_len), device=device)
+    kw = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
+
+    def timed(n_new: int) -> float:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=n_new, min_new_tokens=n_new, **kw)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    timed(4)  # warm-up
+    ttft = timed(1)
+    total = timed(output_len)
+    return {
+        "impl": "HF generate",
+        "concurrency": batch,
+        "requests": batch,
+        "output_tok_s": batch * output_len / total,
+        "ttft_p50_ms": 1000 * ttft,
+        "ttft_p90_ms": None,
+        "itl_mean_ms": 1000 * (total - ttft) / max(output_len - 1, 1),
+        "per_stream_tok_s": (output_len - 1) / max(total - ttft, 1e-9),
+    }
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    out = [f"{'model':<10}{'impl':<22}{'conc':>5}{'out tok/s':>12}{'per-stream':>12}{'TTFT p50':>10}{'ITL ms':>8}"]
+    for r in rows:
+        out.append(
+            f"{r['model']:<10}{r['impl']:<22}{r['concurrency']:>5}{r['output_tok_s']:>12,.0f}"
+            f"{r['per_stream_tok_s']:>12,.0f}{r['ttft_p50_ms']:>10.1f}{r['itl_mean_ms']:>8.2f}"
+        )
+    return "\n".join(out)
+
+
+def bench_serve(args: argparse.Namespace) -> int:
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device == "cuda"
+    configs = (args.configs or ("small,medium" if cuda else "tiny")).split(",")
+    levels = [int(c) for c in (args.concurrency or ("1,8,64" if cuda else "1,8")).split(",")]
+    prompt_len, output_len = args.prompt_len or (128 if cuda else 32), args.output_len or (128 if cuda else 16)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in configs:
+            model_dir = (
+                Path(args.model)
+                if args.model
+                else (DEMO_MODEL_DIR if name == "demo" else random_checkpoint(name, Path(tmp)))
+            )
+            vocab = Tokenizer.from_dir(model_dir).vocab_size
+            port = free_port()
+            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16)
+            try:
+                for c in levels:
+                    n = args.requests or max(2 * c, 4)
+                    row = asyncio.run(run_level(f"http://127.0.0.1:{port}", c, n, prompt_len, output_len, vocab))
+                    rows.append({"model": name, **row})
+            finally:
+                proc.terminate()
+                proc.wait(30)
+            if not args.no_peer:
+                for c in levels:
+                    rows.append({"model": name, **hf_generate(model_dir, device, c, prompt_len, output_len)})
+                if cuda:
+                    torch.cuda.empty_cache()
+    info = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "prompt_len": prompt_len,
+        "output_len": output_len,
+        "rows": rows,
+    }
+    print(f"device: {info['device']}  torch {info['torch']}  prompt {prompt_len} tokens, output {output_len} tokens")
+    print(format_rows(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minigpt-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    s = sub.add_parser("serve", help="serving speed over HTTP vs HF generate")
+    s.add_argument(
+        "--configs",
+        help="comma list of presets with random weights, or 'demo' (default small,medium on CUDA, tiny on CPU)",
+    )
+    s.add_argument("--model", help="benchmark this checkpoint directory instead")
+    s.add_argument("--device", default="auto")
+    s.add_argument("--concurrency", help="comma list (default 1,8,64 on CUDA; 1,8 on CPU)")
+    s.add_argument("--prompt-len", type=int)
+    s.add_argument("--output-len", type=int)
+    s.add_argument("--requests", type=int, help="requests per level (default 2 x concurrency, at least 4)")
+    s.add_argument("--no-peer", action="store_true", help="skip HF generate")
+    s.add_argument("--json", help="write results here")
+    sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:  # its own process: server may not import training
+        return subprocess.call([sys.executable, "-m", "training.bench", *argv[1:]], env=os.environ.copy())
+    args = build_parser().parse_args(argv)
+    return bench_serve(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
