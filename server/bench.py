@@ -152,7 +152,8 @@ def hf_generate(model_dir: Path, device: str, batch: int, prompt_len: int, outpu
     from transformers import AutoModelForCausalLM  # peer only; not a runtime dependency
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(device).eval()
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+    model = model.to(device).eval()
     vocab = Tokenizer.from_dir(model_dir).vocab_size
     ids = torch.randint(NUM_SPECIAL, vocab, (batch, prompt_len), device=device)
     kw = {"do_sample": False, "pad_token_id": 0, "eos_token_id": None}
