@@ -61,6 +61,7 @@ class GraphedDecoder:
         logits = self.model(self.ids[:b], cache=self.cache, positions=self.positions[:b], kv_len=kv_len)
         return logits[:, -1]  # (b, V)
 
+    @torch.no_grad()
     def capture_all(self) -> None:
         t0 = time.perf_counter()
         # Warm up on a side stream (cuBLAS handles, autotuning) before capturing, as the PyTorch docs advise.
