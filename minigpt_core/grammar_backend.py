@@ -1,0 +1,187 @@
+"""The llguidance side of constrained decoding: per-tokenizer state, grammar compilation and token masks.
+
+What it is: `backend_for(tok)` gives the cached `GrammarBackend` of a tokenizer (its `llguidance.LLTokenizer`,
+compiled grammars, reusable static masks); `GrammarRun` follows one grammar through generated tokens and turns
+llguidance's bitmask into the bool (V,) mask of the `Constraint` protocol; `json_rule`, `tool_call_rules` and
+`lark_literal` build the Lark text; `check_schema` maps what llguidance cannot enforce to `InvalidRequest`.
+
+What it is not: no request semantics (tool_choice, think blocks, ...): those live in `grammar.py`.
+
+Choices:
+- The `LLTokenizer` is built from our `tokenizer.json` text (llguidance parses it with the Rust `tokenizers`
+  crate), which needs no transformers wrapper and marks ids 0..8 as special tokens.
+- JSON is forced into the exact compact layout the model is trained on (`json.dumps` defaults: ", " and ": ",
+  no other whitespace), through llguidance's `x-guidance` options on every `%json` rule.
+- Objects that declare `properties` but say nothing of `additionalProperties` get `additionalProperties: false`:
+  the model only ever sees declared keys in training, and the output still validates against the original schema.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from typing import Any
+
+import llguidance
+import torch
+
+from minigpt_core.errors import InvalidRequest, MiniGPTError
+from minigpt_core.tokenizer import IM_END_ID, NUM_SPECIAL, Tokenizer
+
+logger = logging.getLogger(__name__)
+
+JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+_MAX_CACHED_GRAMMARS = 128
+_WHITESPACE = frozenset(b" \t\n\r")
+# Keywords whose value is a schema / a list of schemas / a map of name -> schema.
+_SUB_SCHEMA = ("items", "additionalItems", "contains", "additionalProperties", "propertyNames")
+_SUB_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUB_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
+
+
+class GrammarError(MiniGPTError):
+    """The grammar engine rejected a token the mask allowed, or failed internally."""
+
+
+def tighten_schema(schema: Any) -> Any:
+    """A copy of `schema` where objects with `properties` default to `additionalProperties: false`."""
+    if isinstance(schema, list):
+        return [tighten_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = dict(schema)
+    for key in _SUB_SCHEMA:
+        if isinstance(out.get(key), dict | list):
+            out[key] = tighten_schema(out[key])
+    for key in _SUB_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [tighten_schema(s) for s in out[key]]
+    for key in _SUB_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: tighten_schema(s) for name, s in out[key].items()}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def json_rule(schema: dict[str, Any]) -> str:
+    """A Lark `%json` expansion for `schema` in our compact layout (the schema's own x-guidance is replaced)."""
+    body = tighten_schema(schema)
+    body["x-guidance"] = dict(JSON_OPTIONS)
+    return "%json " + json.dumps(body, ensure_ascii=True)
+
+
+def lark_literal(text: str) -> str:
+    """`text` as a Lark string literal (JSON escapes, ASCII only)."""
+    return json.dumps(text, ensure_ascii=True)
+
+
+def tool_call_rules(tools: list[tuple[str, dict[str, Any]]]) -> str:
+    """Lark rules defining `call`: `{"name": <name>, "arguments": <that tool's schema>}`, one alternative a tool.
+
+    Each tool's schema is its own `%json` root, so its `$ref: "#/$defs/..."` pointers keep resolving.
+    """
+    lines = ["call: " + " | ".join(f"call_{i}" for i in range(len(tools)))]
+    for i, (name, schema) in enumerate(tools):
+        head = lark_literal(f'{{"name": {json.dumps(name)}, "arguments": ')
+        lines.append(f'call_{i}: {head} args_{i} "}}"')
+        lines.append(f"args_{i}: {json_rule(schema)}")
+    return "\n".join(lines)
+
+
+class GrammarBackend:
+    """Everything llguidance needs for one tokenizer: built once, shared by every request (thread-safe)."""
+
+    def __init__(self, tok: Tokenizer, vocab_size: int) -> None:
+        if vocab_size < tok.vocab_size:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than the tokenizer's {tok.vocab_size}")
+        self.vocab_size = vocab_size
+        self.ll_tokenizer = llguidance.LLTokenizer(tok.to_json_str(), n_vocab=vocab_size, eos_token=IM_END_ID)
+        self.whitespace_ids = [
+            i for i, b in enumerate(tok.all_token_bytes()) if i >= NUM_SPECIAL and b and set(b) <= _WHITESPACE
+        ]
+        self._lock = threading.Lock()
+        self._matchers: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        self._masks: dict[tuple[bool, frozenset[int]], torch.Tensor] = {}
+        # (256, 8) bool: byte value -> its 8 bits, least significant first (llguidance's bit order).
+        self._bit_table = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1 == 1
+
+    def matcher(self, lark: str, param: str) -> llguidance.LLMatcher:
+        """A fresh matcher for `lark` (compiled once, then deep-copied); InvalidRequest(param) if unenforceable."""
+        with self._lock:
+            template = self._matchers.get(lark)
+            if template is not None:
+                self._matchers.move_to_end(lark)
+                return template.deep_copy()
+        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
+        if is_error:
+            detail = messages[0].splitlines()[0] if messages else "unknown error"
+            raise InvalidRequest(f"the schema cannot be enforced: {detail}", param=param)
+        template = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        if template.is_error():
+            raise InvalidRequest(f"the schema cannot be enforced: {template.get_error()}", param=param)
+        for warning in template.get_grammar_warnings():
+            logger.debug("grammar warning: %s", warning)
+        with self._lock:
+            self._matchers[lark] = template
+            while len(self._matchers) > _MAX_CACHED_GRAMMARS:
+                self._matchers.popitem(last=False)
+        return template.deep_copy()
+
+    def static_mask(self, ids: frozenset[int], *, allow: bool) -> torch.Tensor:
+        """A shared, read-only bool (V,) mask: only `ids` allowed (allow=True) or all but `ids` (allow=False)."""
+        key = (allow, ids)
+        with self._lock:
+            mask = self._masks.get(key)
+            if mask is None:
+                mask = torch.full((self.vocab_size,), not allow, dtype=torch.bool)
+                mask[list(ids)] = allow
+                self._masks[key] = mask
+        return mask
+
+    def unpack(self, bits: torch.Tensor) -> torch.Tensor:
+        """llguidance's int32 bitmask (W,) -> bool (V,)."""
+        return torch.index_select(self._bit_table, 0, bits.view(torch.uint8).long()).view(-1)[: self.vocab_size]
+
+
+_BACKENDS: weakref.WeakKeyDictionary[Tokenizer, dict[int, GrammarBackend]] = weakref.WeakKeyDictionary()
+_BACKENDS_LOCK = threading.Lock()
+
+
+def backend_for(tok: Tokenizer, vocab_size: int | None = None) -> GrammarBackend:
+    """The cached backend of `tok` for a model vocabulary of `vocab_size` (default: the tokenizer's)."""
+    size = tok.vocab_size if vocab_size is None else vocab_size
+    with _BACKENDS_LOCK:
+        per_size = _BACKENDS.setdefault(tok, {})
+        backend = per_size.get(size)
+        if backend is None:
+            backend = GrammarBackend(tok, size)
+            per_size[size] = backend
+    return backend
+
+
+class GrammarRun:
+    """One grammar followed through the generated tokens; finished once the grammar can take nothing more."""
+
+    def __init__(self, backend: GrammarBackend, lark: str, param: str) -> None:
+        self.backend = backend
+        self.matcher = backend.matcher(lark, param)
+        self._bits = torch.zeros((backend.vocab_size + 31) // 32, dtype=torch.int32)
+
+    def mask(self) -> torch.Tensor:
+        nbytes = self._bits.numel() * self._bits.element_size()
+        self.matcher.unsafe_compute_mask_ptr(self._bits.data_ptr(), nbytes)
+        if self.matcher.is_error():
+            raise GrammarError(f"grammar engine failed: {self.matcher.get_error()}")
+        return self.backend.unpack(self._bits)
+
+    def consume(self, token_id: int) -> None:
+        if not self.matcher.consume_token(token_id):
+            raise GrammarError(f"token {token_id} breaks the grammar: {self.matcher.get_error()}")
+
+    def finished(self) -> bool:
+        return self.matcher.is_stopped()
