@@ -141,8 +141,8 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 # Per (size, stage) defaults. SFT uses a lower peak rate and longer rows (whole conversations).
 _PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
-        "pretrain": {"seq_len": 256, "batch_size": 32, "learning_rate": 2e-3, "max_steps": 2000},
-        "sft": {"seq_len": 512, "batch_size": 16, "learning_rate": 1e-3, "max_steps": 1000},
+        "pretrain": {"seq_len": 256, "batch_size": 16, "learning_rate": 2e-3, "max_steps": 2000},
+        "sft": {"seq_len": 512, "batch_size": 8, "learning_rate": 1e-3, "max_steps": 1000},
     },
     "small": {
         "pretrain": {"seq_len": 512, "batch_size": 32, "learning_rate": 1e-3, "max_steps": 5000},

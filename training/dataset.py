@@ -68,7 +68,8 @@ def bundled_data_dir() -> Path:
     return out
 
 
-def _is_val(path: Path) -> bool:
+def is_val_file(path: Path) -> bool:
+    """Whether a file name marks held-out data (…_val.jsonl, eval_….jsonl, test.jsonl, ...)."""
     stem = path.stem.lower().replace("-", "_").replace(".", "_")
     return any(marker in stem.split("_") for marker in _VAL_MARKERS)
 
@@ -87,7 +88,7 @@ def resolve_data_files(data: str | Path | None, mode: str) -> DataFiles:
             found = mine
         else:  # a folder of mixed files: keep those whose first lines are in this mode's format
             found = [p for p in found if detect_format(p) == mode]
-        files = DataFiles([p for p in found if not _is_val(p)], [p for p in found if _is_val(p)])
+        files = DataFiles([p for p in found if not is_val_file(p)], [p for p in found if is_val_file(p)])
         if not files.train:
             raise DataError(f"{root}: no {mode} training files (*.jsonl) in this folder")
     else:

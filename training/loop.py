@@ -201,7 +201,9 @@ def fit(tr: Trainer) -> TrainerState:
     cfg, rt, st = tr.cfg, tr.rt, tr.state
     tokens_per_step = cfg.tokens_per_step * rt.world_size
     started, base_elapsed = time.monotonic(), st.elapsed_s
-    bar = tqdm(total=cfg.max_steps, initial=st.step, disable=not rt.is_main, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.max_steps, initial=st.step, disable=not rt.is_main, unit="step", dynamic_ncols=True, mininterval=0.5
+    )
     tok_rate = 0.0
     try:
         while st.step < cfg.max_steps:

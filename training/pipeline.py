@@ -27,6 +27,7 @@ from training.dataset import (
     DataFiles,
     DocumentSet,
     PackedLoader,
+    is_val_file,
     load_datasets,
     resolve_data_files,
     token_byte_lengths,
@@ -50,7 +51,8 @@ def _texts(files: list[Path]) -> Iterator[str]:
                 continue
             if isinstance(obj.get("text"), str):
                 yield obj["text"]
-            for message in obj.get("conversations") or []:
+            messages = [*(obj.get("conversations") or []), *(obj.get("chosen") or []), *(obj.get("rejected") or [])]
+            for message in messages:
                 if isinstance(message, dict):
                     for key in ("content", "reasoning_content"):
                         if isinstance(message.get(key), str):
@@ -65,15 +67,22 @@ def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: P
     if cfg.tokenizer:
         path = Path(cfg.tokenizer)
         return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer.from_file(path)
-    if cfg.retrain_tokenizer:
+    retrain = cfg.retrain_tokenizer
+    if not retrain and not BUNDLED_TOKENIZER.is_file():
+        logger.warning("the bundled tokenizer %s is missing: training one on the data instead", BUNDLED_TOKENIZER)
+        retrain = True
+    if retrain:
         target = run_dir / ".tokenizer" / "tokenizer.json"
+        # From a folder, learn from every training file (pretrain, SFT, DPO) so later stages are covered too.
+        folder = files.train[0].parent
+        sources = files.train
+        if cfg.data is None or Path(cfg.data).is_dir():
+            sources = sorted(p for p in folder.glob("*.jsonl") if not is_val_file(p))
         if rt.is_main:
-            logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, files.train)))
-            train_tokenizer(_texts(files.train), cfg.model.vocab_size).save(target.parent)
+            logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, sources)))
+            train_tokenizer(_texts(sources), cfg.model.vocab_size).save(target.parent)
         rt.barrier()
         return Tokenizer.from_file(target)
-    if not BUNDLED_TOKENIZER.is_file():
-        raise ConfigError(f"the bundled tokenizer {BUNDLED_TOKENIZER} is missing; pass --retrain-tokenizer")
     return Tokenizer.from_file(BUNDLED_TOKENIZER)
 
 
