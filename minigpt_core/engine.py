@@ -173,6 +173,7 @@ class Engine:
 
     On CUDA the decode step runs "dense" (row b is slot b; the cache is read as a view) from power-of-two
     batch and KV-length buckets, each captured once as a CUDA graph (`cuda_graphs`, default on for CUDA).
+    `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
     """
 
     def __init__(
@@ -187,6 +188,7 @@ class Engine:
         device: torch.device | str | None = None,
         kv_len_bucket: int = 64,
         cuda_graphs: bool | None = None,
+        output_vocab: int | None = None,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -217,6 +219,7 @@ class Engine:
             kv_len_bucket=kv_len_bucket,
             dense_decode=self.device.type == "cuda",
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
+            output_vocab=output_vocab,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()

@@ -95,8 +95,11 @@ class Scheduler:
         kv_len_bucket: int = 64,
         dense_decode: bool = False,
         cuda_graphs: bool = False,
+        output_vocab: int | None = None,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
+        # Only ids the tokenizer knows may be sampled (a model's embedding may be padded past the tokenizer).
+        self.output_vocab = output_vocab or model.config.vocab_size
         self.max_model_len, self.prefill_chunk = max_model_len, prefill_chunk
         self.eos_token_ids = frozenset(eos_token_ids)
         self.kv_len_bucket = kv_len_bucket  # >= max_model_len: every step reads whole slots (fixed shapes)
@@ -199,6 +202,7 @@ class Scheduler:
 
     def _decode_step(self, seqs: list[Sequence]) -> None:
         logits = self._dense_logits(seqs) if self.dense_decode else self._gathered_logits(seqs)  # (n, V)
+        logits = logits[:, : self.output_vocab]
         for seq in seqs:
             seq.num_cached += 1
         simple = [seq for seq in seqs if seq.constraint is None and is_simple(seq.params)]
@@ -262,7 +266,10 @@ class Scheduler:
             return
         try:
             mask = seq.constraint.allowed() if seq.constraint is not None else None
-            sampled = seq.sampler.sample(logits_row, mask)
+            limit = self.output_vocab
+            if mask is not None and mask.shape[-1] == self.model.config.vocab_size:
+                mask = mask[:limit]  # masks span the model's vocab; only the tokenizer's ids are sampled
+            sampled = seq.sampler.sample(logits_row[:limit], mask)
         except Exception as exc:
             logger.warning("sampling failed for request %s: %s", seq.request_id, exc)
             self._finish(seq, "error", f"{type(exc).__name__}: {exc}")

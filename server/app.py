@@ -111,7 +111,13 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
     dtype = dtypes.get(settings.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model, tokenizer = load_checkpoint(model_dir, device, dtype)
     max_len = min(settings.max_model_len or model.config.max_seq_len, model.config.max_seq_len)
-    engine = Engine(model, max_num_seqs=settings.max_num_seqs, max_model_len=max_len, max_queued=settings.max_queued)
+    engine = Engine(
+        model,
+        max_num_seqs=settings.max_num_seqs,
+        max_model_len=max_len,
+        max_queued=settings.max_queued,
+        output_vocab=tokenizer.vocab_size,
+    )
     engine.start()
     logger.info("serving %s from %s on %s (%s)", settings.model_name(), model_dir, device, dtype)
     return engine, tokenizer, model_dir

@@ -102,13 +102,16 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
     first: float | None = None
     tokens = 0
     async with client.stream("POST", "/v1/completions", json=body) as resp:
-        resp.raise_for_status()
+        if resp.status_code != 200:
+            raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
         async for line in resp.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("choices") and first is None:
                 first = time.perf_counter()
+            if "error" in chunk:
+                raise RuntimeError(f"stream error: {chunk['error']}")
             if chunk.get("usage"):
                 tokens = chunk["usage"]["completion_tokens"]
     end = time.perf_counter()

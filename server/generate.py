@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     except (MiniGPTError, OSError) as exc:
         print(f"minigpt-generate: {exc}", file=sys.stderr)
         return 2
-    with Engine(model, max_num_seqs=max(1, min(16, len(prompts))), max_queued=max(64, len(prompts))) as engine:
+    slots, queued = max(1, min(16, len(prompts))), max(64, len(prompts))
+    with Engine(model, max_num_seqs=slots, max_queued=queued, output_vocab=tokenizer.vocab_size) as engine:
         gen = Generator(engine, tokenizer, params)
         if args.mode == "chat":
             run_chat(gen, args.system, args.ultra_think, sys.stdin, sys.stdout)
