@@ -222,7 +222,7 @@ def fit(tr: Trainer) -> TrainerState:
             record: dict[str, Any] = {"step": st.step, **m, "tok_per_s": rate, "elapsed_s": st.elapsed_s}
             if cfg.eval_every and (st.step % cfg.eval_every == 0 or last or out_of_time):
                 record.update(evaluate(tr))
-                if "val_loss" in record:
+                if "val_loss" in record and rt.is_main:
                     bar.write(f"step {st.step}: val_loss {record['val_loss']:.4f}, bpb {record['val_bpb']:.4f}")
                     best = st.best_val_loss
                     st.best_val_loss = record["val_loss"] if best is None else min(best, record["val_loss"])

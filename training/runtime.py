@@ -80,7 +80,8 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
         raise ConfigError("multi-process training on mps is not supported; use cpu or cuda")
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+        device_id = dev if dev.type == "cuda" else None  # binds NCCL to this rank's GPU (and silences a warning)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world, device_id=device_id)
         logger.info("rank %d/%d joined the %s process group", rank, world, backend)
     return Runtime(dev, rank, local_rank, world, _autocast_dtype(dev, dtype))
 
