@@ -53,7 +53,9 @@ def test_output_loads_in_transformers_with_the_same_logits(pretrained: Path) -> 
         torch.testing.assert_close(hf(ids).logits, ours(ids), atol=1e-4, rtol=1e-4)
 
 
-def test_sft_from_init_learns_the_answers(pretrained: Path, train_workdir: Path, tmp_path: Path) -> None:
+def test_sft_from_init_learns_the_answers(
+    pretrained: Path, train_workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "sft"
     args = base_args(train_workdir, train_workdir / "data", out, mode="sft")
     args = [a for a in args if a not in ("--tokenizer", str(train_workdir / "tok"))]  # the tokenizer comes from --init
@@ -67,8 +69,11 @@ def test_sft_from_init_learns_the_answers(pretrained: Path, train_workdir: Path,
     assert records[-1]["loss"] < records[0]["loss"]
     assert [r["val_loss"] for r in records if "val_loss" in r][-1] < 1.5, records[-1]
     assert load_checkpoint(out)[0].config == load_checkpoint(pretrained)[0].config
+    capsys.readouterr()
     rc = eval_cli.main(["--model", str(out), "--data", str(train_workdir / "data" / "sft_val.jsonl"), "--json"])
     assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["mode"] == "sft" and report["tokens"] > 0 and 0 < report["loss"] < 1.5 and report["bits_per_byte"] > 0
 
 
 def test_resume_is_exact(train_workdir: Path, tmp_path: Path) -> None:
