@@ -1,9 +1,10 @@
 """The app factory: `create_app(settings, engine=None)`, its lifespan, and the gateway middleware.
 
 The lifespan loads the checkpoint in a worker thread (so /health can answer 503 while it loads), builds and
-starts the engine, and shuts it down on exit. A caller that passes its own `engine` (tests, embedding) keeps
-ownership of it. The gateway middleware is plain ASGI (it must not buffer streams): request id, API-key check
-in constant time (/health stays open), the body-size limit (413) and per-request metrics and logging.
+starts the engine, warms up the grammar engine (llguidance initialises lazily) and shuts it down on exit.
+A caller that passes its own `engine` (tests, embedding) keeps ownership of it. The gateway middleware is
+plain ASGI (it must not buffer streams): request id, API-key check in constant time (/health stays open), the
+body-size limit (413) and per-request metrics and logging.
 Routes live in `server.routes`; error mapping in `server.errors`.
 """
 
@@ -119,8 +120,22 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
         output_vocab=tokenizer.vocab_size,
     )
     engine.start()
+    warm_grammar(tokenizer, model.config.vocab_size)
     logger.info("serving %s from %s on %s (%s)", settings.model_name(), model_dir, device, dtype)
     return engine, tokenizer, model_dir
+
+
+def warm_grammar(tokenizer: Tokenizer, vocab_size: int) -> None:
+    """Build the grammar engine's tokenizer state and first mask now (blocking), not on the first tools request.
+
+    A tokenizer llguidance cannot handle is logged, not fatal: only constrained requests will fail then.
+    """
+    from minigpt_core.grammar import warm_up
+
+    try:
+        warm_up(tokenizer, vocab_size)
+    except MiniGPTError as exc:
+        logger.warning("grammar engine unavailable, tools and response_format requests will fail: %s", exc)
 
 
 async def _load(state: ServerState) -> None:
@@ -136,6 +151,7 @@ async def _load(state: ServerState) -> None:
 def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | None = None) -> FastAPI:
     """The FastAPI app. With `engine` given, the caller owns it and the tokenizer comes from `settings.model`."""
     from server.routes import router
+    from server.web import router as web_router
 
     state = ServerState(settings=settings, metrics=Metrics(settings.model_name()), model_name=settings.model_name())
 
@@ -145,6 +161,7 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
         if engine is not None:
             model_dir = settings.resolved_model_dir()
             tok = tokenizer if tokenizer is not None else Tokenizer.from_dir(model_dir)
+            await asyncio.to_thread(warm_grammar, tok, int(engine.vocab_size))
             state.attach(engine, tok, model_dir)
         else:
             loader = asyncio.create_task(_load(state))
@@ -162,6 +179,7 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
     app.state.server = state
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
+    app.include_router(web_router)
     app.add_middleware(GatewayMiddleware, state=state)
     return app
 

@@ -2,22 +2,26 @@
 
 The boundary where wire names (`max_tokens`, `logit_bias`, `reasoning_effort`, ...) become internal ones.
 It renders chat messages through `minigpt_core.chat_template.render` (the one template training also uses),
-checks the context length before anything is queued (never silent truncation), and is the hook where a grammar
-`Constraint` will be built from `tools` / `tool_choice` / `response_format` (issue 9). It does not run the engine
-or format responses: that is `server.streaming`.
+checks the context length before anything is queued (never silent truncation), and builds the grammar
+`Constraint` factory from `tools` / `tool_choice` / `parallel_tool_calls` / `response_format` (llguidance, see
+`minigpt_core.grammar`). It does not run the engine or format responses: that is `server.streaming`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from minigpt_core.chat_template import render
-from minigpt_core.constraints import Constraint
+from minigpt_core.constraints import Constraint, prompt_ends_inside_think
 from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
+from minigpt_core.grammar import JsonConstraint, ToolCallConstraint, ToolChoice
 from minigpt_core.sampling import SamplingParams
+from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
 from server.protocol import ChatCompletionRequest, NamedToolChoice, SamplingFields, TextPart
 
 logger = logging.getLogger(__name__)
@@ -36,7 +40,7 @@ class PreparedRequest:
     thinking: bool = False
     parse_tools: bool = False
     single_tool_call: bool = False
-    # Builds a fresh Constraint per choice (they are stateful); None = unconstrained. TODO(issue 9).
+    # Builds a fresh Constraint per choice (they are stateful); None = unconstrained.
     make_constraint: Callable[[], Constraint | None] | None = None
 
 
@@ -107,13 +111,104 @@ def _offered_tools(req: ChatCompletionRequest) -> list[Mapping[str, Any]] | None
     return [t.model_dump(mode="json", exclude_none=True, by_alias=True) for t in tools]
 
 
-def build_constraint_factory(req: ChatCompletionRequest, tokenizer: Any) -> Callable[[], Constraint | None] | None:
-    """Hook for grammar-constrained decoding of tool calls and response_format.
+class FirstOf:
+    """Either member, decided by the tokens: allows what any still-viable member allows.
 
-    TODO(issue 9): return a factory of llguidance-backed constraints here; until then output is unconstrained
-    (the thinking budget is applied by the engine from `SamplingParams.max_thinking_tokens`).
+    Each generated token is passed to the members that allowed it; the others drop out. Used for tools plus
+    `response_format`: the answer is either tool calls or the structured answer, never free text.
+    TODO(issue 9): belongs beside `AllOf` in minigpt_core.constraints.
     """
-    return None
+
+    def __init__(self, members: Sequence[Constraint]) -> None:
+        self.members: list[Constraint] = list(members)
+        self._masks: list[torch.Tensor | None] = []
+
+    def allowed(self) -> torch.Tensor | None:
+        self._masks = [m.allowed() for m in self.members]
+        if any(mask is None for mask in self._masks):
+            return None
+        union = self._masks[0]
+        assert union is not None
+        for mask in self._masks[1:]:
+            assert mask is not None
+            union = union | mask
+        return union
+
+    def advance(self, token_id: int) -> None:
+        masks = self._masks if len(self._masks) == len(self.members) else [m.allowed() for m in self.members]
+        kept = [m for m, mask in zip(self.members, masks, strict=True) if mask is None or bool(mask[token_id])]
+        self.members = kept or self.members[:1]  # an all-False mask already failed the request upstream
+        self._masks = []
+        for member in self.members:
+            member.advance(token_id)
+
+    def is_finished(self) -> bool:
+        return any(m.is_finished() for m in self.members)
+
+
+def _tool_dicts(req: ChatCompletionRequest) -> list[dict[str, Any]]:
+    return [t.model_dump(mode="json", exclude_none=True, by_alias=True) for t in req.tools or []]
+
+
+def _json_schema(req: ChatCompletionRequest) -> tuple[bool, dict[str, Any] | None]:
+    """(constrain?, schema) from response_format; schema None = any JSON object."""
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return False, None
+    if fmt.type == "json_object":
+        return True, None
+    assert fmt.json_schema is not None  # checked by the wire model
+    schema = fmt.json_schema.schema_
+    if schema is None:
+        raise InvalidRequest("response_format.json_schema needs a schema", "response_format")
+    return True, schema
+
+
+def build_constraint_factory(
+    req: ChatCompletionRequest, tokenizer: Any, *, prompt_ids: Sequence[int], vocab_size: int
+) -> Callable[[], Constraint | None] | None:
+    """A factory of fresh grammar constraints (one per choice: they keep state), or None for free output.
+
+    - no tools, tool_choice unset/"auto": no tool constraint; "none" bans the tool-call tags;
+    - tools with "auto" / "required" / named: calls follow the tools' schemas (`parallel_tool_calls` honoured);
+    - response_format json_object / json_schema: the whole answer is that JSON;
+    - both tools (callable: tool_choice auto) and response_format: the answer is either tool calls
+      (starting at once) or the JSON answer (`FirstOf`); with "required" / named the call is forced and the
+      format is left for a later turn; with "none" only the format applies.
+    The first constraint is built here, so an unenforceable schema or tool_choice raises InvalidRequest
+    before anything is queued.
+    """
+    tools = _tool_dicts(req)
+    choice = req.tool_choice
+    mode: ToolChoice = choice.model_dump(mode="json") if isinstance(choice, NamedToolChoice) else choice or "auto"
+    wants_json, schema = _json_schema(req)
+    inside = prompt_ends_inside_think(prompt_ids, THINK_ID, THINK_END_ID)
+    parallel = req.parallel_tool_calls
+    callable_tools = bool(tools) and mode != "none"
+    if not callable_tools and not wants_json and mode != "none":
+        return None
+
+    def make() -> Constraint:
+        def tool_constraint(m: ToolChoice) -> ToolCallConstraint:
+            return ToolCallConstraint(
+                tokenizer, tools, m, parallel=parallel, inside_think=inside, vocab_size=vocab_size
+            )
+
+        json_c = JsonConstraint(tokenizer, schema, inside_think=inside, vocab_size=vocab_size) if wants_json else None
+        if json_c is None:
+            return tool_constraint(mode)
+        if not callable_tools:
+            return json_c
+        if mode == "auto":
+            return FirstOf([tool_constraint("required"), json_c])
+        return tool_constraint(mode)
+
+    first: list[Constraint] = [make()]  # raises InvalidRequest now, before the first byte
+
+    def factory() -> Constraint:
+        return first.pop() if first else make()
+
+    return factory
 
 
 def resolve_max_tokens(requested: int | None, prompt_len: int, max_model_len: int, default: int) -> int:
@@ -214,5 +309,5 @@ def prepare_chat(
         thinking=thinking,
         parse_tools=tools is not None,
         single_tool_call=not req.parallel_tool_calls,
-        make_constraint=build_constraint_factory(req, tokenizer),
+        make_constraint=build_constraint_factory(req, tokenizer, prompt_ids=prompt_ids, vocab_size=vocab_size),
     )
