@@ -142,7 +142,7 @@ def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
 _PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "pretrain": {"seq_len": 256, "batch_size": 16, "learning_rate": 2e-3, "max_steps": 2000},
-        "sft": {"seq_len": 512, "batch_size": 8, "learning_rate": 1e-3, "max_steps": 1000},
+        "sft": {"seq_len": 1024, "batch_size": 4, "learning_rate": 1e-3, "max_steps": 1000},
     },
     "small": {
         "pretrain": {"seq_len": 512, "batch_size": 32, "learning_rate": 1e-3, "max_steps": 5000},

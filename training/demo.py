@@ -38,14 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="corpus folder (default: the bundled corpus, generated on first use)")
     p.add_argument("--work-dir", default="checkpoints/demo", help="where the two runs are written")
     p.add_argument("--out", default=str(DEMO_MODEL_DIR), help="final servable checkpoint folder")
-    p.add_argument("--pretrain-steps", type=int, default=400)
-    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--pretrain-steps", type=int, default=600)
+    p.add_argument("--sft-steps", type=int, default=1200)
     p.add_argument("--pretrain-batch-size", type=int, default=16)
-    p.add_argument("--sft-batch-size", type=int, default=8)
+    p.add_argument("--sft-batch-size", type=int, default=4)
     p.add_argument("--pretrain-time-min", type=float, help="wall-time budget of pretraining (minutes)")
     p.add_argument("--sft-time-min", type=float, help="wall-time budget of SFT (minutes)")
     p.add_argument("--samples", type=int, default=4, help="greedy samples on held-out prompts to print")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (the reproducible default) or cuda")
     return p
 
 
@@ -61,7 +62,7 @@ def _stage(args: argparse.Namespace, mode: str, data: Path, **extra: Any) -> tup
         out_dir=str(out),
         max_steps=steps,
         batch_size=batch,
-        device="cpu",
+        device=args.device,
         seed=args.seed,
         eval_every=max(1, steps // 5),
         save_every=steps,

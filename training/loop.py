@@ -73,7 +73,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def train_step(tr: Trainer) -> dict[str, float]:
+def train_step(tr: Trainer) -> dict[str, Any]:
     """One optimizer step over `grad_accum` micro-batches; raises TrainingDiverged on NaN/inf."""
     cfg, rt = tr.cfg, tr.rt
     batches = []
@@ -90,6 +90,8 @@ def train_step(tr: Trainer) -> dict[str, float]:
         group["lr"] = lr
     loss_sum = torch.zeros((), device=rt.device)
     for i, (x, y) in enumerate(batches):
+        if rt.device.type == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
+            x, y = x.pin_memory(), y.pin_memory()
         x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
         last = i == len(batches) - 1
         no_sync = getattr(tr.forward, "no_sync", None)
@@ -103,19 +105,34 @@ def train_step(tr: Trainer) -> dict[str, float]:
             (loss * scale).backward()
         loss_sum += loss.detach()
     clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(tr.model.parameters(), clip))
-    loss_value = rt.all_reduce_sum([float(loss_sum)])[0] / max(n_global, 1.0)
+    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), clip)
+    if rt.distributed:
+        dist_loss = torch.stack([loss_sum.double()])
+        torch.distributed.all_reduce(dist_loss)
+        loss_sum = dist_loss[0]
+    tr.optimizer.step()
+    tr.optimizer.zero_grad(set_to_none=True)
+    # Device tensors: reading them is a host sync, so `fit` does it only every log_every steps on a GPU.
+    return {"loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
+
+
+def read_metrics(tr: Trainer, m: dict[str, Any]) -> dict[str, float]:
+    """Turn a step's tensors into floats (one host sync) and stop the run if the loss or gradient blew up.
+
+    Checked before every save, so a non-finite step is never written; on a GPU up to log_every - 1 steps may
+    run between the blow-up and the check (their updates are discarded with the run).
+    """
+    values = torch.stack([torch.as_tensor(m["loss"]).double().cpu(), torch.as_tensor(m["grad_norm"]).double().cpu()])
+    loss_value, grad_norm = values.tolist()
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         tr.optimizer.zero_grad(set_to_none=True)
         saved = list_checkpoints(tr.run_dir)
         keep = f"the last good checkpoint is {saved[-1][1]}" if saved else "no checkpoint was saved yet"
         raise TrainingDiverged(
-            f"training diverged at step {tr.state.step + 1}: loss={loss_value}, grad_norm={grad_norm} "
+            f"training diverged at or before step {tr.state.step}: loss={loss_value}, grad_norm={grad_norm} "
             f"(try a lower --learning-rate); stopped without saving, {keep}"
         )
-    tr.optimizer.step()
-    tr.optimizer.zero_grad(set_to_none=True)
-    return {"loss": loss_value, "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
+    return {**m, "loss": loss_value, "grad_norm": grad_norm}
 
 
 def evaluate(tr: Trainer) -> dict[str, float]:
@@ -205,30 +222,37 @@ def fit(tr: Trainer) -> TrainerState:
         total=cfg.max_steps, initial=st.step, disable=not rt.is_main, unit="step", dynamic_ncols=True, mininterval=0.5
     )
     tok_rate = 0.0
+    last_t, last_step = time.perf_counter(), st.step
     try:
         while st.step < cfg.max_steps:
-            t0 = time.perf_counter()
             m = train_step(tr)
-            dt = time.perf_counter() - t0
             st.step += 1
             st.tokens_seen += tokens_per_step
             st.elapsed_s = base_elapsed + time.monotonic() - started
-            rate = tokens_per_step / max(dt, 1e-9)
-            tok_rate = rate if tok_rate == 0.0 else 0.9 * tok_rate + 0.1 * rate
             bar.update(1)
-            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_rate:,.0f}", lr=f"{m['lr']:.2e}")
             last = st.step >= cfg.max_steps
             out_of_time = cfg.time_limit_s is not None and rt.any_flag(st.elapsed_s > cfg.time_limit_s)
+            checkpoint_due = st.step % cfg.save_every == 0 or last or out_of_time
+            eval_due = bool(cfg.eval_every) and (st.step % cfg.eval_every == 0 or last or out_of_time)
+            log_due = st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or eval_due
+            if rt.device.type == "cuda" and not (log_due or checkpoint_due):
+                continue  # no host sync: the GPU runs ahead while the next batch is prepared
+            m = read_metrics(tr, m)
+            now = time.perf_counter()
+            rate = tokens_per_step * (st.step - last_step) / max(now - last_t, 1e-9)
+            last_t, last_step = now, st.step
+            tok_rate = rate if tok_rate == 0.0 else 0.9 * tok_rate + 0.1 * rate
+            bar.set_postfix(loss=f"{m['loss']:.4f}", tok_s=f"{tok_rate:,.0f}", lr=f"{m['lr']:.2e}")
             record: dict[str, Any] = {"step": st.step, **m, "tok_per_s": rate, "elapsed_s": st.elapsed_s}
-            if cfg.eval_every and (st.step % cfg.eval_every == 0 or last or out_of_time):
+            if eval_due:
                 record.update(evaluate(tr))
                 if "val_loss" in record and rt.is_main:
                     bar.write(f"step {st.step}: val_loss {record['val_loss']:.4f}, bpb {record['val_bpb']:.4f}")
                     best = st.best_val_loss
                     st.best_val_loss = record["val_loss"] if best is None else min(best, record["val_loss"])
-            if st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or "val_loss" in record:
+            if log_due:
                 append_metrics(tr, record)
-            if st.step % cfg.save_every == 0 or last or out_of_time:
+            if checkpoint_due:
                 save(tr)
             if out_of_time:
                 logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)

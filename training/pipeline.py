@@ -206,5 +206,8 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
     if rt.is_main and loader.truncated:
         logger.warning("%d conversations were longer than --seq-len and were truncated", loader.truncated)
     if rt.is_main:
-        plot_run(run_dir)
+        try:
+            plot_run(run_dir)
+        except ImportError as exc:  # matplotlib is optional where only training runs (e.g. a bare GPU box)
+            logger.warning("no loss plot: %s", exc)
     return final
