@@ -5,7 +5,13 @@ It loads the checkpoint, starts an `Engine` in this process and uses the same ch
 streams tokens as they come; a line starting with `think:` turns on thinking for that turn (`--ultra-think`
 for every turn); reasoning is shown dimmed on a terminal, or in a `[thinking]` block otherwise. Batch mode
 queues every prompt at once (the engine batches them) and prints one JSON line per prompt.
-It is not an HTTP client and does not run tools (that agent loop belongs to issue 9).
+
+With `--tools calculator,unit_convert,...` (or `all`), chat and single mode run an agent loop: the tools are
+rendered into the prompt, calls are grammar-constrained to their schemas (`--tool-choice` for the first round of
+each turn, "auto" after), each call is executed locally through `tools.registry` and its result (or
+"error: ...") is fed back as a `tool` message, until the model answers without calling or `--max-tool-rounds`
+rounds have run (then one last round with calls banned). Every call and result is printed.
+It is not an HTTP client.
 """
 
 from __future__ import annotations
@@ -17,17 +23,24 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from minigpt_core.chat_template import render
+from minigpt_core.constraints import prompt_ends_inside_think
 from minigpt_core.errors import MiniGPTError
-from minigpt_core.output_parser import Content, OutputParser, Reasoning
+from minigpt_core.output_parser import Content, OutputParser, Reasoning, ToolCallEnd, ToolCallStart
 from minigpt_core.sampling import SamplingParams
+from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
+from server.generation import tool_call_id
+from tools.base import ToolError
+from tools.registry import ToolRegistry, default_registry
 
 logger = logging.getLogger(__name__)
 
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 EXIT_WORDS = frozenset({"exit", "quit", "/exit", "/quit"})
+Choice = Literal["auto", "required", "none"]
+MAX_TOOL_RESULT_CHARS = 2000  # a tool result longer than this is cut before it goes back into the context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,26 +56,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ultra-think", action="store_true", help="think before answering (every turn)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--tools", default=None, help="comma-separated built-in tools to offer (or 'all'): agent loop")
+    p.add_argument(
+        "--tool-choice", choices=("auto", "required", "none"), default="auto", help="first round of each turn"
+    )
+    p.add_argument("--max-tool-rounds", type=int, default=4, help="rounds of tool calls per turn")
     return p
 
 
-class Generator:
-    """An engine plus tokenizer; `answer(messages)` yields ('reasoning' | 'content', text) pieces."""
+def tool_registry(spec: str | None) -> ToolRegistry | None:
+    """`--tools` -> the registry of those built-ins (None without the flag); ToolError names unknown ones."""
+    if spec is None:
+        return None
+    registry = default_registry()
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if names == ["all"]:
+        return registry
+    if not names:
+        raise ToolError("--tools needs at least one tool name")
+    return registry.subset(names)
 
-    def __init__(self, engine: Any, tokenizer: Any, params: SamplingParams) -> None:
+
+class Generator:
+    """An engine plus tokenizer (plus the tools it may call); `answer(messages)` yields (kind, text) pieces.
+
+    Kinds: 'reasoning', 'content', and with tools 'call' (text = `{"name": ..., "arguments": {...}}` JSON).
+    """
+
+    def __init__(
+        self, engine: Any, tokenizer: Any, params: SamplingParams, registry: ToolRegistry | None = None
+    ) -> None:
         self.engine, self.tokenizer, self.params = engine, tokenizer, params
+        self.registry = registry
 
     def _prompt(self, messages: list[dict[str, Any]], thinking: bool) -> tuple[list[int], SamplingParams]:
-        ids = render(messages, add_generation_prompt=True, enable_thinking=thinking, tokenizer=self.tokenizer).ids
+        tools = self.registry.schemas() if self.registry is not None else None
+        ids = render(
+            messages, tools, add_generation_prompt=True, enable_thinking=thinking, tokenizer=self.tokenizer
+        ).ids
         room = self.engine.max_model_len - len(ids)
         if room < 1:
             raise MiniGPTError(f"the conversation ({len(ids)} tokens) fills the context; start a new one")
         return ids, replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
 
-    def answer(self, messages: list[dict[str, Any]], thinking: bool) -> Iterator[tuple[str, str]]:
+    def _constraint(self, ids: list[int], tool_choice: Choice) -> Any:
+        if self.registry is None:
+            return None
+        from minigpt_core.grammar import ToolCallConstraint
+
+        return ToolCallConstraint(
+            self.tokenizer,
+            self.registry.schemas(),
+            tool_choice,
+            inside_think=prompt_ends_inside_think(ids, THINK_ID, THINK_END_ID),
+            vocab_size=self.engine.vocab_size,
+        )
+
+    def answer(
+        self, messages: list[dict[str, Any]], thinking: bool, tool_choice: Choice = "auto"
+    ) -> Iterator[tuple[str, str]]:
         ids, params = self._prompt(messages, thinking)
-        parser = OutputParser(self.tokenizer, thinking=thinking, parse_tools=False)
-        stream = self.engine.generate(ids, params)
+        parse_tools = self.registry is not None
+        parser = OutputParser(self.tokenizer, thinking=thinking, parse_tools=parse_tools)
+        stream = self.engine.generate(ids, params, self._constraint(ids, tool_choice))
+        names: dict[int, str] = {}
         try:
             for event in stream:
                 segments = parser.push(event.token_id) if event.token_id is not None else []
@@ -73,17 +130,34 @@ class Generator:
                         yield "reasoning", seg.text
                     elif isinstance(seg, Content):
                         yield "content", seg.text
+                    elif isinstance(seg, ToolCallStart):
+                        names[seg.index] = seg.name
+                    elif isinstance(seg, ToolCallEnd):
+                        name = json.dumps(names[seg.index], ensure_ascii=False)
+                        yield "call", f'{{"name": {name}, "arguments": {seg.arguments_json}}}'
                 if event.finish_reason is not None:
                     return
         finally:
             stream.close()
 
 
-def _show(pieces: Iterator[tuple[str, str]], out: TextIO) -> str:
-    """Print pieces as they come; return the content text."""
+def _show(pieces: Iterator[tuple[str, str]], out: TextIO, calls: list[dict[str, Any]] | None = None) -> str:
+    """Print pieces as they come; return the content text. Tool calls are appended to `calls` (parsed)."""
     tty = out.isatty()
     content, kind_open = "", ""
     for kind, text in pieces:
+        if kind == "call":  # printed as it completes, run after the round
+            call = json.loads(text)
+            if calls is not None:
+                calls.append(call)
+            if kind_open == "reasoning":
+                out.write(RESET + "\n" if tty else "\n[/thinking]\n")
+            elif kind_open:
+                out.write("\n")
+            args = json.dumps(call["arguments"], ensure_ascii=False)
+            out.write(f"[tool call] {call['name']}({args})\n")
+            kind_open = ""
+            continue
         if kind != kind_open:
             if kind == "reasoning":
                 out.write(DIM if tty else "[thinking]\n")
@@ -100,7 +174,16 @@ def _show(pieces: Iterator[tuple[str, str]], out: TextIO) -> str:
     return content
 
 
-def run_chat(gen: Generator, system: str | None, ultra_think: bool, inp: TextIO, out: TextIO) -> None:
+def run_chat(
+    gen: Generator,
+    system: str | None,
+    ultra_think: bool,
+    inp: TextIO,
+    out: TextIO,
+    *,
+    tool_choice: Choice = "auto",
+    max_tool_rounds: int = 4,
+) -> None:
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
     out.write("MiniGPT chat. Start a line with 'think:' to reason first; 'exit' to quit.\n")
     while True:
@@ -115,14 +198,61 @@ def run_chat(gen: Generator, system: str | None, ultra_think: bool, inp: TextIO,
         thinking = ultra_think or text.lower().startswith("think:")
         if text.lower().startswith("think:"):
             text = text[len("think:") :].strip()
+        before = len(history)
         history.append({"role": "user", "content": text})
         try:
-            reply = _show(gen.answer(history, thinking), out)
+            if gen.registry is None:
+                history.append({"role": "assistant", "content": _show(gen.answer(history, thinking), out)})
+            else:
+                agent_turn(gen, history, thinking, out, first_choice=tool_choice, max_rounds=max_tool_rounds)
         except MiniGPTError as exc:
             out.write(f"error: {exc}\n")
-            history.pop()
-            continue
-        history.append({"role": "assistant", "content": reply})
+            del history[before:]
+
+
+def run_tool(registry: ToolRegistry, name: str, arguments: Any) -> str:
+    """The tool's result text, or "error: ..." (what the model sees either way); cut to MAX_TOOL_RESULT_CHARS."""
+    try:
+        result = registry.call(name, arguments)
+    except ToolError as exc:
+        result = f"error: {exc}"
+    return result if len(result) <= MAX_TOOL_RESULT_CHARS else result[:MAX_TOOL_RESULT_CHARS] + " [truncated]"
+
+
+def agent_turn(
+    gen: Generator,
+    history: list[dict[str, Any]],
+    thinking: bool,
+    out: TextIO,
+    *,
+    first_choice: Choice = "auto",
+    max_rounds: int = 4,
+) -> str:
+    """Answer the last user message, running the model's tool calls; appends every message to `history`.
+
+    Round 0 uses `first_choice`, later rounds "auto"; after `max_rounds` rounds with calls, a last round bans
+    them ("none") so the turn always ends with an answer. Returns that answer's content.
+    """
+    if gen.registry is None:
+        raise MiniGPTError("agent_turn needs a Generator with tools")
+    for round_no in range(max(0, max_rounds) + 1):
+        choice: Choice = "none" if round_no >= max_rounds else (first_choice if round_no == 0 else "auto")
+        calls: list[dict[str, Any]] = []
+        content = _show(gen.answer(history, thinking, choice), out, calls)
+        if not calls:
+            history.append({"role": "assistant", "content": content})
+            return content
+        wire: list[dict[str, Any]] = [
+            {"id": tool_call_id(), "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for c in calls
+        ]
+        history.append({"role": "assistant", "content": content or None, "tool_calls": wire})
+        for call in wire:
+            fn = call["function"]
+            result = run_tool(gen.registry, fn["name"], fn["arguments"])
+            out.write(f"[tool result] {result}\n")
+            history.append({"role": "tool", "tool_call_id": call["id"], "name": fn["name"], "content": result})
+    raise AssertionError("unreachable: the last round bans tool calls")
 
 
 def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO) -> None:
@@ -157,20 +287,34 @@ def main(argv: list[str] | None = None) -> int:
         model, tokenizer = load_checkpoint(args.model_path or DEMO_MODEL_DIR, resolve_device(args.device))
         params.validate(model.config.vocab_size)
         prompts = _batch_prompts(args) if args.mode == "batch" else []
-    except (MiniGPTError, OSError) as exc:
+        registry = tool_registry(args.tools)
+        if registry is not None and args.mode == "batch":
+            raise MiniGPTError("--tools works with --mode chat or single")
+    except (MiniGPTError, OSError, ToolError) as exc:
         print(f"minigpt-generate: {exc}", file=sys.stderr)
         return 2
     slots, queued = max(1, min(16, len(prompts))), max(64, len(prompts))
     with Engine(model, max_num_seqs=slots, max_queued=queued, output_vocab=tokenizer.vocab_size) as engine:
-        gen = Generator(engine, tokenizer, params)
+        gen = Generator(engine, tokenizer, params, registry)
+        agent = {"tool_choice": args.tool_choice, "max_tool_rounds": args.max_tool_rounds}
         if args.mode == "chat":
-            run_chat(gen, args.system, args.ultra_think, sys.stdin, sys.stdout)
+            run_chat(gen, args.system, args.ultra_think, sys.stdin, sys.stdout, **agent)
         elif args.mode == "single":
             prompt = args.prompt if args.prompt is not None else sys.stdin.read()
             messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
                 {"role": "user", "content": prompt}
             ]
-            _show(gen.answer(messages, args.ultra_think), sys.stdout)
+            if registry is None:
+                _show(gen.answer(messages, args.ultra_think), sys.stdout)
+            else:
+                agent_turn(
+                    gen,
+                    messages,
+                    args.ultra_think,
+                    sys.stdout,
+                    first_choice=args.tool_choice,
+                    max_rounds=args.max_tool_rounds,
+                )
         else:
             run_batch(gen, prompts, args.ultra_think, sys.stdout)
     return 0
