@@ -98,10 +98,36 @@ class RequestHandle:
         if self._loop is None or self._async_queue is None:
             self._sync_queue.put(event)
             return
+        if threading.current_thread() is self._engine._thread:
+            # Batched: the engine hands a whole step's events to each loop in one thread-safe call.
+            self._engine._outbox.setdefault(self._loop, []).append((self, event))
+            return
+        self._post(self._loop, [(self, event)])
+
+    @staticmethod
+    def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[RequestHandle, TokenEvent]]) -> None:
         try:
-            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
+            loop.call_soon_threadsafe(RequestHandle._put_all, items)
         except RuntimeError:  # the loop is closed: nobody can listen any more
-            self._cancelled = True
+            for handle, _ in items:
+                handle._cancelled = True
+
+    @staticmethod
+    def _put_all(items: list[tuple[RequestHandle, TokenEvent]]) -> None:
+        for handle, event in items:
+            assert handle._async_queue is not None
+            handle._async_queue.put_nowait(event)
+
+    def drain_nowait(self) -> list[TokenEvent]:
+        """Events already queued behind the one just received (consumers coalesce them into one chunk)."""
+        out: list[TokenEvent] = []
+        q = self._async_queue
+        while q is not None and not self._consumer_done and not q.empty():
+            try:
+                out.append(self._next_event(q.get_nowait()))
+            except _EndOfStream:
+                break
+        return out
 
     # --- consumer side ------------------------------------------------------------------------
     def cancel(self) -> None:
@@ -226,6 +252,7 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._closed = False
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, TokenEvent]]] = {}
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -382,13 +409,20 @@ class Engine:
                     sched.step()
                 except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
                     logger.exception("engine step failed")
+                self._flush_outbox()
             sched.abort_all("cancelled")
             with self._cond:
                 leftovers = list(self._waiting)
                 self._waiting.clear()
             for seq, _ in leftovers:
                 seq.emit(TokenEvent(None, None, None, "cancelled"))
+            self._flush_outbox()
         logger.info("engine stopped")
+
+    def _flush_outbox(self) -> None:
+        outbox, self._outbox = self._outbox, {}
+        for loop, items in outbox.items():
+            RequestHandle._post(loop, items)
 
     def _drop_cancelled_waiting(self) -> None:
         if any(handle.cancelled for _, handle in self._waiting):

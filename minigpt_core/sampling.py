@@ -226,10 +226,10 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
     `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds.
     """
     device = logits.device
-    temps = torch.tensor([p.temperature for p in params], device=device, dtype=torch.float32)
     greedy = logits.argmax(dim=-1)
     if all(p.temperature == 0.0 for p in params):
         return greedy
+    temps = torch.tensor([p.temperature for p in params], device=device, dtype=torch.float32)
     x = logits.float() / torch.where(temps > 0, temps, torch.ones_like(temps))[:, None]
     top_ks = [p.top_k for p in params]
     if any(k > 0 for k in top_ks):

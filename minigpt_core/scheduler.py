@@ -110,9 +110,11 @@ class Scheduler:
         self._final_events: list[tuple[Sequence, TokenEvent]] = []
         n = cache.num_slots
         # Static decode inputs (B <= num_slots): a CUDA-graph path can capture views of these.
-        self.decode_ids = torch.zeros((n, 1), dtype=torch.long, device=device)
+        self._decode_inputs = torch.zeros((2, n), dtype=torch.long, device=device)  # ids, positions
+        self.decode_ids = self._decode_inputs[0].view(n, 1)
+        self.decode_positions = self._decode_inputs[1].view(n, 1)
         self.decode_slots = torch.zeros((n,), dtype=torch.long, device=device)
-        self.decode_positions = torch.zeros((n, 1), dtype=torch.long, device=device)
+        self._staging = torch.zeros((2, n), dtype=torch.long, pin_memory=device.type == "cuda")
         # Dense decode (the GPU path): row b of a step is slot b, the cache is read as a view, and shapes come
         # from a few buckets so each (batch, kv) pair can be one captured CUDA graph.
         self.dense_decode = dense_decode or cuda_graphs
@@ -209,7 +211,10 @@ class Scheduler:
         if len(simple) == len(seqs):  # one batched sample and one host transfer for the whole step
             tokens = sample_simple_batch(logits, [seq.params for seq in seqs])
             logprobs = logits.float().log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
-            pairs = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1).tolist()  # one host transfer
+            pairs_dev = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1)
+            if pairs_dev.is_cuda:  # wait with the GIL released, so the server's event loop runs meanwhile
+                torch.cuda.synchronize(pairs_dev.device)
+            pairs = pairs_dev.tolist()  # one host transfer
             for seq, (token_id, logprob) in zip(seqs, pairs, strict=True):
                 self._record(seq, SampledToken(int(token_id), logprob, []))
             return
@@ -233,15 +238,19 @@ class Scheduler:
         positions = [self.max_model_len - 1] * b  # padding rows write where no live query reads yet
         for seq in seqs:
             ids[seq.slot], positions[seq.slot] = seq.last_token, seq.num_cached
-        self.decode_ids[:b, 0].copy_(torch.tensor(ids, dtype=torch.long), non_blocking=True)
-        self.decode_positions[:b, 0].copy_(torch.tensor(positions, dtype=torch.long), non_blocking=True)
+        staged = self._staging[:, :b]  # (2, b), pinned on CUDA: ids and positions go over in one async copy
+        staged.copy_(torch.tensor([ids, positions], dtype=torch.long))
+        self._decode_inputs[:, :b].copy_(staged, non_blocking=True)
         if self.graphs is not None:
             out = self.graphs.run(b, kv_len)
         else:
             out = self.model(self.decode_ids[:b], cache=self.cache, positions=self.decode_positions[:b], kv_len=kv_len)[
                 :, -1
             ]
-        rows = torch.tensor([seq.slot for seq in seqs], dtype=torch.long).to(self.device, non_blocking=True)
+        slots = [seq.slot for seq in seqs]
+        if slots == list(range(len(seqs))):
+            return out[: len(seqs)]  # read before the next replay overwrites it (the step syncs on the tokens)
+        rows = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
         return out.index_select(0, rows)
 
     def _kv_len(self, needed: int) -> int:

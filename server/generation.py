@@ -127,27 +127,30 @@ class _ChoiceState:
 async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
     """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request."""
     state = _ChoiceState(job, metrics, time.perf_counter())
+    drain = getattr(job.handle, "drain_nowait", None)
     try:
-        async for event in job.handle:
+        async for first in job.handle:
+            # Tokens that arrived while we were busy go out in one chunk: fewer, larger SSE events under load.
             delta = ChoiceDelta(job.index)
-            if event.finish_reason == "error":
-                raise MiniGPTError(f"generation failed: {event.error or 'engine error'}")
-            if event.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down
-                raise EngineClosed("generation was cancelled: the server is shutting down")
-            segments: list[Any] = []
-            if event.token_id is not None:
-                state.observe_token(delta, event)
-                segments += job.parser.push(event.token_id)
-            if event.finish_reason is not None:
-                segments += job.parser.finish()
-            if state.apply(delta, segments):
-                delta.finish_reason = state.finish_reason(None)
-                yield delta
-                return
-            if event.finish_reason is not None:
-                delta.finish_reason = state.finish_reason(event.finish_reason)
-                yield delta
-                return
+            for event in [first, *(drain() if drain is not None else ())]:
+                if event.finish_reason == "error":
+                    raise MiniGPTError(f"generation failed: {event.error or 'engine error'}")
+                if event.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down
+                    raise EngineClosed("generation was cancelled: the server is shutting down")
+                segments: list[Any] = []
+                if event.token_id is not None:
+                    state.observe_token(delta, event)
+                    segments += job.parser.push(event.token_id)
+                if event.finish_reason is not None:
+                    segments += job.parser.finish()
+                if state.apply(delta, segments):
+                    delta.finish_reason = state.finish_reason(None)
+                    yield delta
+                    return
+                if event.finish_reason is not None:
+                    delta.finish_reason = state.finish_reason(event.finish_reason)
+                    yield delta
+                    return
             if delta.has_output() or delta.logprobs:
                 yield delta
         # The handle ended without a finish reason (engine shut down): close the choice cleanly.
@@ -164,6 +167,10 @@ _DONE = object()
 
 async def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
     """Interleave the deltas of every choice as they come; an error in any choice ends them all."""
+    if len(jobs) == 1:  # the common case needs no pump task and queue hop per token
+        async for delta in run_choice(jobs[0], metrics):
+            yield delta
+        return
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump(job: ChoiceJob) -> None:
