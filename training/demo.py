@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="greedy samples on held-out prompts to print")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (the reproducible default) or cuda")
+    p.add_argument("--data-scale", type=float, default=1.0, help="generate the bundled corpus at this scale")
     return p
 
 
@@ -128,7 +129,16 @@ def _samples(model_dir: Path, val_file: Path, n: int) -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    data = Path(args.data) if args.data else bundled_data_dir()
+    if args.data:
+        data = Path(args.data)
+    elif args.data_scale != 1.0:
+        from training.datagen import generate_corpus
+
+        data = Path(args.work_dir) / f"data-x{args.data_scale:g}"
+        if not (data / "sft_train.jsonl").is_file():
+            generate_corpus(data, seed=args.seed, scale=args.data_scale)
+    else:
+        data = bundled_data_dir()
     retrain = not BUNDLED_TOKENIZER.is_file()
     if retrain:
         logger.warning("no bundled tokenizer at %s: training one on the corpus", BUNDLED_TOKENIZER)
