@@ -238,6 +238,7 @@ PARITY_PROMPTS = [
     "who are you",
     "Tell me a number between one and ten.",
     "你好",
+    "Line one\n\nline two  12345 don't DON'T café 🙂\r\n\tok",
 ]
 
 
@@ -274,7 +275,11 @@ def test_llama_cpp_greedy_parity(tiny_checkpoint: Path, tmp_path: Path) -> None:
         type_k=llama_cpp.GGML_TYPE_F32, type_v=llama_cpp.GGML_TYPE_F32,
     )  # fmt: skip
     for text in PARITY_PROMPTS:
-        prompt = render([{"role": "user", "content": text}], add_generation_prompt=True, tokenizer=tok).ids
+        rendered = render([{"role": "user", "content": text}], add_generation_prompt=True, tokenizer=tok)
+        prompt = rendered.ids
+        # The "qwen2" pre-tokenizer + merges tokenise like ours: plain text, and the template text with specials.
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == tok.encode(text)
+        assert llm.tokenize(rendered.text.encode(), add_bos=False, special=True) == prompt
         ours = our_greedy(model, prompt, n_new, tok.vocab_size)
         theirs = llama_cpp_greedy(llm, prompt, n_new, tok.vocab_size)
         print(f"{text!r}: ours={ours}\n{'':>{len(text) + 3}}llama.cpp={theirs}\n  text={tok.decode(ours)!r}")
