@@ -27,7 +27,8 @@ from minigpt_core.tokenizer import Tokenizer
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import tiny_config
-from tests.server.conftest import LiveServer
+from tests.server.conftest import LiveServer, live_server
+from tests.server.test_web import NEEDS_OPEN_PAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -291,3 +292,27 @@ def test_every_control_is_reachable_by_tab_with_a_visible_focus(page: Any) -> No
     for control in ("think", "temperature", "top-p", "max-tokens", "prompt", "send", "regenerate", "clear"):
         assert control in seen, f"{control} not reachable by Tab: {seen}"
     assert any(name.startswith("Offer the calculator") for name in seen), seen
+
+
+@NEEDS_OPEN_PAGE
+def test_api_key_field_shows_on_401_and_the_key_is_kept(browser: Any, tiny_checkpoint: Path) -> None:
+    from playwright.sync_api import expect
+
+    with live_server(tiny_checkpoint, api_key="sekrit") as srv:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(srv.url + "/")
+        expect(page.locator("#status")).to_have_text("API key needed")
+        expect(page.locator("#key-section")).to_be_visible()
+        page.locator("#api-key").focus()
+        page.keyboard.type("sekrit")
+        page.keyboard.press("Enter")
+        expect(page.locator("#status")).to_have_text("Ready")
+        _set_max_tokens(page, 8)
+        _send(page, "hello")
+        _wait_idle(page)
+        expect(page.locator(".msg.assistant")).to_have_count(1)
+        expect(page.locator(".msg.error")).to_have_count(0)
+        page.reload()  # the key stays in this browser
+        expect(page.locator("#status")).to_have_text("Ready")
+        context.close()
