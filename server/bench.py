@@ -241,6 +241,62 @@ def bench_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_engine(args: argparse.Namespace) -> int:
+    """Where the time goes: the engine alone (no HTTP) and the captured decode graph alone, per step."""
+    from minigpt_core.checkpoint import load_checkpoint
+    from minigpt_core.engine import Engine
+    from minigpt_core.sampling import SamplingParams
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in (args.configs or ("small,medium" if device == "cuda" else "tiny")).split(","):
+            model, tok = load_checkpoint(
+                random_checkpoint(name, Path(tmp)), device, torch.bfloat16 if device == "cuda" else torch.float32
+            )
+            for conc in [int(c) for c in (args.concurrency or "1,64").split(",")]:
+                params = SamplingParams(temperature=0.0, max_new_tokens=args.output_len, ignore_eos=True)
+                with Engine(
+                    model,
+                    max_num_seqs=conc,
+                    max_model_len=args.prompt_len + args.output_len + 16,
+                    output_vocab=tok.vocab_size,
+                ) as engine:
+                    prompts = [[NUM_SPECIAL + (i * 7 + j) % 1000 for j in range(args.prompt_len)] for i in range(conc)]
+                    list(engine.generate(prompts[0], params))  # warm-up
+                    steps0 = engine.stats().steps_total
+                    t0 = time.perf_counter()
+                    streams = [engine.generate(p, params) for p in prompts]
+                    n = sum(sum(1 for ev in s if ev.token_id is not None) for s in streams)
+                    wall = time.perf_counter() - t0
+                    steps = engine.stats().steps_total - steps0
+                    graph_ms = None
+                    sched = engine._scheduler
+                    if sched.graphs is not None:
+                        b = min(x for x in sched.batch_buckets if x >= conc)
+                        kv = min(x for x in sched.kv_buckets if x >= args.prompt_len + args.output_len)
+                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        for _ in range(50):
+                            sched.graphs.run(b, kv)
+                        end.record()
+                        torch.cuda.synchronize()
+                        graph_ms = start.elapsed_time(end) / 50
+                rows.append(
+                    {
+                        "model": name,
+                        "concurrency": conc,
+                        "engine_tok_s": n / wall,
+                        "step_ms": 1000 * wall / max(steps, 1),
+                        "graph_replay_ms": graph_ms,
+                    }
+                )
+                print(rows[-1], flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minigpt-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -258,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
     s.add_argument("--json", help="write results here")
     sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
+    e = sub.add_parser("engine", help="the engine alone (no HTTP) and the decode graph alone: where time goes")
+    e.add_argument("--configs")
+    e.add_argument("--concurrency")
+    e.add_argument("--prompt-len", type=int, default=128)
+    e.add_argument("--output-len", type=int, default=128)
+    e.add_argument("--json")
     return p
 
 
@@ -266,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # its own process: server may not import training
         return subprocess.call([sys.executable, "-m", "training.bench", *argv[1:]], env=os.environ.copy())
     args = build_parser().parse_args(argv)
-    return bench_serve(args)
+    return bench_engine(args) if args.what == "engine" else bench_serve(args)
 
 
 if __name__ == "__main__":
