@@ -2,12 +2,17 @@
 
     minigpt-eval --model DIR --data FILE            # same as `minigpt-eval loss ...`
     minigpt-eval loss --model DIR --data FILE --seq-len 512 --json
+    minigpt-eval think --model DIR [--data FILE] [--limit N] [--budget 8] [--json OUT]
+    minigpt-eval tools --model DIR [--data FILE] [--limit N] [--json OUT]
+    minigpt-eval identity --model DIR [--data FILE] [--limit N] [--json OUT]
 
-What it is: a subcommand-shaped CLI whose first subcommand, `loss`, reports the loss (nats per target token),
-perplexity and bits-per-byte of a model on a minimind-format JSONL file (pretrain text: every token; SFT
-conversations: assistant tokens only), using the same tokenized cache and loader as training.
-`SUBCOMMANDS` is the registry later issues extend (`think`, `tools`).
-What it is not: generation quality or benchmark suites.
+What it is: a subcommand-shaped CLI. `loss` reports the loss (nats per target token), perplexity and
+bits-per-byte of a model on a minimind-format JSONL file (pretrain text: every token; SFT conversations:
+assistant tokens only), using the same tokenized cache and loader as training. `think`, `tools` and `identity`
+generate greedy answers to held-out prompts (default: the bundled corpus's eval_*.jsonl) on one batching
+`Engine` and score them (training/evals.py); each prints a table and, with `--json OUT`, writes the metrics
+and every sample to OUT. `SUBCOMMANDS` is the registry.
+What it is not: a benchmark suite for speed (minigpt-bench) or a data generator.
 """
 
 from __future__ import annotations
@@ -103,9 +108,150 @@ def _report(result: dict[str, float], mode: str, args: argparse.Namespace) -> di
     }
 
 
-# name -> (help, add arguments, run). `think` and `tools` evaluations plug in here.
+def _add_generation_args(name: str, max_new_tokens: int) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="checkpoint directory")
+        p.add_argument("--data", help=f"held-out JSONL (default: the bundled eval_{name}.jsonl)")
+        p.add_argument("--limit", type=int, help="evaluate the first N records only")
+        p.add_argument("--json", metavar="OUT", help="write the metrics and every sample to this JSON file")
+        p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+        p.add_argument("--max-num-seqs", type=int, default=32, help="engine batch slots")
+        p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+        if name == "think":
+            p.add_argument("--budget", type=int, default=8, help="max_thinking_tokens for the budget run")
+
+    return add
+
+
+def _load_for_generation(args: argparse.Namespace, name: str) -> tuple[Any, Any, list[dict[str, Any]]]:
+    from minigpt_core.checkpoint import load_checkpoint, resolve_device
+    from minigpt_core.engine import Engine
+    from training.evals import load_records
+
+    for flag in ("limit", "max_new_tokens", "max_num_seqs", "budget"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (0 if flag == "budget" else 1):
+            raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'budget' else 'positive'}")
+    if args.data is None:
+        from training.dataset import bundled_data_dir
+
+        data = bundled_data_dir() / f"eval_{name}.jsonl"
+    else:
+        data = Path(args.data)
+    records = load_records(data, args.limit)
+    model, tokenizer = load_checkpoint(args.model, device=resolve_device(args.device))
+    engine = Engine(
+        model,
+        max_num_seqs=min(args.max_num_seqs, max(1, 3 * len(records))),
+        max_queued=max(256, 3 * len(records)),
+        output_vocab=tokenizer.vocab_size,
+    )
+    args.data = str(data)
+    return engine, tokenizer, records
+
+
+def run_think(args: argparse.Namespace) -> int:
+    from training.evals import evaluate_think
+
+    engine, tok, records = _load_for_generation(args, "think")
+    with engine:
+        result = evaluate_think(engine, tok, records, max_new_tokens=args.max_new_tokens, budget=args.budget)
+    rows = [
+        ("well-formed think blocks", _pct(result["well_formed"]) + f"  (target {_pct(result['well_formed_target'])})"),
+        ("accuracy, thinking on", _pct(result["accuracy_think"])),
+        ("accuracy, thinking off", _pct(result["accuracy_no_think"])),
+        (f"budget {args.budget}: compliance", _pct(result["budget_compliance"])),
+        (f"budget {args.budget}: max reasoning tokens", str(result["max_budget_reasoning_tokens"])),
+        (f"budget {args.budget}: accuracy", _pct(result["accuracy_budget"])),
+        ("mean reasoning tokens (no budget)", f"{result['mean_reasoning_tokens']:.1f}"),
+        ("malformed", json.dumps(result["malformed_reasons"]) or "-"),
+    ]
+    return _finish("think", args, rows, result)
+
+
+def run_tools(args: argparse.Namespace) -> int:
+    from training.evals import evaluate_tools
+
+    engine, tok, records = _load_for_generation(args, "tools")
+    with engine:
+        modes = {
+            "constrained": evaluate_tools(engine, tok, records, constrained=True, max_new_tokens=args.max_new_tokens),
+            "free": evaluate_tools(engine, tok, records, constrained=False, max_new_tokens=args.max_new_tokens),
+        }
+    labels = (
+        ("called", "made a call when one fits"),
+        ("tool_selection", "right tool"),
+        ("schema_valid", "arguments schema-valid"),
+        ("selection_and_valid", "right tool + schema-valid"),
+        ("arguments_correct", "arguments correct"),
+        ("no_call_when_none", "no call when none fits"),
+        ("final_answer", "final answer uses the result"),
+    )
+    c, f = modes["constrained"], modes["free"]
+    rows = [("metric", "constrained | free")]
+    rows += [(label, f"{_pct(c[key]):>11} | {_pct(f[key])}") for key, label in labels]
+    rows.append(("calls that did not parse", f"{c['parse_failures']:>11} | {f['parse_failures']}"))
+    rows.append(("records (call / none)", f"{c['expects_call_n']} / {c['expects_none_n']}"))
+    return _finish("tools", args, rows, modes)
+
+
+def run_identity(args: argparse.Namespace) -> int:
+    from training.evals import evaluate_identity
+
+    engine, tok, records = _load_for_generation(args, "identity")
+    with engine:
+        result = evaluate_identity(engine, tok, records, max_new_tokens=args.max_new_tokens)
+    return _finish("identity", args, [("answers containing must_contain", _pct(result["accuracy"]))], result)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{100 * value:.1f}%"
+
+
+def _finish(name: str, args: argparse.Namespace, rows: list[tuple[str, str]], result: dict[str, Any]) -> int:
+    """Print the table; write {"eval", "model", "data", ..., "result"} to --json OUT when given."""
+    width = max(len(label) for label, _ in rows)
+    print(f"minigpt-eval {name}: {args.model} on {args.data}")
+    for label, value in rows:
+        print(f"  {label:<{width}}  {value}")
+    if args.json:
+        report = {"eval": name, "model": str(args.model), "data": str(args.data), "limit": args.limit}
+        report["result"] = result
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_nan_to_none(report), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+def _nan_to_none(value: Any) -> Any:
+    """JSON has no NaN: a metric over zero samples is written as null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _nan_to_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_nan_to_none(v) for v in value]
+    return value
+
+
+# name -> (help, add arguments, run).
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "loss": ("loss, perplexity and bits-per-byte on a JSONL file", _add_loss_args, run_loss),
+    "think": (
+        "ultra think: well-formed think blocks, accuracy with vs without thinking, budget compliance",
+        _add_generation_args("think", 256),
+        run_think,
+    ),
+    "tools": (
+        "tool calling: right tool, valid and correct arguments, no call when none fits, final answer",
+        _add_generation_args("tools", 160),
+        run_tools,
+    ),
+    "identity": (
+        "identity: answers that contain the expected name/maker",
+        _add_generation_args("identity", 96),
+        run_identity,
+    ),
 }
 DEFAULT_SUBCOMMAND = "loss"
 
