@@ -98,14 +98,14 @@ class Attention(nn.Module):
             assert positions is not None
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
             rows = slots if slots is not None else torch.arange(B, device=x.device)
-            _write_cache(ck, k, rows, positions)
-            _write_cache(cv, v, rows, positions)
+            # Advanced indices around a slice put (B, T) first: the target view is (B, T, KV, D).
+            ck[rows[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+            cv[rows[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
             if slots is None:  # dense rows: row b is slot b, so the cache is read as a view (no gather copy)
                 keys, values = ck[:B, :, :kv_len], cv[:B, :, :kv_len]  # (B, KV, kv_len, D)
             else:
                 keys, values = ck[slots, :, :kv_len], cv[slots, :, :kv_len]
-            assert attn_mask is not None
-            y = _cached_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask)
+            y = _sdpa(q, keys.to(q.dtype), values.to(q.dtype), attn_mask, is_causal=False)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
 
@@ -123,36 +123,6 @@ def _sdpa(
 
 
 _HAS_ENABLE_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
-
-
-def _write_cache(cache: torch.Tensor, new: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> None:
-    """cache[rows[b], h, positions[b, t]] = new[b, h, t] as ONE index_copy_ over a flat (S*KV*L, D) view.
-
-    cache: (S, KV, L, D); new: (B, KV, T, D); rows: (B,); positions: (B, T). Advanced-index assignment would
-    launch several kernels per call (it is in every layer of every decode step).
-    """
-    S, KV, L, D = cache.shape
-    B, _, T, _ = new.shape
-    heads = torch.arange(KV, device=new.device)
-    flat = ((rows[:, None, None] * KV + heads[None, :, None]) * L + positions[:, None, :]).reshape(-1)  # (B*KV*T)
-    cache.view(S * KV * L, D).index_copy_(0, flat, new.reshape(B * KV * T, D).to(cache.dtype))
-
-
-def _cached_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked attention over cached keys with grouped KV heads and no K/V repeat (two batched GEMMs).
-
-    q: (B, H, T, D); keys/values: (B, KV, S, D); mask: (B, 1, T, S) bool -> (B, H, T, D). The query heads of
-    one group are stacked along the query axis so each KV head is read once.
-    """
-    B, H, T, D = q.shape
-    KV, S = keys.shape[1], keys.shape[2]
-    G = H // KV
-    qg = q.reshape(B, KV, G * T, D)  # heads h = kv * G + g, so groups are contiguous
-    scores = (qg @ keys.transpose(-1, -2)).float() * (D**-0.5)  # (B, KV, G*T, S)
-    bias = mask[:, :, None].expand(B, 1, G, T, S).reshape(B, 1, G * T, S)
-    scores = scores.masked_fill(~bias, float("-inf"))
-    probs = scores.softmax(dim=-1).to(values.dtype)
-    return (probs @ values).reshape(B, H, T, D)
 
 
 class MLP(nn.Module):
