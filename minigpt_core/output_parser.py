@@ -146,7 +146,7 @@ class OutputParser:
         self._channel = _Channel(self._stops, strip_leading=thinking)
         self._call_parts: list[str] = []
         self._text_seen = False  # any non-whitespace reasoning/content text so far
-        self.reasoning_tokens = 0  # tokens of the think block, its tags included
+        self.reasoning_tokens = 0  # tokens inside the think block, not counting its tags (OpenAI's usage figure)
         self.tool_calls = 0
         self.tool_parse_failed = False
         self.stopped = False  # a stop string matched
@@ -206,12 +206,10 @@ class OutputParser:
             self.mode, self._call_parts = "tool_call", []
             return segments
         if self.mode == "swallow":
-            self.reasoning_tokens += 1
             if token_id == THINK_END_ID:
                 self._start_content()
             return []
         if self.mode == "reasoning":
-            self.reasoning_tokens += 1
             if token_id != THINK_END_ID:
                 return []  # `<think>` the model writes itself, or a stray tag
             segments = self._text(self._channel.close(keep_trailing=False))
@@ -220,7 +218,6 @@ class OutputParser:
         if token_id == THINK_ID and not self._text_seen:  # stray think block at the start of the answer
             self._channel.close(keep_trailing=False)
             self.mode = "swallow"
-            self.reasoning_tokens += 1
         return []  # any other tag inside content is dropped
 
     def _start_content(self) -> None:

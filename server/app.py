@@ -37,6 +37,7 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.settings import Settings
+from server.web import is_page_path
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class GatewayMiddleware:
             await send(message)
 
         try:
-            if self._key is not None and path not in OPEN_PATHS and not self._authorized(headers):
+            is_open = path in OPEN_PATHS or is_page_path(path)  # the web page itself asks for the key
+            if self._key is not None and not is_open and not self._authorized(headers):
                 await _send_error(send_wrapper, Unauthorized("Incorrect or missing API key.", None))
                 return
             if scope.get("method") == "POST" and b"json" not in headers.get("content-type", b""):

@@ -134,11 +134,6 @@ def test_thinking_budget_of_5_bounds_the_reasoning_text(
     assert content.strip() and not any(tag in content for tag in TAGS)  # the answer follows the forced </think>
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="usage counts the closing </think> tag as a reasoning token (OutputParser.reasoning_tokens: 'its tags "
-    "included'), so a budget of 5 reports 6; remove this marker once the count excludes the tags",
-)
 @pytest.mark.parametrize("stream", [False, True])
 def test_thinking_budget_of_5_bounds_the_usage_count(client: openai.OpenAI, stream: bool) -> None:
     _, _, usage = _budgeted(client, QUESTIONS[0], stream)

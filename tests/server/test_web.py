@@ -150,14 +150,6 @@ def test_tool_endpoints_need_the_api_key_when_one_is_set(tiny_checkpoint: Path) 
             assert c.get("/web/tools").status_code == 200
 
 
-NEEDS_OPEN_PAGE = pytest.mark.xfail(
-    strict=True,
-    reason="server/app.py's gateway must let the page through without a key: `path in OPEN_PATHS or "
-    "is_page_path(path)` (server.web); remove this marker with that change",
-)
-
-
-@NEEDS_OPEN_PAGE
 def test_page_loads_without_the_api_key(tiny_checkpoint: Path) -> None:
     with live_server(tiny_checkpoint, api_key="sekrit") as srv, httpx.Client(base_url=srv.url, timeout=30) as anon:
         for path in ("/", "/static/app.js", "/static/style.css"):

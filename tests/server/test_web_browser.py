@@ -28,7 +28,6 @@ from server.app import create_app
 from server.settings import Settings
 from tests.conftest import tiny_config
 from tests.server.conftest import LiveServer, live_server
-from tests.server.test_web import NEEDS_OPEN_PAGE
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -294,7 +293,6 @@ def test_every_control_is_reachable_by_tab_with_a_visible_focus(page: Any) -> No
     assert any(name.startswith("Offer the calculator") for name in seen), seen
 
 
-@NEEDS_OPEN_PAGE
 def test_api_key_field_shows_on_401_and_the_key_is_kept(browser: Any, tiny_checkpoint: Path) -> None:
     from playwright.sync_api import expect
 
