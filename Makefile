@@ -20,7 +20,7 @@ serve: install
 	$(BIN)/minigpt-serve
 
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 lint: install
 	$(BIN)/ruff check .
