@@ -32,7 +32,7 @@ fmt: install
 	$(BIN)/ruff check --fix .
 
 demo-model: install
-	$(BIN)/python -m training.demo
+	$(BIN)/python -m training.demo $(DEMO_ARGS)
 
 bench: install
 	$(BIN)/minigpt-bench serve
