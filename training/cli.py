@@ -1,7 +1,10 @@
-"""`minigpt-train`: the command line of training (pretrain and SFT; DPO and RLHF arrive with their issues).
+"""`minigpt-train`: the command line of training (pretrain, SFT, DPO, reward model, RLHF with GRPO).
 
     minigpt-train --mode pretrain --config tiny --max-steps 50
     minigpt-train --mode sft --config tiny --init checkpoints/pretrain_tiny --max-steps 50
+    minigpt-train --mode dpo --config tiny --init checkpoints/sft_tiny --loss sigmoid --beta 0.1 --max-steps 100
+    minigpt-train --mode reward --config tiny --init checkpoints/sft_tiny --max-steps 150
+    minigpt-train --mode rlhf --config tiny --init checkpoints/dpo_tiny --reward arithmetic --group-size 8
     minigpt-train --resume checkpoints/pretrain_tiny --max-steps 100
     torchrun --nproc_per_node 2 -m training.cli --mode pretrain --device cpu ...
     minigpt-train plot checkpoints/pretrain_tiny
@@ -24,11 +27,22 @@ from typing import Any, NoReturn
 
 from minigpt_core.config import PRESETS
 from minigpt_core.errors import MiniGPTError
-from training.config import DEVICES, DTYPES, MODES, UNIMPLEMENTED_MODES, TrainConfig, resolve_config, train_preset
+from training.config import (
+    DEVICES,
+    DPO_LOSSES,
+    DTYPES,
+    MODES,
+    STAGE_MODES,
+    UNIMPLEMENTED_MODES,
+    TrainConfig,
+    resolve_config,
+    train_preset,
+)
 from training.errors import TrainingDiverged, TrainingError
-from training.state import TRAINER_STATE_DIR, find_resume_point, run_dir_of
+from training.state import TRAINER_STATE_DIR, TrainerState, find_resume_point, run_dir_of
 
 logger = logging.getLogger("training.cli")
+REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
 PROG = "minigpt-train"
 
 # flag dest -> TrainConfig field, for flags that override a preset only when given.
@@ -52,6 +66,18 @@ OVERRIDES = {
     "keep_last": "keep_last",
     "time_limit": "time_limit_s",
     "max_bad_fraction": "max_bad_fraction",
+    "beta": "beta",
+    "loss": "dpo_loss",
+    "reward": "rewards",
+    "reward_model": "reward_model",
+    "group_size": "group_size",
+    "kl_coef": "kl_coef",
+    "clip_eps": "clip_eps",
+    "max_new_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "grpo_epochs": "grpo_epochs",
+    "eval_data": "eval_data",
+    "eval_prompts": "eval_prompts",
 }
 
 
@@ -65,7 +91,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Train a MiniGPT model (pretrain or SFT).")
+    p = _Parser(prog=PROG, description="Train a MiniGPT model (pretrain, sft, dpo, reward, rlhf).")
     p.add_argument("--mode", choices=[*MODES, *UNIMPLEMENTED_MODES], help="training stage (default: pretrain)")
     p.add_argument("--config", default="tiny", help=f"model preset ({', '.join(PRESETS)}) or a JSON file")
     p.add_argument("--data", help="JSONL file or folder (default: the bundled synthetic corpus)")
@@ -90,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-last", type=int, help="checkpoints to keep (default 3)")
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop and save after this much time")
     p.add_argument("--max-bad-fraction", type=float, help="fail when more data lines than this are bad")
+    g = p.add_argument_group("dpo / reward (batch size counts pairs)")
+    g.add_argument("--beta", type=float, help="DPO temperature beta (default 0.1)")
+    g.add_argument("--loss", choices=DPO_LOSSES, help="DPO loss (default sigmoid)")
+    g = p.add_argument_group("rlhf: GRPO (batch size counts prompts per step)")
+    g.add_argument("--reward", help=f"comma-separated rule rewards: {', '.join(REWARD_RULES)} (default arithmetic)")
+    g.add_argument("--reward-model", help="a reward-model folder (--mode reward) whose score is added")
+    g.add_argument("--group-size", type=int, help="samples per prompt (default 8)")
+    g.add_argument("--kl-coef", type=float, help="weight of the KL penalty to the reference (default 0.04)")
+    g.add_argument("--clip-eps", type=float, help="ratio clipping epsilon (default 0.2)")
+    g.add_argument("--max-new-tokens", type=int, help="answer length limit of a rollout (default 64)")
+    g.add_argument("--temperature", type=float, help="rollout sampling temperature (default 1.0)")
+    g.add_argument("--thinking", action="store_true", default=None, help="prompt with thinking on")
+    g.add_argument("--grpo-epochs", type=int, help="optimizer steps per rollout batch (default 1)")
+    g.add_argument("--eval-data", help="held-out prompt JSONL (default: the bundled eval_think.jsonl)")
+    g.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation (default 64)")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
 
@@ -103,23 +144,31 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         overrides["compile"] = True
     if args.retrain_tokenizer:
         overrides["retrain_tokenizer"] = True
-    for flag in ("data", "tokenizer"):
+    if args.thinking:
+        overrides["thinking"] = True
+    for flag in ("data", "tokenizer", "reward_model", "eval_data"):
         if flag in overrides and not Path(overrides[flag]).exists():
-            raise UsageError(f"--{flag} {overrides[flag]}: no such file or folder")
+            raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
     if args.init is not None and not (Path(args.init) / "config.json").is_file():
         raise UsageError(f"--init {args.init}: not a checkpoint folder (no config.json)")
+    if args.resume is None and args.mode in ("dpo", "rlhf") and args.init is None:
+        raise UsageError(f"--mode {args.mode} needs --init <checkpoint folder> (the policy and its reference)")
     if args.resume is None:
         mode = args.mode or "pretrain"
         settings = train_preset(args.config, mode)
         overrides.setdefault("out_dir", str(Path("checkpoints") / f"{mode}_{Path(args.config).stem}"))
         settings.update(overrides)
         return resolve_config(settings), None
+    if args.mode in STAGE_MODES:
+        raise UsageError(f"--resume is not supported for --mode {args.mode}; start again with --init")
     if not Path(args.resume).exists():
         raise UsageError(f"--resume {args.resume}: no such folder")
     if args.init is not None:
         raise UsageError("--resume and --init cannot be combined")
     point = find_resume_point(args.resume)
     saved = json.loads((point / TRAINER_STATE_DIR / "state.json").read_text(encoding="utf-8"))["config"]
+    if saved.get("mode") in STAGE_MODES:
+        raise UsageError(f"--resume is not supported for {saved['mode']} runs; start again with --init")
     if args.mode is not None and args.mode != saved["mode"]:
         raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved['mode']}); use --init instead")
     overrides.setdefault("out_dir", str(run_dir_of(point)))
@@ -155,11 +204,30 @@ def _train_main(argv: list[str]) -> int:
         print(f"{PROG}: --mode {args.mode} is not implemented yet (only pretrain and sft)", file=sys.stderr)
         return 2
     cfg, resume_from = config_from_args(args)
-    from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
+    if cfg.mode in STAGE_MODES:
+        state = _run_stage(cfg)
+    else:
+        from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
 
-    state = run_training(cfg, resume_from)
+        state = run_training(cfg, resume_from)
     logger.info("done: step %d, %d tokens, run folder %s", state.step, state.tokens_seen, cfg.out_dir)
     return 0
+
+
+def _run_stage(cfg: TrainConfig) -> TrainerState:
+    if cfg.mode == "dpo":
+        from training.dpo import run_dpo
+
+        return run_dpo(cfg)
+    if cfg.mode == "reward":
+        from training.reward import run_reward
+
+        return run_reward(cfg)
+    from training.rewards import parse_reward_names
+    from training.rlhf import run_rlhf
+
+    parse_reward_names(cfg.rewards)  # fail on a typo before loading anything
+    return run_rlhf(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

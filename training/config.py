@@ -17,9 +17,11 @@ from typing import Any, Literal
 from minigpt_core.config import PRESETS, ModelConfig, preset
 from minigpt_core.errors import ConfigError
 
-Mode = Literal["pretrain", "sft"]
-MODES: tuple[str, ...] = ("pretrain", "sft")
-UNIMPLEMENTED_MODES: tuple[str, ...] = ("dpo", "rlhf")
+Mode = Literal["pretrain", "sft", "dpo", "reward", "rlhf"]
+MODES: tuple[str, ...] = ("pretrain", "sft", "dpo", "reward", "rlhf")
+STAGE_MODES: tuple[str, ...] = ("dpo", "reward", "rlhf")  # single-process stages built on an --init checkpoint
+UNIMPLEMENTED_MODES: tuple[str, ...] = ()
+DPO_LOSSES: tuple[str, ...] = ("sigmoid", "ipo")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
@@ -62,6 +64,21 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    # preference stages (dpo, reward); batch_size counts pairs
+    beta: float = 0.1
+    dpo_loss: str = "sigmoid"
+    # rlhf (GRPO); batch_size counts prompts per step, each sampled group_size times
+    rewards: str = "arithmetic"  # comma-separated rule names (training.rewards.RULES)
+    reward_model: str | None = None
+    group_size: int = 8
+    kl_coef: float = 0.04
+    clip_eps: float = 0.2
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    thinking: bool = False
+    grpo_epochs: int = 1
+    eval_data: str | None = None
+    eval_prompts: int = 64
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -89,6 +106,25 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError("time_limit_s must be positive")
+        self._check_stage_settings()
+
+    def _check_stage_settings(self) -> None:
+        if not self.beta > 0:
+            raise ConfigError(f"beta must be positive, got {self.beta}")
+        if self.dpo_loss not in DPO_LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
+        for name in ("group_size", "max_new_tokens", "grpo_epochs", "eval_prompts"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.mode == "rlhf" and self.group_size < 2:
+            raise ConfigError("group_size must be >= 2 (GRPO compares samples within a group)")
+        if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
+            raise ConfigError("kl_coef must be >= 0 and clip_eps in (0, 1)")
+        if not 0 < self.temperature <= 2:
+            raise ConfigError(f"temperature must be in (0, 2], got {self.temperature}")
+        if self.mode == "rlhf" and not self.reward_model and not self.rewards.strip():
+            raise ConfigError("rlhf needs --reward RULES and/or --reward-model DIR")
 
     @property
     def tokens_per_step(self) -> int:
@@ -143,14 +179,23 @@ _PRESET_TRAINING: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {
         "pretrain": {"seq_len": 256, "batch_size": 16, "learning_rate": 2e-3, "max_steps": 2000},
         "sft": {"seq_len": 1024, "batch_size": 4, "learning_rate": 1e-3, "max_steps": 1000},
+        "dpo": {"seq_len": 768, "batch_size": 8, "learning_rate": 1e-4, "max_steps": 100, "eval_every": 25},
+        "reward": {"seq_len": 768, "batch_size": 8, "learning_rate": 3e-4, "max_steps": 150, "eval_every": 50},
+        "rlhf": {"seq_len": 512, "batch_size": 8, "learning_rate": 2e-5, "max_steps": 30, "eval_every": 10},
     },
     "small": {
         "pretrain": {"seq_len": 512, "batch_size": 32, "learning_rate": 1e-3, "max_steps": 5000},
         "sft": {"seq_len": 1024, "batch_size": 16, "learning_rate": 3e-4, "max_steps": 2000},
+        "dpo": {"seq_len": 1024, "batch_size": 16, "learning_rate": 5e-5, "max_steps": 300, "eval_every": 50},
+        "reward": {"seq_len": 1024, "batch_size": 16, "learning_rate": 1e-4, "max_steps": 300, "eval_every": 50},
+        "rlhf": {"seq_len": 1024, "batch_size": 16, "learning_rate": 1e-5, "max_steps": 100, "eval_every": 20},
     },
     "medium": {
         "pretrain": {"seq_len": 1024, "batch_size": 16, "grad_accum": 4, "learning_rate": 6e-4, "max_steps": 20000},
         "sft": {"seq_len": 1024, "batch_size": 16, "grad_accum": 2, "learning_rate": 2e-4, "max_steps": 3000},
+        "dpo": {"seq_len": 1024, "batch_size": 16, "learning_rate": 2e-5, "max_steps": 500, "eval_every": 100},
+        "reward": {"seq_len": 1024, "batch_size": 16, "learning_rate": 5e-5, "max_steps": 500, "eval_every": 100},
+        "rlhf": {"seq_len": 1024, "batch_size": 16, "learning_rate": 5e-6, "max_steps": 200, "eval_every": 50},
     },
 }
 _DEFAULT_WARMUP = 100

@@ -1,0 +1,162 @@
+"""Direct Preference Optimization (`minigpt-train --mode dpo --init <sft checkpoint>`).
+
+What it is: `dpo_loss` (the sigmoid loss of Rafailov et al. 2023 and the IPO loss of Azar et al. 2023 on summed
+assistant-token log-probabilities), `evaluate_dpo` (held-out preference accuracy: how often the policy gives the
+chosen answer the higher log-probability; plus the implicit-reward accuracy and margin against the reference)
+and `run_dpo`, the stage: a trainable policy and a frozen reference, both the --init checkpoint; the reference's
+log-probs are computed without gradients for each batch. Each log line of metrics.jsonl holds loss, chosen and
+rejected rewards (beta times the policy/reference log-ratio), the margin and the preference accuracy.
+What it is not: pair loading or log-prob code (training.preference) or the loop scaffolding (training.stage).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from training.config import TrainConfig
+from training.dataset import resolve_data_files
+from training.loop import build_optimizer
+from training.preference import Pair, PairBatcher, batches, by_kind, collate, sequence_logprobs, split_pairs
+from training.runtime import setup_runtime
+from training.stage import StageRun, frozen_copy, load_init, run_loop, save_stage, set_lr
+from training.state import TrainerState
+
+logger = logging.getLogger(__name__)
+
+LOSS_TYPES = ("sigmoid", "ipo")
+
+
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    *,
+    beta: float,
+    loss_type: str = "sigmoid",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean DPO loss over the batch and per-pair statistics (all inputs: (B,) summed log-probs).
+
+    h = (log pi(c) - log pi(r)) - (log ref(c) - log ref(r));
+    sigmoid: -log sigmoid(beta * h);  ipo: (h - 1 / (2 beta))^2.
+    """
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)  # (B,)
+    if loss_type == "sigmoid":
+        losses = -F.logsigmoid(beta * h)
+    else:
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    chosen_rewards = beta * (policy_chosen - ref_chosen).detach()
+    rejected_rewards = beta * (policy_rejected - ref_rejected).detach()
+    stats = {
+        "chosen_rewards": chosen_rewards,
+        "rejected_rewards": rejected_rewards,
+        "margins": chosen_rewards - rejected_rewards,
+        "accuracies": (chosen_rewards > rejected_rewards).float(),
+    }
+    return losses.mean(), stats
+
+
+def _pair_logprobs(model: torch.nn.Module, pairs: Sequence[Pair], device: torch.device) -> tuple[torch.Tensor, ...]:
+    ids, mask, _ = collate(pairs, device)
+    logps = sequence_logprobs(model, ids, mask)  # (2B,)
+    n = len(pairs)
+    return logps[:n], logps[n:]
+
+
+@torch.no_grad()
+def reference_logprobs(
+    reference: torch.nn.Module, pairs: Sequence[Pair], device: torch.device, batch_size: int = 8
+) -> torch.Tensor:
+    """(N, 2) summed log-probs of (chosen, rejected) under the frozen reference: computed once per held-out set."""
+    out = [torch.stack(_pair_logprobs(reference, batch, device), dim=1) for batch in batches(pairs, batch_size)]
+    return torch.cat(out).float().cpu()
+
+
+@torch.no_grad()
+def evaluate_dpo(
+    policy: torch.nn.Module,
+    pairs: Sequence[Pair],
+    device: torch.device,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.1,
+    batch_size: int = 8,
+) -> dict[str, float]:
+    """val_pref_acc (policy log p(chosen) > log p(rejected)), per kind; with `ref_logps` the reward accuracy."""
+    was_training = policy.training
+    policy.eval()
+    pol = torch.cat([torch.stack(_pair_logprobs(policy, b, device), dim=1) for b in batches(pairs, batch_size)])
+    policy.train(was_training)
+    pol = pol.float().cpu()  # (N, 2)
+    pref = (pol[:, 0] > pol[:, 1]).tolist()
+    out = {"val_pref_acc": sum(pref) / len(pref)}
+    out.update(by_kind([p.kind for p in pairs], pref, "val_pref_acc"))
+    if ref_logps is not None:
+        margins = beta * ((pol[:, 0] - ref_logps[:, 0]) - (pol[:, 1] - ref_logps[:, 1]))
+        out["val_reward_acc"] = float((margins > 0).float().mean())
+        out["val_margin"] = float(margins.mean())
+    return out
+
+
+def dpo_step(
+    policy: torch.nn.Module,
+    reference: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    pairs: Sequence[Pair],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> dict[str, float]:
+    """One optimizer step on one batch of pairs; returns the logged metrics."""
+    with torch.no_grad():
+        rc, rr = _pair_logprobs(reference, pairs, device)
+    pc, pr = _pair_logprobs(policy, pairs, device)
+    loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.dpo_loss)
+    loss.backward()
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {
+        "loss": float(loss.detach()),
+        "grad_norm": float(grad_norm),
+        "rewards_chosen": float(stats["chosen_rewards"].mean()),
+        "rewards_rejected": float(stats["rejected_rewards"].mean()),
+        "reward_margin": float(stats["margins"].mean()),
+        "pref_accuracy": float(stats["accuracies"].mean()),
+    }
+
+
+def run_dpo(cfg: TrainConfig) -> TrainerState:
+    """Train the --init policy with DPO against a frozen copy of itself; writes a servable run folder."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    policy, tokenizer, cfg = load_init(cfg, required=True)
+    run = StageRun.create(cfg, rt)
+    cfg.save(run.run_dir / "run_config.json")
+    files = resolve_data_files(cfg.data, "dpo")
+    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
+    policy.to(rt.device)
+    reference = frozen_copy(policy)
+    optimizer = build_optimizer(policy, cfg, rt.device)
+    batcher = PairBatcher(train, cfg.batch_size, seed=cfg.seed)
+    logger.info("dpo (%s, beta %g): %d train / %d held-out pairs", cfg.dpo_loss, cfg.beta, len(train), len(val))
+
+    def step() -> dict[str, float]:
+        lr = set_lr(optimizer, run.state.step, cfg)
+        with rt.autocast():
+            metrics = dpo_step(policy, reference, optimizer, batcher.next_batch(), cfg, rt.device)
+        return {**metrics, "lr": lr}
+
+    with rt.autocast():
+        ref_val = reference_logprobs(reference, val, rt.device, cfg.batch_size)
+
+    def evaluate() -> dict[str, float]:
+        with rt.autocast():
+            return evaluate_dpo(policy, val, rt.device, ref_logps=ref_val, beta=cfg.beta, batch_size=cfg.batch_size)
+
+    return run_loop(run, step, evaluate, lambda: save_stage(run, policy, tokenizer, optimizer))

@@ -1,0 +1,156 @@
+"""The reward model (`minigpt-train --mode reward`): the transformer plus a scalar head, trained Bradley-Terry.
+
+What it is: `RewardModel` (a `MiniGPT` whose final hidden state at the last token of a conversation feeds a
+`Linear(n_embd, 1)` score head), `bradley_terry_loss` (-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
+`save_reward_model` / `load_reward_model` and `run_reward`, the stage. On disk a reward model is a normal checkpoint
+directory (it loads with `minigpt_core.checkpoint.load_checkpoint` and serves as a language model) plus
+`reward_head.safetensors`, which holds the head; only `load_reward_model` reads that file.
+What it is not: the RLHF stage that consumes the scores (training.rlhf) or pair loading (training.preference).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from minigpt_core.checkpoint import load_checkpoint
+from minigpt_core.errors import CheckpointError
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import Tokenizer
+from training.config import TrainConfig
+from training.dataset import resolve_data_files
+from training.loop import build_optimizer
+from training.preference import Pair, PairBatcher, batches, by_kind, collate, pad_rows, split_pairs
+from training.runtime import setup_runtime
+from training.stage import StageRun, load_init, run_loop, save_stage, set_lr
+from training.state import TrainerState
+
+logger = logging.getLogger(__name__)
+
+HEAD_FILE = "reward_head.safetensors"
+
+
+class RewardModel(torch.nn.Module):
+    """Scores a whole conversation: score_head(final hidden state at its last token)."""
+
+    def __init__(self, lm: MiniGPT) -> None:
+        super().__init__()
+        self.lm = lm
+        self.score_head = torch.nn.Linear(lm.config.n_embd, 1)
+        torch.nn.init.zeros_(self.score_head.weight)
+        torch.nn.init.zeros_(self.score_head.bias)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """ids (B, T) right-padded, lengths (B,) → scores (B,) float32."""
+        hidden = self.lm(ids, return_hidden=True)  # (B, T, C)
+        last = hidden[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (B, C)
+        return self.score_head(last).squeeze(-1).float()
+
+    @torch.no_grad()
+    def score(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> list[float]:
+        """Scores of token-id conversations (no gradients), in order."""
+        device = next(self.parameters()).device
+        out: list[float] = []
+        for i in range(0, len(rows), batch_size):
+            chunk = [(list(r), [False] * len(r)) for r in rows[i : i + batch_size]]
+            ids, _, lengths = pad_rows(chunk, device)
+            out += self(ids, lengths).tolist()
+        return out
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Mean -log sigmoid(r_chosen - r_rejected) over (B,) scores."""
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def _pair_scores(rm: RewardModel, pairs: Sequence[Pair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids, _, lengths = collate(pairs, device)
+    scores = rm(ids, lengths)  # (2B,)
+    return scores[: len(pairs)], scores[len(pairs) :]
+
+
+@torch.no_grad()
+def pairwise_accuracy(rm: RewardModel, pairs: Sequence[Pair], device: torch.device, batch_size: int = 8) -> dict:
+    """val_pairwise_acc (score(chosen) > score(rejected)), per kind, and the held-out loss."""
+    was_training = rm.training
+    rm.eval()
+    hits: list[bool] = []
+    losses: list[float] = []
+    for batch in batches(pairs, batch_size):
+        c, r = _pair_scores(rm, batch, device)
+        hits += (c > r).tolist()
+        losses.append(float(bradley_terry_loss(c, r)) * len(batch))
+    rm.train(was_training)
+    out = {"val_pairwise_acc": sum(hits) / len(hits), "val_loss": sum(losses) / len(pairs)}
+    out.update(by_kind([p.kind for p in pairs], hits, "val_pairwise_acc"))
+    return out
+
+
+def save_head(rm: RewardModel, directory: Path) -> None:
+    state = {k: v.detach().to("cpu").contiguous() for k, v in rm.score_head.state_dict().items()}
+    save_file(state, str(directory / HEAD_FILE), metadata={"format": "pt", "kind": "minigpt-reward-head"})
+    info = {"head_file": HEAD_FILE, "pooling": "last_token", "loss": "bradley_terry"}
+    (directory / "reward_config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
+    """A reward-model checkpoint directory → (RewardModel in eval mode, tokenizer)."""
+    lm, tokenizer = load_checkpoint(model_dir)
+    rm = RewardModel(lm)
+    head = Path(model_dir) / HEAD_FILE
+    if not head.is_file():
+        raise CheckpointError(f"{head}: missing: {model_dir} is not a reward model (train one with --mode reward)")
+    try:
+        state = load_file(str(head), device="cpu")
+        rm.score_head.load_state_dict(state, strict=True)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointError(f"{head}: cannot load the reward head ({exc})") from exc
+    return rm.to(device).eval(), tokenizer
+
+
+def run_reward(cfg: TrainConfig) -> TrainerState:
+    """Train a Bradley-Terry reward model on preference pairs (from --init when given, else from scratch)."""
+    rt = setup_runtime(cfg.device, cfg.dtype)
+    lm, tokenizer, cfg = load_init(cfg, required=False)
+    run = StageRun.create(cfg, rt)
+    cfg.save(run.run_dir / "run_config.json")
+    files = resolve_data_files(cfg.data, "dpo")
+    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
+    rm = RewardModel(lm).to(rt.device).train()
+    optimizer = build_optimizer(rm, cfg, rt.device)
+    batcher = PairBatcher(train, cfg.batch_size, seed=cfg.seed)
+    logger.info("reward model: %d train / %d held-out pairs", len(train), len(val))
+
+    def step() -> dict[str, float]:
+        lr = set_lr(optimizer, run.state.step, cfg)
+        with rt.autocast():
+            c, r = _pair_scores(rm, batcher.next_batch(), rt.device)
+            loss = bradley_terry_loss(c, r)
+        loss.backward()
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return {
+            "loss": float(loss.detach()),
+            "grad_norm": float(grad_norm),
+            "accuracy": float((c > r).float().mean()),
+            "margin": float((c - r).mean()),
+            "lr": lr,
+        }
+
+    def evaluate() -> dict[str, float]:
+        with rt.autocast():
+            return pairwise_accuracy(rm, val, rt.device, batch_size=cfg.batch_size)
+
+    def save() -> Path:
+        return save_stage(run, lm, tokenizer, optimizer, extra=lambda tmp: save_head(rm, tmp))
+
+    return run_loop(run, step, evaluate, save)
