@@ -1,0 +1,77 @@
+"""CPU smoke test of `minigpt-bench`: the serving and training benchmarks run end to end at tiny sizes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(args: list[str], timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "server.bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def test_bench_serve_on_cpu_writes_a_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "serve.json"
+    proc = run(
+        [
+            "serve",
+            "--configs",
+            "tiny",
+            "--device",
+            "cpu",
+            "--concurrency",
+            "1,2",
+            "--requests",
+            "2",
+            "--prompt-len",
+            "8",
+            "--output-len",
+            "4",
+            "--json",
+            str(out),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    ours = [r for r in data["rows"] if r["impl"].startswith("minigpt-serve")]
+    peer = [r for r in data["rows"] if r["impl"] == "HF generate"]
+    assert [r["concurrency"] for r in ours] == [1, 2] and len(peer) == 2
+    assert all(r["output_tok_s"] > 0 and r["ttft_p50_ms"] > 0 for r in ours + peer)
+    assert "minigpt-serve (HTTP)" in proc.stdout
+
+
+@pytest.mark.parametrize("impls", ["minigpt,hf"])
+def test_bench_train_on_cpu(tmp_path: Path, impls: str) -> None:
+    out = tmp_path / "train.json"
+    proc = run(
+        [
+            "train",
+            "--configs",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--impls",
+            impls,
+            "--json",
+            str(out),
+        ]
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["impl"] for r in rows] == impls.split(",") and all(r["tokens_per_s"] > 0 for r in rows)
