@@ -50,15 +50,19 @@ class GraphedDecoder:
         positions: torch.Tensor,
         batch_buckets: list[int],
         kv_buckets: list[int],
+        compile: bool = False,
     ) -> None:
         self.model, self.cache = model, cache
+        # Optional: inductor fuses the step's many small ops (norms, RoPE, SiLU·mul, residuals) before capture.
+        # dynamic=True: one compilation serves every (batch, kv) bucket.
+        self._fn = torch.compile(model, dynamic=True) if compile else model
         self.ids, self.positions = ids, positions  # static (max_b, 1) buffers owned by the scheduler
         self.batch_buckets, self.kv_buckets = batch_buckets, kv_buckets
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle()
 
     def _forward(self, b: int, kv_len: int) -> torch.Tensor:
-        logits = self.model(self.ids[:b], cache=self.cache, positions=self.positions[:b], kv_len=kv_len)
+        logits = self._fn(self.ids[:b], cache=self.cache, positions=self.positions[:b], kv_len=kv_len)
         return logits[:, -1]  # (b, V)
 
     @torch.no_grad()
@@ -71,7 +75,8 @@ class GraphedDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for b in self.batch_buckets:
-                self._forward(b, self.kv_buckets[-1])
+                for kv in self.kv_buckets:
+                    self._forward(b, kv)
         torch.cuda.current_stream().wait_stream(stream)
         # Largest first, so smaller graphs reuse the pool's memory.
         for kv in reversed(self.kv_buckets):

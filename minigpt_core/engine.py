@@ -215,6 +215,7 @@ class Engine:
         kv_len_bucket: int = 64,
         cuda_graphs: bool | None = None,
         output_vocab: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -246,6 +247,7 @@ class Engine:
             dense_decode=self.device.type == "cuda",
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
             output_vocab=output_vocab,
+            compile_decode=compile_decode,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()

@@ -96,6 +96,7 @@ class Scheduler:
         dense_decode: bool = False,
         cuda_graphs: bool = False,
         output_vocab: int | None = None,
+        compile_decode: bool = False,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
         # Only ids the tokenizer knows may be sampled (a model's embedding may be padded past the tokenizer).
@@ -123,7 +124,13 @@ class Scheduler:
         self.graphs: GraphedDecoder | None = None
         if cuda_graphs:
             self.graphs = GraphedDecoder(
-                model, cache, self.decode_ids, self.decode_positions, self.batch_buckets, self.kv_buckets
+                model,
+                cache,
+                self.decode_ids,
+                self.decode_positions,
+                self.batch_buckets,
+                self.kv_buckets,
+                compile=compile_decode,
             )
             self.graphs.capture_all()
 

@@ -26,6 +26,12 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--served-model-name", "served_model_name", str, "the model id clients send"),
     ("--device", "device", str, "auto | cpu | cuda"),
     ("--dtype", "dtype", str, "auto | float32 | bfloat16 | float16"),
+    (
+        "--compile-decode",
+        "compile_decode",
+        str,
+        "true | false: CUDA only, torch.compile the decode step (slower start)",
+    ),
     ("--max-num-seqs", "max_num_seqs", int, "sequences decoded at once (KV-cache slots)"),
     ("--max-model-len", "max_model_len", int, "context length per sequence (default: the model's)"),
     ("--max-queued", "max_queued", int, "waiting requests beyond which the server answers 429"),

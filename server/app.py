@@ -119,6 +119,7 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
         max_model_len=max_len,
         max_queued=settings.max_queued,
         output_vocab=tokenizer.vocab_size,
+        compile_decode=settings.compile_decode,
     )
     engine.start()
     warm_grammar(tokenizer, model.config.vocab_size)

@@ -49,7 +49,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(model: Path, port: int, device: str, max_num_seqs: int, max_model_len: int) -> subprocess.Popen[bytes]:
+def start_server(
+    model: Path, port: int, device: str, max_num_seqs: int, max_model_len: int, compile_decode: bool = False
+) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
         "-m",
@@ -73,6 +75,8 @@ def start_server(model: Path, port: int, device: str, max_num_seqs: int, max_mod
     ]
     if device == "cuda":
         cmd += ["--dtype", "bfloat16"]
+    if compile_decode:
+        cmd += ["--compile-decode", "true"]
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -212,7 +216,7 @@ def bench_serve(args: argparse.Namespace) -> int:
             )
             vocab = Tokenizer.from_dir(model_dir).vocab_size
             port = free_port()
-            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16)
+            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16, args.compile)
             try:
                 for c in levels:
                     n = args.requests or max(2 * c, 4)
@@ -261,6 +265,7 @@ def bench_engine(args: argparse.Namespace) -> int:
                     max_num_seqs=conc,
                     max_model_len=args.prompt_len + args.output_len + 16,
                     output_vocab=tok.vocab_size,
+                    compile_decode=args.compile,
                 ) as engine:
                     prompts = [[NUM_SPECIAL + (i * 7 + j) % 1000 for j in range(args.prompt_len)] for i in range(conc)]
                     list(engine.generate(prompts[0], params))  # warm-up
@@ -312,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-len", type=int)
     s.add_argument("--requests", type=int, help="requests per level (default 2 x concurrency, at least 4)")
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
+    s.add_argument("--compile", action="store_true", help="serve with --compile-decode true")
     s.add_argument("--json", help="write results here")
     sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
     e = sub.add_parser("engine", help="the engine alone (no HTTP) and the decode graph alone: where time goes")
@@ -320,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--prompt-len", type=int, default=128)
     e.add_argument("--output-len", type=int, default=128)
     e.add_argument("--json")
+    e.add_argument("--compile", action="store_true", help="torch.compile the decode step before capturing it")
     return p
 
 
