@@ -74,9 +74,17 @@ class GraphedDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            for b in self.batch_buckets:
-                for kv in self.kv_buckets:
-                    self._forward(b, kv)
+            try:
+                for b in self.batch_buckets:
+                    for kv in self.kv_buckets:
+                        self._forward(b, kv)
+            except Exception as exc:  # a compiler failure must not take the server down: capture eager ops
+                if self._fn is self.model:
+                    raise
+                logger.warning("torch.compile of the decode step failed (%s); capturing the eager step", exc)
+                self._fn = self.model
+                for b in self.batch_buckets:
+                    self._forward(b, self.kv_buckets[-1])
         torch.cuda.current_stream().wait_stream(stream)
         # Largest first, so smaller graphs reuse the pool's memory.
         for kv in reversed(self.kv_buckets):

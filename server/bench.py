@@ -75,8 +75,7 @@ def start_server(
     ]
     if device == "cuda":
         cmd += ["--dtype", "bfloat16"]
-    if compile_decode:
-        cmd += ["--compile-decode", "true"]
+    cmd += ["--compile-decode", "true" if compile_decode else "false"]
     proc = subprocess.Popen(cmd)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -216,7 +215,7 @@ def bench_serve(args: argparse.Namespace) -> int:
             )
             vocab = Tokenizer.from_dir(model_dir).vocab_size
             port = free_port()
-            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16, args.compile)
+            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16, not args.no_compile)
             try:
                 for c in levels:
                     n = args.requests or max(2 * c, 4)
@@ -317,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-len", type=int)
     s.add_argument("--requests", type=int, help="requests per level (default 2 x concurrency, at least 4)")
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
-    s.add_argument("--compile", action="store_true", help="serve with --compile-decode true")
+    s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
     s.add_argument("--json", help="write results here")
     sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
     e = sub.add_parser("engine", help="the engine alone (no HTTP) and the decode graph alone: where time goes")

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, description="if set, every route but /health needs it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    compile_decode: bool = Field(default=False, description="CUDA: torch.compile the decode step before capturing it")
+    compile_decode: bool = Field(
+        default=True, description="CUDA only: torch.compile the decode step before capturing it (2x faster steps)"
+    )
     max_num_seqs: int = Field(default=8, ge=1, le=1024)
     max_model_len: int | None = Field(default=None, ge=16, description="None = the model's max_seq_len")
     max_queued: int = Field(default=64, ge=0)
