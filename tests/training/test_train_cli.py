@@ -108,8 +108,8 @@ def test_diverging_run_stops_and_keeps_the_last_good_checkpoint(
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [
-        (["--mode", "dpo"], "not implemented yet"),
-        (["--mode", "rlhf"], "not implemented yet"),
+        (["--mode", "dpo"], "needs --init"),
+        (["--mode", "rlhf"], "needs --init"),
         (["--no-such-flag"], "unrecognized arguments"),
         (["--data", "/does/not/exist.jsonl"], "no such file"),
         (["--init", "/does/not/exist"], "not a checkpoint folder"),
