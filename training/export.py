@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minigpt_core.checkpoint import load_checkpoint
+from minigpt_core.checkpoint import load_checkpoint, replace_dir
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, IM_START_ID, NUM_SPECIAL, TOKENIZER_CONFIG_FILE, Tokenizer
@@ -245,13 +245,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
             if (src / name).is_file():
                 shutil.copy2(src / name, tmp / name)
         tmp.chmod(0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
