@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from training.config import TrainConfig
 from training.dataset import resolve_data_files
-from training.loop import build_optimizer
+from training.loop import build_optimizer, clip_and_step
 from training.preference import Pair, PairBatcher, batches, by_kind, collate, sequence_logprobs, split_pairs
 from training.runtime import setup_runtime
 from training.stage import StageRun, frozen_copy, load_init, run_loop, save_stage, set_lr
@@ -118,10 +118,7 @@ def dpo_step(
     pc, pr = _pair_logprobs(policy, pairs, device)
     loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.dpo_loss)
     loss.backward()
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(policy, optimizer, cfg.grad_clip)
     return {
         "loss": float(loss.detach()),
         "grad_norm": float(grad_norm),

@@ -73,6 +73,14 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> torch.Tensor:
+    """Clip gradients (grad_clip <= 0: measure only), step, clear; returns the pre-clip norm as a device tensor."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
 def train_step(tr: Trainer) -> dict[str, Any]:
     """One optimizer step over `grad_accum` micro-batches; raises TrainingDiverged on NaN/inf."""
     cfg, rt = tr.cfg, tr.rt
@@ -104,14 +112,11 @@ def train_step(tr: Trainer) -> dict[str, Any]:
             )
             (loss * scale).backward()
         loss_sum += loss.detach()
-    clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(tr.model.parameters(), clip)
     if rt.distributed:
         dist_loss = torch.stack([loss_sum.double()])
         torch.distributed.all_reduce(dist_loss)
         loss_sum = dist_loss[0]
-    tr.optimizer.step()
-    tr.optimizer.zero_grad(set_to_none=True)
+    grad_norm = clip_and_step(tr.model, tr.optimizer, cfg.grad_clip)
     # Device tensors: reading them is a host sync, so `fit` does it only every log_every steps on a GPU.
     return {"loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 

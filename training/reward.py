@@ -26,7 +26,7 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.dataset import resolve_data_files
-from training.loop import build_optimizer
+from training.loop import build_optimizer, clip_and_step
 from training.preference import Pair, PairBatcher, batches, by_kind, collate, pad_rows, split_pairs
 from training.runtime import setup_runtime
 from training.stage import StageRun, load_init, run_loop, save_stage, set_lr
@@ -134,10 +134,7 @@ def run_reward(cfg: TrainConfig) -> TrainerState:
             c, r = _pair_scores(rm, batcher.next_batch(), rt.device)
             loss = bradley_terry_loss(c, r)
         loss.backward()
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(rm.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(rm, optimizer, cfg.grad_clip)
         return {
             "loss": float(loss.detach()),
             "grad_norm": float(grad_norm),

@@ -31,7 +31,7 @@ from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.data import iter_lines
 from training.errors import DataError
-from training.loop import build_optimizer
+from training.loop import build_optimizer, clip_and_step
 from training.preference import pad_rows, token_logprobs
 from training.reward import RewardModel, load_reward_model
 from training.rewards import Completion, RewardSet, parse_reward_names
@@ -282,10 +282,7 @@ def grpo_step(
         logp, _ = answer_logprobs(policy, prompts, completions, device)
         loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef)
         loss.backward()
-        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = clip_and_step(policy, optimizer, cfg.grad_clip)
     lengths = [len(c.token_ids) for c in completions]
     return {
         "loss": float(loss.detach()),
