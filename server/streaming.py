@@ -99,10 +99,11 @@ def completion_logprobs(meta: ResponseMeta, items: list[TokenLogprob], offset: i
 
 
 # --- chat completions ------------------------------------------------------------------------------------
-def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+def _chunk(meta: ResponseMeta, obj: str, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+    """One SSE event of a stream: the same id, created and model on every chunk; usage only when asked for."""
     body: dict[str, Any] = {
         "id": meta.id,
-        "object": "chat.completion.chunk",
+        "object": obj,
         "created": meta.created,
         "model": meta.model,
         "system_fingerprint": None,
@@ -111,6 +112,10 @@ def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = 
     if meta.include_usage:
         body["usage"] = usage
     return sse(body)
+
+
+def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
+    return _chunk(meta, "chat.completion.chunk", choices, usage)
 
 
 def _chat_delta(meta: ResponseMeta, delta: ChoiceDelta) -> dict[str, Any]:
@@ -212,17 +217,7 @@ async def chat_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) 
 
 # --- legacy completions -----------------------------------------------------------------------------------
 def _completion_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
-    body: dict[str, Any] = {
-        "id": meta.id,
-        "object": "text_completion",
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
-    if meta.include_usage:
-        body["usage"] = usage
-    return sse(body)
+    return _chunk(meta, "text_completion", choices, usage)
 
 
 async def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
