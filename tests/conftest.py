@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,15 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: To
     torch.manual_seed(0)
     model = MiniGPT(tiny_config(tiny_tokenizer.vocab_size))
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny", model, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Token-by-token work on tiny models: extra intra-op threads only spin (10-25x slower on a busy 2-core box).
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_thread")`.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ PC, PR = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -1.0])
 RC, RR = torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -2.0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a busy 2-core box run ~10x faster on one intra-op thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sigmoid_loss_matches_hand_computed_values() -> None:

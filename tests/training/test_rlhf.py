@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,7 @@ from training.reward import RewardModel
 from training.rewards import RULES, Completion, RewardSet
 from training.rlhf import grpo_advantages, grpo_loss, rollout, score
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models on a busy 2-core box run ~10x faster on one intra-op thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_group_relative_advantages_by_hand() -> None:
