@@ -192,7 +192,7 @@ def test_every_written_equation_is_correct(corpus: Path) -> None:
                 for a, op, b, c in EQUATION.findall(text):
                     assert ops[op](int(a), int(b)) == int(c), text
                     seen += 1
-    assert seen > 1000
+    assert seen > 500
 
 
 def test_problems_answer_follows_reasoning() -> None:

@@ -122,6 +122,27 @@ def tool_result(call: dict[str, Any], content: str) -> Message:
     return {"role": "tool", "tool_call_id": call["id"], "content": content}
 
 
+PREFIXES = {
+    "en": ("Hi! ", "Hello. ", "Quick question: ", "Please help. ", "Hey, ", "OK, ", "Good morning! ", "One thing: "),
+    "zh": ("你好，", "请问，", "麻烦一下，"),
+}
+SUFFIXES = {"en": (" Thanks!", " Thank you.", " Please.", " Cheers.", " That's all."), "zh": ("谢谢！", "谢谢。")}
+
+
+def decorate(rng: random.Random, text: str, probability: float = 0.35) -> str:
+    """`text` with a greeting before and/or thanks after it now and then (training requests only), so a model
+    finds the request inside varied openings and endings instead of at fixed positions."""
+    if rng.random() >= probability:
+        return text
+    lang = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+    roll = rng.random()
+    if roll < 0.45:
+        return rng.choice(PREFIXES[lang]) + text
+    if roll < 0.8:
+        return text + rng.choice(SUFFIXES[lang])
+    return rng.choice(PREFIXES[lang]) + text + rng.choice(SUFFIXES[lang])
+
+
 def fill(template: str, **values: object) -> str:
     """`str.format` with a clearer error when a template names a missing field."""
     try:

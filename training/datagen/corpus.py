@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from training.datagen import identity, math_dialogues, smalltalk, tool_dialogues
-from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, make_rng
+from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, decorate, make_rng
 from training.datagen.preference import preference_pair
 from training.datagen.pretrain import pretrain_document
 
@@ -36,11 +36,11 @@ BASE_COUNTS: dict[str, int] = {
 }
 
 SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]]] = {
-    "identity": (0.17, identity.identity_conversation),
-    "math_think": (0.17, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
-    "math_direct": (0.16, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
-    "tools": (0.35, tool_dialogues.tool_conversation),
-    "smalltalk": (0.15, smalltalk.smalltalk_conversation),
+    "identity": (0.16, identity.identity_conversation),
+    "math_think": (0.16, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
+    "math_direct": (0.14, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
+    "tools": (0.42, tool_dialogues.tool_conversation),
+    "smalltalk": (0.12, smalltalk.smalltalk_conversation),
 }
 
 
@@ -48,7 +48,12 @@ def sft_conversation(rng: random.Random, split: Split) -> Conversation:
     """One SFT dialogue of a kind drawn by the mix weights."""
     names = list(SFT_KINDS)
     kind = rng.choices(names, weights=[SFT_KINDS[n][0] for n in names])[0]
-    return SFT_KINDS[kind][1](rng, split)
+    conversation = SFT_KINDS[kind][1](rng, split)
+    if split == "train":
+        for message in conversation:
+            if message["role"] == "user" and isinstance(message.get("content"), str):
+                message["content"] = decorate(rng, message["content"])
+    return conversation
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> int:

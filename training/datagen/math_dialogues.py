@@ -81,6 +81,78 @@ WORD_TEMPLATES: dict[Split, tuple[WordTemplate, ...]] = {
             "{a} ÷ {b} = {r}。",
             "每人分到 {r} {m}{item_zh}。",
         ),
+        W(
+            "add",
+            "{name} read {a} pages on Monday and {b} pages on Tuesday. How many pages in all?",
+            "Monday and Tuesday together: {a} + {b} = {r}.",
+            "{name} read {r} pages in all.",
+        ),
+        W(
+            "add",
+            "A farm has {a} {item}. Then {b} more {item} arrive. How many {item} does the farm have?",
+            "{a} + {b} = {r}.",
+            "The farm has {r} {item}.",
+        ),
+        W(
+            "add",
+            "{name} saved {a} dollars and then earned {b} dollars. How much money does {name} have?",
+            "Saved plus earned: {a} + {b} = {r}.",
+            "{name} has {r} dollars.",
+        ),
+        W(
+            "sub",
+            "There were {a} {item} on a shelf. {b} fell off. How many {item} are still on the shelf?",
+            "{a} - {b} = {r}.",
+            "{r} {item} are still on the shelf.",
+        ),
+        W(
+            "sub",
+            "{name} needs {a} {item} but only has {b}. How many more {item} does {name} need?",
+            "The gap is {a} - {b} = {r}.",
+            "{name} needs {r} more {item}.",
+        ),
+        W(
+            "sub",
+            "A train carries {a} people. At the station {b} get off. How many people are left on the train?",
+            "{a} - {b} = {r}.",
+            "{r} people are left on the train.",
+        ),
+        W(
+            "mul",
+            "{name} walks {a} km every day for {b} days. How many km is that?",
+            "{a} km a day for {b} days: {a} × {b} = {r}.",
+            "That is {r} km.",
+        ),
+        W(
+            "mul",
+            "One ticket costs {a} dollars. What do {b} tickets cost?",
+            "{b} tickets at {a} each: {a} × {b} = {r}.",
+            "{b} tickets cost {r} dollars.",
+        ),
+        W(
+            "div",
+            "{name} has {a} {item} and puts them into {b} equal groups. How many {item} are in each group?",
+            "{a} ÷ {b} = {r}.",
+            "Each group has {r} {item}.",
+        ),
+        W(
+            "div",
+            "A rope of {a} meters is cut into {b} equal pieces. How long is each piece?",
+            "{a} ÷ {b} = {r}.",
+            "Each piece is {r} meters long.",
+        ),
+        W(
+            "two",
+            "A class has {a} tables with {b} chairs each, and {c} chairs are broken. How many chairs work?",
+            "First {a} × {b} = {p}. Then {p} - {c} = {r}.",
+            "{r} chairs work.",
+        ),
+        W(
+            "two",
+            "{name} bakes {a} trays of {b} {item} and sells {c}. How many {item} are left?",
+            "{a} × {b} = {p}, and {p} - {c} = {r}.",
+            "{r} {item} are left.",
+        ),
     ),
     "val": (
         W(

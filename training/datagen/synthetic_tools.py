@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from training.datagen import values
 from training.datagen.base import Split, register_templates, split_pool, value_split
 from training.datagen.tools_data import ToolScenario
 
@@ -41,6 +42,55 @@ VERBS: dict[Split, tuple[tuple[str, str], ...]] = {
         ("share", "shared"),
         ("save", "saved"),
         ("move", "moved"),
+        ("open", "opened"),
+        ("close", "closed"),
+        ("print", "printed"),
+        ("renew", "renewed"),
+        ("approve", "approved"),
+        ("reject", "rejected"),
+        ("copy", "copied"),
+        ("rename", "renamed"),
+        ("lock", "locked"),
+        ("unlock", "unlocked"),
+        ("pause", "paused"),
+        ("resume", "resumed"),
+        ("sync", "synced"),
+        ("tag", "tagged"),
+        ("pin", "pinned"),
+        ("mute", "muted"),
+        ("block", "blocked"),
+        ("invite", "invited"),
+        ("join", "joined"),
+        ("leave", "left"),
+        ("follow", "followed"),
+        ("like", "liked"),
+        ("buy", "bought"),
+        ("sell", "sold"),
+        ("rent", "rented"),
+        ("return", "returned"),
+        ("refund", "refunded"),
+        ("pay", "paid"),
+        ("charge", "charged"),
+        ("verify", "verified"),
+        ("confirm", "confirmed"),
+        ("submit", "submitted"),
+        ("merge", "merged"),
+        ("split", "split"),
+        ("scan", "scanned"),
+        ("import", "imported"),
+        ("download", "downloaded"),
+        ("restore", "restored"),
+        ("edit", "edited"),
+        ("review", "reviewed"),
+        ("plan", "planned"),
+        ("count", "counted"),
+        ("clean", "cleaned"),
+        ("fix", "fixed"),
+        ("build", "built"),
+        ("draw", "drew"),
+        ("load", "loaded"),
+        ("reset", "reset"),
+        ("ship", "shipped"),
     ),
     "val": (
         ("schedule", "scheduled"),
@@ -79,6 +129,86 @@ NOUNS: dict[Split, tuple[str, ...]] = {
         "table",
         "room",
         "project",
+        "account",
+        "booking",
+        "report",
+        "document",
+        "folder",
+        "calendar",
+        "budget",
+        "customer",
+        "device",
+        "printer",
+        "ride",
+        "trip",
+        "car",
+        "bike",
+        "book",
+        "movie",
+        "game",
+        "course",
+        "class",
+        "team",
+        "group",
+        "channel",
+        "post",
+        "comment",
+        "image",
+        "video",
+        "robot",
+        "sensor",
+        "alarm",
+        "light",
+        "door",
+        "plant",
+        "pet",
+        "dog",
+        "doctor",
+        "patient",
+        "store",
+        "product",
+        "cart",
+        "wallet",
+        "loan",
+        "card",
+        "badge",
+        "survey",
+        "poll",
+        "quiz",
+        "exam",
+        "grade",
+        "issue",
+        "bug",
+        "release",
+        "server",
+        "database",
+        "backup",
+        "key",
+        "password",
+        "domain",
+        "site",
+        "page",
+        "map",
+        "route",
+        "station",
+        "train",
+        "bus",
+        "seat",
+        "menu",
+        "dish",
+        "drink",
+        "party",
+        "gift",
+        "letter",
+        "package",
+        "contract",
+        "license",
+        "visa",
+        "passport",
+        "shift",
+        "job",
+        "candidate",
+        "interview",
     ),
     "val": (
         "parcel",
@@ -101,6 +231,8 @@ DESCRIPTIONS = register_templates(
             "Use this to {verb} {a} {noun}.",
             "{Verb}s {a} {noun} for the user.",
             "Tool that can {verb} {a} {noun}.",
+            "{Verb} {noun} records.",
+            "Call this to {verb} {a} {noun} in the system.",
         ),
         "val": ("Lets you {verb} {a} {noun}.", "{Verb} one {noun} on request."),
     },
@@ -114,6 +246,25 @@ REQUESTS = register_templates(
             "I want to {verb} {a} {noun}. Use {params}.",
             "Can you {verb} {a} {noun}? Set {params}.",
             "{Verb} {a} {noun} for me, {params}.",
+            "I need you to {verb} {a} {noun} ({params}).",
+            "Time to {verb} {a} {noun}. The details: {params}.",
+            "Hey, {verb} {a} {noun} with {params}, thanks.",
+            "{params}: {verb} {a} {noun} with that.",
+            "Would you {verb} {a} {noun}? I'd like {params}.",
+            "请{verb}一个 {noun}，参数：{params}。",
+            "帮我 {verb} {noun}：{params}。",
+            "Let's {verb} {a} {noun}: {params}.",
+            "{Verb} {noun}, {params}.",
+            "Need to {verb} {a} {noun} - {params}.",
+            "With {params}, {verb} {a} {noun}.",
+            "Make sure to {verb} the {noun} using {params}.",
+            "{Verb} this {noun} please: {params}.",
+            "Ok, {verb} {a} {noun}. Details are {params}.",
+            "Please {verb} my {noun} ({params}).",
+            "I'd like you to {verb} {a} {noun}, {params}.",
+            "Go {verb} {a} {noun} where {params}.",
+            "{params} - please {verb} {a} {noun}.",
+            "Quick request: {verb} {a} {noun} with {params}.",
         ),
         "val": ("Could you {verb} one {noun} using {params}?", "Go ahead and {verb} {a} {noun} with these: {params}."),
     },
@@ -194,8 +345,19 @@ def _label(name: str) -> str:
     return name.replace("_", " ")
 
 
-def _str_value(rng: random.Random, split: Split, _name: str) -> str:
-    return rng.choice(split_pool(STRINGS, split))
+def _str_value(rng: random.Random, split: Split, name: str) -> str:
+    """A value fitting the parameter's name, from a space too large to memorise (see values.py)."""
+    if rng.random() < 0.1:
+        return rng.choice(split_pool(STRINGS, split))
+    maker = {
+        "email": values.email,
+        "username": values.username,
+        "query": values.query,
+        "city": values.proper_name,
+        "destination": values.proper_name,
+        "name": values.proper_name,
+    }.get(name, values.string_value)
+    return maker(rng, split)
 
 
 def _num_value(rng: random.Random, split: Split, _name: str) -> float:
@@ -203,6 +365,16 @@ def _num_value(rng: random.Random, split: Split, _name: str) -> float:
         value = round(rng.uniform(0.5, 500), rng.choice((1, 2)))
         if value_split("number", value) == split:
             return value
+
+
+def _tags_value(rng: random.Random, split: Split, _name: str) -> list[str]:
+    """One to three distinct lower-case words (the old fixed tags now and then)."""
+    out: list[str] = []
+    for _ in range(rng.randint(1, 3)):
+        tag = rng.choice(split_pool(TAGS, split)) if rng.random() < 0.2 else values.word(rng, split)
+        if tag not in out:
+            out.append(tag)
+    return out
 
 
 def _bool_phrase(rng: random.Random, name: str, value: Any) -> str:
@@ -223,25 +395,54 @@ def _object_phrase(_rng: random.Random, name: str, value: Any) -> str:
 
 PARAM_KINDS: tuple[ParamKind, ...] = (
     ParamKind(
-        ("title", "name", "city", "email", "query", "label", "destination", "username", "subject"),
+        (
+            "title",
+            "name",
+            "city",
+            "email",
+            "query",
+            "label",
+            "destination",
+            "username",
+            "subject",
+            "note",
+            "owner",
+            "company",
+            "author",
+            "topic",
+            "nickname",
+        ),
         lambda n: {"type": "string", "description": f"The {_label(n)}"},
         _str_value,
         lambda _r, n, v: f'{_label(n)} "{v}"',
     ),
     ParamKind(
-        ("quantity", "count", "seats", "duration_minutes", "limit", "pages", "guests", "year"),
+        (
+            "quantity",
+            "count",
+            "seats",
+            "duration_minutes",
+            "limit",
+            "pages",
+            "guests",
+            "year",
+            "age",
+            "level",
+            "floor",
+            "copies",
+        ),
         lambda n: {"type": "integer", "description": f"The {_label(n)}"},
-        lambda r, s, n: r.choice(split_pool(tuple(range(1, 400)), s)),
+        lambda r, s, n: values.integer(r, s, 999),
         lambda _r, n, v: f"{_label(n)} {v}",
     ),
     ParamKind(
-        ("amount", "price", "weight_kg", "rating", "distance_km", "budget"),
+        ("amount", "price", "weight_kg", "rating", "distance_km", "budget", "discount", "score", "height_m"),
         lambda n: {"type": "number", "description": f"The {_label(n)}"},
         _num_value,
         lambda _r, n, v: f"{_label(n)} {v}",
     ),
     ParamKind(
-        ("urgent", "notify", "is_public", "recurring", "include_archived", "dry_run"),
+        ("urgent", "notify", "is_public", "recurring", "include_archived", "dry_run", "overwrite", "verbose"),
         lambda n: {"type": "boolean", "description": f"Whether {_label(n)}"},
         lambda r, s, n: r.random() < 0.5,
         _bool_phrase,
@@ -253,15 +454,15 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
         lambda _r, n, v: f"{n} {v}",
     ),
     ParamKind(
-        ("tags", "recipients", "keywords", "labels"),
+        ("tags", "recipients", "keywords", "labels", "categories", "members"),
         lambda n: {"type": "array", "items": {"type": "string"}, "description": f"List of {_label(n)}"},
-        lambda r, s, n: r.sample(split_pool(TAGS, s), min(2, r.randint(1, 2), len(split_pool(TAGS, s)))),
+        _tags_value,
         _list_phrase,
     ),
     ParamKind(
-        ("ids", "item_ids", "days"),
+        ("ids", "item_ids", "days", "user_ids", "ranks"),
         lambda n: {"type": "array", "items": {"type": "integer"}, "description": f"List of {_label(n)}"},
-        lambda r, s, n: sorted(r.sample(split_pool(tuple(range(1, 60)), s), r.randint(1, 3))),
+        lambda r, s, n: sorted({values.integer(r, s, 999) for _ in range(r.randint(1, 3))}),
         _list_phrase,
     ),
     ParamKind(
@@ -273,7 +474,7 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
             "required": ["city"],
         },
         lambda r, s, n: {
-            "city": r.choice(split_pool(CITIES, s)),
+            "city": r.choice(split_pool(CITIES, s)) if r.random() < 0.2 else values.proper_name(r, s),
             **({"zip": r.randint(10000, 99999)} if r.random() < 0.5 else {}),
         },
         _object_phrase,
@@ -294,8 +495,12 @@ def make_tool(
     rng: random.Random, split: Split, verb: tuple[str, str] | None = None, noun: str | None = None
 ) -> SyntheticTool:
     """A random verb_noun tool with 1-4 parameters of distinct names; about a third are optional."""
+    if verb is None and split == "train" and rng.random() < 0.4:  # made-up verbs, too: read the name, not recall
+        made_up = values.made_up_word(rng, split)
+        verb = (made_up, made_up + "ed")
     verb_word, participle = verb or rng.choice(VERBS[split])
-    noun = noun or rng.choice(NOUNS[split])
+    if noun is None:  # made-up nouns (train only) teach matching the request's words to the name, not recall
+        noun = values.made_up_word(rng, split) if split == "train" and rng.random() < 0.5 else rng.choice(NOUNS[split])
     kinds = rng.sample(PARAM_KINDS, rng.randint(1, 4))
     chosen = {rng.choice(kind.names): kind for kind in kinds}
     properties = {name: kind.schema(name) for name, kind in chosen.items()}

@@ -87,7 +87,7 @@ def _tool_count(rng: random.Random, minimum: int = 1) -> int:
 
 
 def single_call_dialogue(rng: random.Random, split: Split, think: bool) -> Conversation:
-    scenario, spec = builtin_or_synthetic(rng, split)
+    scenario, spec = builtin_or_synthetic(rng, split, synthetic_share=0.6)
     if spec is not None and rng.random() < 0.4:
         # distractors that share the noun force the model to read the verb in the name
         tools = [scenario.tool, *distractor_tools(rng, split, spec, rng.randint(1, 3))]
@@ -171,9 +171,9 @@ def no_fit_dialogue(rng: random.Random, split: Split) -> Conversation:
 def tool_conversation(rng: random.Random, split: Split) -> Conversation:
     """One tool dialogue: mostly single calls, some parallel, some with no fitting tool."""
     roll = rng.random()
-    if roll < 0.62:
+    if roll < 0.55:
         return single_call_dialogue(rng, split, think=rng.random() < 0.2)
-    if roll < 0.8:
+    if roll < 0.7:
         return parallel_dialogue(rng, split)
     return no_fit_dialogue(rng, split)
 

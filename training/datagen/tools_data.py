@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from training.datagen import values
 from training.datagen.base import Split, register_templates, split_pool, value_split
 from training.datagen.tool_schemas import FALLBACK_SCHEMAS, SEARCH_SNIPPETS, TIMEZONES, local_result
 
@@ -86,6 +87,18 @@ CALC = register_templates(
             "Compute {expr}.",
             "{expr} 等于多少？请用计算器。",
             "用计算器算一下 {expr}。",
+            "{expr} = ? Use the calculator.",
+            "Quick math: {expr}",
+            "Evaluate {expr} exactly.",
+            "I'd like the result of {expr}.",
+            "Please find {expr} with the calculator tool.",
+            "What does {expr} come to?",
+            "Solve {expr} for me, please.",
+            "Hey, what's {expr}?",
+            "Run {expr} through the calculator.",
+            "Result of {expr}?",
+            "请计算 {expr} 的结果。",
+            "{expr} 是多少？",
         ),
         "val": ("Can you work out {expr} with the calculator?", "I need the value of {expr}.", "帮我算一下 {expr}。"),
     },
@@ -98,6 +111,17 @@ UNIT = register_templates(
             "How many {to} is {v} {frm}?",
             "Please convert {v} {frm} into {to}.",
             "把 {v} {frm} 换算成 {to}。",
+            "{v} {frm} to {to}, please.",
+            "Turn {v} {frm} into {to}.",
+            "How much is {v} {frm} in {to}?",
+            "Change {v} {frm} to {to}.",
+            "I need {v} {frm} in {to}.",
+            "What's {v} {frm} when converted to {to}?",
+            "Give me {v} {frm} as {to}.",
+            "In {to}, how much is {v} {frm}?",
+            "Convert this: {v} {frm} -> {to}.",
+            "{v} {frm} 是多少 {to}？",
+            "请把 {v} {frm} 转换为 {to}。",
         ),
         "val": (
             "What is {v} {frm} expressed in {to}?",
@@ -114,6 +138,22 @@ TIME = register_templates(
             "Tell me the current time in {tz}.",
             "What is the date today in {tz}?",
             "现在 {tz} 几点了？",
+            "Current time in {tz}?",
+            "{tz}: what time is it now?",
+            "Can you tell me the time in {tz}?",
+            "What's the time over in {tz}?",
+            "I need the current date and time for {tz}.",
+            "Look up the time in the {tz} time zone.",
+            "Time check for {tz}, please.",
+            "What day and time is it in {tz} at the moment?",
+            "请告诉我 {tz} 的当前时间。",
+            "{tz} 时区现在几点？",
+            "{tz} 现在几点？",
+            "查一下 {tz} 的时间。",
+            "What time does the clock show in {tz}?",
+            "Tell me the local time for {tz}.",
+            "Is it morning or evening in {tz} now?",
+            "Show me the time in {tz} right now.",
         ),
         "val": ("What's the local time in {tz} right now?", "Check the clock in {tz} for me.", "{tz} 现在是什么时间？"),
     },
@@ -126,6 +166,17 @@ DATE = register_templates(
             "Add {days} days to {date}.",
             "If I start on {date}, which date is {days} days later?",
             "{date} 之后 {days} 天是哪一天？",
+            "From {date}, count {days} days forward. Which date is it?",
+            "{days} days from {date} is which date?",
+            "Take {date} and add {days} days.",
+            "My trip starts {date} and lasts {days} days. When does it end?",
+            "What's the date {days} days after {date}?",
+            "Date math: {date} plus {days} days.",
+            "Which date is {date} + {days} days?",
+            "In {days} days from {date}, what's the date?",
+            "Shift {date} by {days} days.",
+            "{date} 加上 {days} 天是几号？",
+            "请算 {date} 往后 {days} 天的日期。",
         ),
         "val": (
             "Starting from {date}, what is the date in {days} days?",
@@ -142,6 +193,22 @@ STATS = register_templates(
             'Count the words and characters in "{text}".',
             'Give me text statistics for: "{text}"',
             '统计一下这段文字："{text}"',
+            'Word count for "{text}"?',
+            'Text: "{text}" How many words and characters?',
+            'Please analyse this text: "{text}"',
+            'How long is "{text}" in words?',
+            '"{text}" - count the words, please.',
+            'Run text stats on "{text}".',
+            'Can you measure "{text}" for me?',
+            'I wrote "{text}". How many characters is that?',
+            '请统计 "{text}" 的字数。',
+            '"{text}" 有几个词？',
+            'Count the words: "{text}"',
+            'Stats for this sentence: "{text}"',
+            'How many characters does "{text}" have?',
+            'Check the length of "{text}".',
+            'Please count words and sentences in "{text}".',
+            '统计这句话的字数："{text}"',
         ),
         "val": (
             'Analyse the length of "{text}".',
@@ -158,6 +225,28 @@ SEARCH = register_templates(
             "Look up {query} in the documentation.",
             "What do the docs say about {query}?",
             "在文档里查一下 {query}。",
+            "Search for {query}.",
+            "Docs lookup: {query}",
+            "I need information on {query} from the docs.",
+            "Find notes on {query}.",
+            "Can you search the documentation for {query}?",
+            "Look for {query} in the notes.",
+            "Any docs about {query}?",
+            "Please search: {query}",
+            "What do we have on {query}?",
+            "Query the docs with {query}.",
+            "查找关于 {query} 的文档。",
+            "搜索一下 {query}。",
+            "Look up: {query}.",
+            "Search the notes about {query}, please.",
+            "Is there anything in the docs on {query}?",
+            "I'm looking for {query}. Can you search?",
+            "Get me the passages about {query}.",
+            "Documentation search for {query}.",
+            "Pull up what the docs say on {query}.",
+            "Search docs: {query}",
+            "文档里有没有关于 {query} 的内容？",
+            "查一下文档中的 {query}。",
         ),
         "val": ("Find documentation about {query}.", "Check the manual regarding {query}.", "帮我搜索文档：{query}。"),
     },
@@ -323,7 +412,7 @@ def date_scenario(rng: random.Random, split: Split) -> ToolScenario:
 
 
 def stats_scenario(rng: random.Random, split: Split) -> ToolScenario:
-    text = rng.choice(split_pool(TEXTS, split))
+    text = rng.choice(split_pool(TEXTS, split)) if rng.random() < 0.3 else values.sentence(rng, split)
     request = rng.choice(STATS[split]).format(text=text)
     result = run_tool("text_stats", {"text": text})
     try:
@@ -348,7 +437,7 @@ def stats_scenario(rng: random.Random, split: Split) -> ToolScenario:
 
 
 def search_scenario(rng: random.Random, split: Split) -> ToolScenario:
-    query = rng.choice(split_pool(QUERIES, split))
+    query = rng.choice(split_pool(QUERIES, split)) if rng.random() < 0.5 else values.query(rng, split)
     request = rng.choice(SEARCH[split]).format(query=query)
     arguments: dict[str, Any] = {"query": query}
     if rng.random() < 0.3:
