@@ -45,6 +45,8 @@ class SamplingParams:
     logprobs: bool = False
     top_logprobs: int = 0
     max_thinking_tokens: int | None = None
+    # never sampled (e.g. the tool-call tag when a request offers no tools); cheap, keeps the fast path
+    banned_token_ids: tuple[int, ...] = ()
 
     @property
     def greedy(self) -> bool:
@@ -69,6 +71,8 @@ class SamplingParams:
         _check_int(self.top_logprobs, "top_logprobs", low=0, high=MAX_TOP_LOGPROBS)
         if self.top_logprobs > 0 and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
+        for token_id in self.banned_token_ids:
+            _check_token_id(token_id, vocab_size, "banned_token_ids")
         for token_id, bias in self.logit_bias:
             _check_token_id(token_id, vocab_size, "logit_bias")
             _check_float(bias, "logit_bias", -100.0, 100.0)
@@ -152,6 +156,8 @@ class RequestSampler:
     def _adjusted_logits(self, raw: torch.Tensor) -> torch.Tensor:
         p = self.params
         logits = raw.clone()
+        if p.banned_token_ids:
+            logits[list(p.banned_token_ids)] = -math.inf
         if p.logit_bias:
             ids = torch.tensor([t for t, _ in p.logit_bias], dtype=torch.long, device=raw.device)
             bias = torch.tensor([b for _, b in p.logit_bias], dtype=logits.dtype, device=raw.device)
@@ -226,6 +232,11 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
     `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds.
     """
     device = logits.device
+    banned = [(row, t) for row, p in enumerate(params) for t in p.banned_token_ids]
+    if banned:
+        rows, cols = zip(*banned, strict=True)
+        logits = logits.clone()
+        logits[list(rows), list(cols)] = float("-inf")
     greedy = logits.argmax(dim=-1)
     if all(p.temperature == 0.0 for p in params):
         return greedy

@@ -21,7 +21,7 @@ from minigpt_core.constraints import Constraint, prompt_ends_inside_think
 from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
 from minigpt_core.grammar import JsonConstraint, ToolCallConstraint, ToolChoice
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
+from minigpt_core.tokenizer import THINK_END_ID, THINK_ID, TOOL_CALL_ID
 from server.protocol import ChatCompletionRequest, NamedToolChoice, SamplingFields, TextPart
 
 logger = logging.getLogger(__name__)
@@ -232,6 +232,7 @@ def sampling_params(
     logprobs: bool = False,
     top_logprobs: int = 0,
     max_thinking_tokens: int | None = None,
+    banned_token_ids: tuple[int, ...] = (),
 ) -> list[SamplingParams]:
     """One validated SamplingParams per choice; seeded requests use seed + i for choice i."""
     bias: list[tuple[int, float]] = []
@@ -257,6 +258,7 @@ def sampling_params(
         logprobs=logprobs,
         top_logprobs=top_logprobs,
         max_thinking_tokens=max_thinking_tokens,
+        banned_token_ids=banned_token_ids,
     )
     base.validate(vocab_size)
     if req.seed is None:
@@ -299,6 +301,9 @@ def prepare_chat(
         logprobs=req.logprobs,
         top_logprobs=req.top_logprobs or 0,
         max_thinking_tokens=budget,
+        # no callable tools: a call could not be returned (OpenAI never sends tool_calls then), so the model
+        # may not start one, and its tags can never leak into content
+        banned_token_ids=() if tools else (TOOL_CALL_ID,),
     )
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("prompt text: %r", rendered.text)

@@ -17,6 +17,7 @@ It is not an HTTP client.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -30,7 +31,7 @@ from minigpt_core.constraints import prompt_ends_inside_think
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.output_parser import Content, OutputParser, Reasoning, ToolCallEnd, ToolCallStart
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
+from minigpt_core.tokenizer import THINK_END_ID, THINK_ID, TOOL_CALL_ID
 from server.generation import tool_call_id
 from tools.base import ToolError
 from tools.registry import ToolRegistry, default_registry
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         registry = tool_registry(args.tools)
         if registry is not None and args.mode == "batch":
             raise MiniGPTError("--tools works with --mode chat or single")
+        if registry is None:  # no tools offered: the model may not start a call (as the server does)
+            params = dataclasses.replace(params, banned_token_ids=(TOOL_CALL_ID,))
     except (MiniGPTError, OSError, ToolError) as exc:
         print(f"minigpt-generate: {exc}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from minigpt_core.constraints import Constraint
 from minigpt_core.engine import Engine, TokenEvent
 from minigpt_core.output_parser import ParsedOutput, parse_all
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import EOT_ID, IM_END_ID, NUM_SPECIAL, THINK_END_ID, THINK_ID, Tokenizer
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID, NUM_SPECIAL, THINK_END_ID, THINK_ID, TOOL_CALL_ID, Tokenizer
 from tools.base import ToolError
 from tools.registry import default_registry
 from training.datagen.schema_check import arguments_valid
@@ -83,8 +83,14 @@ def run_jobs(engine: Engine, jobs: Sequence[Job]) -> list[Generation]:
     return out
 
 
-def greedy(max_new_tokens: int, max_thinking_tokens: int | None = None) -> SamplingParams:
-    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, max_thinking_tokens=max_thinking_tokens)
+def greedy(max_new_tokens: int, max_thinking_tokens: int | None = None, *, tools: bool = False) -> SamplingParams:
+    """Greedy decoding as the server does it: without offered tools the tool-call tag cannot be sampled."""
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=0.0,
+        max_thinking_tokens=max_thinking_tokens,
+        banned_token_ids=() if tools else (TOOL_CALL_ID,),
+    )
 
 
 def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
@@ -361,7 +367,7 @@ def _tool_jobs(
     def job(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Job:
         ids = render(messages, tools, add_generation_prompt=True, tokenizer=tok).ids
         constraint = ToolCallConstraint(tok, tools, "auto", vocab_size=vocab_size) if constrained else None
-        return Job(ids, greedy(max_new_tokens), constraint)
+        return Job(ids, greedy(max_new_tokens, tools=bool(tools)), constraint)
 
     first, final, results = [], [], []
     for i, record in enumerate(records):

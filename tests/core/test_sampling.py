@@ -200,3 +200,22 @@ def test_simple_batch_sampler_matches_the_rules() -> None:
     for row in range(4):
         assert set(draws[:, row].tolist()) <= set(top5[row].tolist())
         assert len(set(draws[:, row].tolist())) > 1
+
+
+def test_banned_tokens_are_never_sampled_on_either_path() -> None:
+    from minigpt_core.sampling import sample_simple_batch
+
+    row = _logits(3)
+    top = int(row.argmax())
+    banned = SamplingParams(temperature=0.0, banned_token_ids=(top,))
+    assert top not in _run(banned, steps=3, logits=row)
+    assert _run(banned, steps=1, logits=row) == [int(row.clone().index_fill_(0, torch.tensor([top]), -1e9).argmax())]
+    hot = SamplingParams(temperature=1.0, banned_token_ids=(top,))
+    assert top not in _run(hot, steps=200, logits=row * 5)
+    batch = torch.stack([row, row])  # row 0 bans its argmax, row 1 does not
+    ids = sample_simple_batch(batch, [banned, SamplingParams(temperature=0.0)])
+    assert int(ids[0]) != top and int(ids[1]) == top
+    sampled = sample_simple_batch(torch.stack([row * 5] * 64), [hot] * 64)
+    assert top not in sampled.tolist()
+    with pytest.raises(InvalidRequest):
+        SamplingParams(banned_token_ids=(V,)).validate(V)

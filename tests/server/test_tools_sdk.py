@@ -179,9 +179,14 @@ def test_response_format_json_schema_validates(client: openai.OpenAI) -> None:
 
 def test_response_format_json_object(client: openai.OpenAI, live: LiveServer) -> None:
     with live.client() as c:
-        closer = c.post("/tokenize", json={"prompt": "}", "add_special_tokens": False}).json()["tokens"]
-    # nudge the random model to close the (otherwise unbounded) object
-    choice = ask(client, response_format={"type": "json_object"}, logit_bias={str(closer[-1]): 8}).choices[0]
+        closer, opener = (
+            c.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()["tokens"]
+            for text in ("}", '{"')
+        )
+    # nudge the random model to close the (otherwise unbounded) object, and away from a merged `{"` that would
+    # open a key it might never close
+    bias = {str(closer[-1]): 8} | ({str(opener[0]): -100} if len(opener) == 1 else {})
+    choice = ask(client, response_format={"type": "json_object"}, logit_bias=bias).choices[0]
     assert choice.finish_reason == "stop"
     assert isinstance(json.loads(choice.message.content or ""), dict)
 
@@ -256,3 +261,13 @@ def test_required_after_a_bounded_think_block(client: openai.OpenAI) -> None:
     assert choice.finish_reason == "tool_calls" and len(check_calls(choice.message, set(SCHEMAS))) == 1
     assert resp.usage is not None and resp.usage.completion_tokens_details is not None
     assert resp.usage.completion_tokens_details.reasoning_tokens == 5  # exactly the budget; tags are not counted
+
+
+def test_without_tools_the_model_cannot_open_a_call(client: openai.OpenAI) -> None:
+    """Even pushed hard towards `<tool_call>`, a request that offers no tools gets plain content, streamed or not."""
+    choice = ask(client, logit_bias=CALL_BIAS, max_tokens=16, logprobs=True).choices[0]
+    assert not choice.message.tool_calls and choice.finish_reason != "tool_calls"
+    sampled = [t.token for t in choice.logprobs.content]
+    assert sampled and "<tool_call>" not in sampled and "<tool_call>" not in (choice.message.content or "")
+    content, calls, finish = streamed(client, logit_bias=CALL_BIAS, max_tokens=16)
+    assert calls == {} and finish != "tool_calls" and "<tool_call>" not in content
