@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -43,7 +44,7 @@ logger = logging.getLogger(__name__)
 PACKING = {"pretrain": "stream", "sft": "docs"}  # pretrain packs a token stream; SFT keeps conversations whole
 
 
-def _texts(files: list[Path]) -> Iterator[str]:
+def tokenizer_texts(files: list[Path]) -> Iterator[str]:
     """Every text a tokenizer should learn from: pretrain `text`, SFT message contents and reasoning."""
     for path in files:
         for _, obj, _err in iter_lines(path):
@@ -57,6 +58,22 @@ def _texts(files: list[Path]) -> Iterator[str]:
                     for key in ("content", "reasoning_content"):
                         if isinstance(message.get(key), str):
                             yield message[key]
+                    yield from _tool_texts(message)
+
+
+def _tool_texts(message: dict[str, Any]) -> Iterator[str]:
+    """The JSON a rendered conversation shows for offered tools and tool calls (names like `export_podcast`
+    must be split by merges learned from training text, not left to whatever the other texts happen to teach)."""
+    for tool in message.get("tools") or []:
+        if isinstance(tool, dict):
+            yield json.dumps(tool, ensure_ascii=False)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict):
+            arguments = function.get("arguments")
+            if not isinstance(arguments, str):
+                arguments = json.dumps(arguments, ensure_ascii=False)
+            yield f'{{"name": {json.dumps(function.get("name"), ensure_ascii=False)}, "arguments": {arguments}}}'
 
 
 def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: Path) -> Tokenizer:
@@ -80,7 +97,7 @@ def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: P
             sources = sorted(p for p in folder.glob("*.jsonl") if not is_val_file(p))
         if rt.is_main:
             logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, sources)))
-            train_tokenizer(_texts(sources), cfg.model.vocab_size).save(target.parent)
+            train_tokenizer(tokenizer_texts(sources), cfg.model.vocab_size).save(target.parent)
         rt.barrier()
         return Tokenizer.from_file(target)
     return Tokenizer.from_file(BUNDLED_TOKENIZER)

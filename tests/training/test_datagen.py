@@ -267,3 +267,33 @@ def test_cli_writes_the_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "sft_train.jsonl" in capsys.readouterr().out
     assert (tmp_path / "c" / "eval_tools.jsonl").stat().st_size > 0
     assert cli.main(["--out", str(tmp_path / "d"), "--scale", "0"]) == 2
+
+
+def test_procedural_values_are_split_disjoint_and_varied() -> None:
+    import random
+
+    from training.datagen import values
+
+    makers = (values.string_value, values.sentence, values.query, values.made_up_word, values.integer)
+    for make in makers:
+        train = {make(random.Random(i), "train") for i in range(1500)}
+        held_out = {make(random.Random(i), "val") for i in range(1500)}
+        assert not train & held_out, make.__name__
+        assert len(train) > 300, f"{make.__name__}: a pool small enough to memorise ({len(train)} values)"
+
+
+def test_tokenizer_texts_include_offered_tools_and_calls(tmp_path: Path) -> None:
+    from training.pipeline import tokenizer_texts
+
+    tool = {"type": "function", "function": {"name": "export_podcast", "parameters": {"type": "object"}}}
+    call = {"id": "call_1", "type": "function", "function": {"name": "export_podcast", "arguments": '{"a": 1}'}}
+    conv = [
+        {"role": "system", "content": "hi", "tools": [tool]},
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+    ]
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"conversations": conv}) + "\n")
+    texts = list(tokenizer_texts([path]))
+    assert json.dumps(tool) in texts
+    assert '{"name": "export_podcast", "arguments": {"a": 1}}' in texts
