@@ -32,6 +32,7 @@ from training.config import (
     DPO_LOSSES,
     DTYPES,
     MODES,
+    REWARD_FEATURES,
     STAGE_MODES,
     UNIMPLEMENTED_MODES,
     TrainConfig,
@@ -68,6 +69,7 @@ OVERRIDES = {
     "max_bad_fraction": "max_bad_fraction",
     "beta": "beta",
     "loss": "dpo_loss",
+    "reward_features": "reward_features",
     "reward": "rewards",
     "reward_model": "reward_model",
     "group_size": "group_size",
@@ -119,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("dpo / reward (batch size counts pairs)")
     g.add_argument("--beta", type=float, help="DPO temperature beta (default 0.1)")
     g.add_argument("--loss", choices=DPO_LOSSES, help="DPO loss (default sigmoid)")
+    g.add_argument(
+        "--reward-features",
+        choices=REWARD_FEATURES,
+        help="reward model score: a head on the last hidden state, plus (default) a learned weight times the "
+        "response's log-likelihood under the model itself",
+    )
     g = p.add_argument_group("rlhf: GRPO (batch size counts prompts per step)")
     g.add_argument("--reward", help=f"comma-separated rule rewards: {', '.join(REWARD_RULES)} (default arithmetic)")
     g.add_argument("--reward-model", help="a reward-model folder (--mode reward) whose score is added")

@@ -22,6 +22,7 @@ MODES: tuple[str, ...] = ("pretrain", "sft", "dpo", "reward", "rlhf")
 STAGE_MODES: tuple[str, ...] = ("dpo", "reward", "rlhf")  # single-process stages built on an --init checkpoint
 UNIMPLEMENTED_MODES: tuple[str, ...] = ()
 DPO_LOSSES: tuple[str, ...] = ("sigmoid", "ipo")
+REWARD_FEATURES: tuple[str, ...] = ("last", "last+loglik")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
 
@@ -67,6 +68,7 @@ class TrainConfig:
     # preference stages (dpo, reward); batch_size counts pairs
     beta: float = 0.1
     dpo_loss: str = "sigmoid"
+    reward_features: str = "last+loglik"  # reward model score: head(last hidden) [+ w * response log-likelihood]
     # rlhf (GRPO); batch_size counts prompts per step, each sampled group_size times
     rewards: str = "arithmetic"  # comma-separated rule names (training.rewards.RULES)
     reward_model: str | None = None
@@ -111,6 +113,10 @@ class TrainConfig:
     def _check_stage_settings(self) -> None:
         if not self.beta > 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
+        if self.reward_features not in REWARD_FEATURES:
+            raise ConfigError(
+                f"reward features must be one of {', '.join(REWARD_FEATURES)}, got {self.reward_features!r}"
+            )
         if self.dpo_loss not in DPO_LOSSES:
             raise ConfigError(f"loss must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
         for name in ("group_size", "max_new_tokens", "grpo_epochs", "eval_prompts"):

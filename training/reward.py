@@ -1,7 +1,8 @@
 """The reward model (`minigpt-train --mode reward`): the transformer plus a scalar head, trained Bradley-Terry.
 
 What it is: `RewardModel` (a `MiniGPT` whose final hidden state at the last token of a conversation feeds a
-`Linear(n_embd, 1)` score head), `bradley_terry_loss` (-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
+`Linear(n_embd, 1)` score head, plus by default a learned weight, starting at 1, times the response's log-likelihood
+under the model; `--reward-features last` drops that term), `bradley_terry_loss` (-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
 `save_reward_model` / `load_reward_model` and `run_reward`, the stage. On disk a reward model is a normal checkpoint
 directory (it loads with `minigpt_core.checkpoint.load_checkpoint` and serves as a language model) plus
 `reward_head.safetensors`, which holds the head; only `load_reward_model` reads that file.
@@ -27,7 +28,16 @@ from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.dataset import resolve_data_files
 from training.loop import build_optimizer, clip_and_step
-from training.preference import Pair, PairBatcher, batches, by_kind, collate, pad_rows, split_pairs
+from training.preference import (
+    Pair,
+    PairBatcher,
+    batches,
+    by_kind,
+    collate,
+    pad_rows,
+    split_pairs,
+    token_logprobs,
+)
 from training.runtime import setup_runtime
 from training.stage import StageRun, load_init, run_loop, save_stage, set_lr
 from training.state import TrainerState
@@ -38,30 +48,53 @@ HEAD_FILE = "reward_head.safetensors"
 
 
 class RewardModel(torch.nn.Module):
-    """Scores a whole conversation: score_head(final hidden state at its last token)."""
+    """Scores a whole conversation: score_head(final hidden state at its last token), plus with
+    `features="last+loglik"` a learned weight times the log-likelihood the model itself gives the response.
 
-    def __init__(self, lm: MiniGPT) -> None:
+    The second term starts the reward model where its SFT initialisation already is — a language model that gives
+    correct answers more probability than wrong ones — so Bradley-Terry training refines that judgement instead of
+    relearning, from one bit per pair, what the head alone cannot see (whether `8 + 69 = 79` is right).
+    """
+
+    def __init__(self, lm: MiniGPT, features: str = "last+loglik") -> None:
         super().__init__()
+        if features not in ("last", "last+loglik"):
+            raise ValueError(f"unknown reward features {features!r}")
         self.lm = lm
+        self.features = features
         self.score_head = torch.nn.Linear(lm.config.n_embd, 1)
         torch.nn.init.zeros_(self.score_head.weight)
         torch.nn.init.zeros_(self.score_head.bias)
+        self.loglik_weight = torch.nn.Parameter(torch.tensor(1.0 if features == "last+loglik" else 0.0))
 
-    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """ids (B, T) right-padded, lengths (B,) → scores (B,) float32."""
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (B, T) right-padded, lengths (B,), mask (B, T) of the response tokens → scores (B,) float32."""
         hidden = self.lm(ids, return_hidden=True)  # (B, T, C)
         last = hidden[torch.arange(ids.size(0), device=ids.device), lengths - 1]  # (B, C)
-        return self.score_head(last).squeeze(-1).float()
+        score = self.score_head(last).squeeze(-1).float()
+        if self.features == "last" or mask is None:
+            return score
+        logits = F.linear(hidden, self.lm.lm_head_weight).float()
+        loglik = (token_logprobs(logits, ids) * mask[:, 1:]).sum(dim=-1)  # (B,)
+        return score + self.loglik_weight * loglik
 
     @torch.no_grad()
-    def score(self, rows: Sequence[Sequence[int]], batch_size: int = 16) -> list[float]:
-        """Scores of token-id conversations (no gradients), in order."""
+    def score(
+        self, rows: Sequence[Sequence[int]], response_starts: Sequence[int] | None = None, batch_size: int = 16
+    ) -> list[float]:
+        """Scores of token-id conversations (no gradients), in order; the response of row i starts at
+        `response_starts[i]` (required with the log-likelihood feature)."""
+        if response_starts is None and self.features != "last":
+            raise ValueError("this reward model also scores the response's likelihood: pass response_starts")
         device = next(self.parameters()).device
         out: list[float] = []
         for i in range(0, len(rows), batch_size):
-            chunk = [(list(r), [False] * len(r)) for r in rows[i : i + batch_size]]
-            ids, _, lengths = pad_rows(chunk, device)
-            out += self(ids, lengths).tolist()
+            chunk = []
+            for j, row in enumerate(rows[i : i + batch_size]):
+                start = len(row) if response_starts is None else response_starts[i + j]
+                chunk.append((list(row), [k >= start for k in range(len(row))]))
+            ids, mask, lengths = pad_rows(chunk, device)
+            out += self(ids, lengths, mask).tolist()
         return out
 
 
@@ -71,8 +104,8 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
 
 
 def _pair_scores(rm: RewardModel, pairs: Sequence[Pair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    ids, _, lengths = collate(pairs, device)
-    scores = rm(ids, lengths)  # (2B,)
+    ids, mask, lengths = collate(pairs, device)
+    scores = rm(ids, lengths, mask)  # (2B,)
     return scores[: len(pairs)], scores[len(pairs) :]
 
 
@@ -95,21 +128,29 @@ def pairwise_accuracy(rm: RewardModel, pairs: Sequence[Pair], device: torch.devi
 
 def save_head(rm: RewardModel, directory: Path) -> None:
     state = {k: v.detach().to("cpu").contiguous() for k, v in rm.score_head.state_dict().items()}
+    state["loglik_weight"] = rm.loglik_weight.detach().to("cpu").reshape(1).contiguous()
     save_file(state, str(directory / HEAD_FILE), metadata={"format": "pt", "kind": "minigpt-reward-head"})
-    info = {"head_file": HEAD_FILE, "pooling": "last_token", "loss": "bradley_terry"}
+    info = {"head_file": HEAD_FILE, "pooling": "last_token", "features": rm.features, "loss": "bradley_terry"}
     (directory / "reward_config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
     """A reward-model checkpoint directory → (RewardModel in eval mode, tokenizer)."""
     lm, tokenizer = load_checkpoint(model_dir)
-    rm = RewardModel(lm)
     head = Path(model_dir) / HEAD_FILE
     if not head.is_file():
         raise CheckpointError(f"{head}: missing: {model_dir} is not a reward model (train one with --mode reward)")
     try:
+        info = json.loads((Path(model_dir) / "reward_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    rm = RewardModel(lm, features=str(info.get("features", "last")))
+    try:
         state = load_file(str(head), device="cpu")
+        weight = state.pop("loglik_weight", None)
         rm.score_head.load_state_dict(state, strict=True)
+        if weight is not None:
+            rm.loglik_weight.data.copy_(weight.reshape(()))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{head}: cannot load the reward head ({exc})") from exc
     return rm.to(device).eval(), tokenizer
@@ -123,7 +164,7 @@ def run_reward(cfg: TrainConfig) -> TrainerState:
     cfg.save(run.run_dir / "run_config.json")
     files = resolve_data_files(cfg.data, "dpo")
     train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
-    rm = RewardModel(lm).to(rt.device).train()
+    rm = RewardModel(lm, cfg.reward_features).to(rt.device).train()
     optimizer = build_optimizer(rm, cfg, rt.device)
     batcher = PairBatcher(train, cfg.batch_size, seed=cfg.seed)
     logger.info("reward model: %d train / %d held-out pairs", len(train), len(val))

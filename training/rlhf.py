@@ -175,7 +175,9 @@ def score(
     """Total reward per completion (rules + reward-model score) and the per-source means."""
     totals, breakdown = rules.score_all(completions)
     if rm is not None:
-        scores = rm.score([p + c.token_ids for p, c in zip(prompts, completions, strict=True)])
+        scores = rm.score(
+            [p + c.token_ids for p, c in zip(prompts, completions, strict=True)], [len(p) for p in prompts]
+        )
         totals = [t + s for t, s in zip(totals, scores, strict=True)]
         breakdown["reward_model"] = sum(scores) / len(scores)
     return totals, breakdown

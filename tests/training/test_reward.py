@@ -18,7 +18,7 @@ from tests.training.helpers import write_jsonl
 from tests.training.pref_data import pet_pairs
 from training import cli
 from training.preference import load_pairs
-from training.reward import HEAD_FILE, bradley_terry_loss, load_reward_model
+from training.reward import HEAD_FILE, RewardModel, bradley_terry_loss, load_reward_model
 from training.rewards import Completion, RewardSet, parse_reward_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,8 +49,8 @@ def test_tiny_reward_model_learns_a_separable_preference(
     assert (out / HEAD_FILE).is_file() and lm.config.n_layer == 2
     rm, tok = load_reward_model(out)
     pairs = load_pairs(data / "dpo_val.jsonl", tok, seq_len=64)
-    chosen = rm.score([p.chosen_ids for p in pairs])
-    rejected = rm.score([p.rejected_ids for p in pairs])
+    chosen = rm.score([p.chosen_ids for p in pairs], [p.chosen_mask.index(True) for p in pairs])
+    rejected = rm.score([p.rejected_ids for p in pairs], [p.rejected_mask.index(True) for p in pairs])
     assert sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs) >= 0.9
 
 
@@ -148,3 +148,20 @@ def test_reward_names() -> None:
     assert parse_reward_names(" arithmetic, think ") == ["arithmetic", "think"]
     with pytest.raises(ConfigError, match="unknown reward"):
         parse_reward_names("arithmetic,vibes")
+
+
+def test_likelihood_feature_is_the_response_log_probability(tiny_checkpoint: Path) -> None:
+    from training.preference import pad_rows, sequence_logprobs
+
+    lm, _ = load_checkpoint(tiny_checkpoint)
+    rm = RewardModel(lm)  # default features: head (zero at init) + 1.0 x response log-likelihood
+    rows = [[1, 40, 41, 42, 43, 44], [1, 50, 51, 52]]
+    starts = [3, 2]
+    ids, mask, _ = pad_rows([(r, [k >= s for k in range(len(r))]) for r, s in zip(rows, starts, strict=True)], "cpu")
+    with torch.no_grad():
+        expected = sequence_logprobs(lm, ids, mask).tolist()
+    assert rm.score(rows, starts) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="response_starts"):
+        rm.score(rows)
+    head_only = RewardModel(lm, features="last")
+    assert head_only.score(rows) == [0.0, 0.0]

@@ -78,7 +78,7 @@ def test_rollouts_go_through_the_engine_and_reward_model_scores_add(tiny_checkpo
     assert [c.token_ids for c in completions] == [c.token_ids for c in again]  # seeded samples repeat
     assert all(1 <= len(c.token_ids) <= 5 and c.record is r for c, r in zip(completions, records, strict=True))
     assert prompts[0][-1] != completions[0].token_ids[0] or len(prompts[0]) > 0
-    rm = RewardModel(model)
+    rm = RewardModel(model, features="last")
     torch.nn.init.constant_(rm.score_head.bias, 1.5)  # weight 0: every answer scores exactly 1.5
     totals, parts = score(completions, prompts, RewardSet(["length"]), rm)
     plain, _ = score(completions, prompts, RewardSet(["length"]), None)
