@@ -2,7 +2,8 @@
 
 What it is: `RewardModel` (a `MiniGPT` whose final hidden state at the last token of a conversation feeds a
 `Linear(n_embd, 1)` score head, plus by default a learned weight, starting at 1, times the response's log-likelihood
-under the model; `--reward-features last` drops that term), `bradley_terry_loss` (-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
+under the model; `--reward-features last` drops that term), `bradley_terry_loss`
+(-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
 `save_reward_model` / `load_reward_model` and `run_reward`, the stage. On disk a reward model is a normal checkpoint
 directory (it loads with `minigpt_core.checkpoint.load_checkpoint` and serves as a language model) plus
 `reward_head.safetensors`, which holds the head; only `load_reward_model` reads that file.
