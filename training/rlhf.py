@@ -7,8 +7,9 @@ estimator exp(ref - logp) - (ref - logp) - 1, averaged over each answer's tokens
 weights), `evaluate_rlhf` (greedy answers on held-out prompts, mean verifiable reward) and `run_rlhf`, the stage.
 Logged: mean reward (and per rule), KL, clip fraction, response length, loss.
 Prompts: `--data FILE` (JSONL records `{"messages", "answer"}` and/or `{"messages", "tools", "expected"}`), by
-default fresh train-split arithmetic problems from the bundled generator; held out: `--eval-data`, by default
-the bundled eval_think.jsonl (val-split templates and values).
+default fresh train-split arithmetic problems from the bundled generator (train-split tool requests when the
+rules are `tool` without `arithmetic`); held out: `--eval-data`, by default the bundled eval_think.jsonl
+(eval_tools.jsonl for tool rules): val-split templates, values and tool names.
 What it is not: the rules themselves (training.rewards), the reward model (training.reward) or a second inference
 stack: rollouts go through minigpt_core.engine only.
 """
@@ -117,18 +118,28 @@ def generated_prompts(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def generated_tool_prompts(n: int, seed: int) -> list[dict[str, Any]]:
+    """Train-split tool requests from the bundled generator, as {"messages", "tools", "expected"}."""
+    from training.datagen.tool_dialogues import tool_eval
+
+    rng = random.Random(f"rlhf-tools-{seed}")
+    return [tool_eval(rng, "train") for _ in range(n)]
+
+
 def prompt_sets(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held-out) prompt records for a run."""
     from training.dataset import bundled_data_dir
 
+    rules = {name.strip() for name in cfg.rewards.split(",")}
+    tools_only = "tool" in rules and "arithmetic" not in rules
     if cfg.data is None:
-        train = generated_prompts(GENERATED_PROMPTS, cfg.seed)
+        train = (generated_tool_prompts if tools_only else generated_prompts)(GENERATED_PROMPTS, cfg.seed)
     else:
         train = load_prompt_records(cfg.data)
     if cfg.eval_data is not None:
         val = load_prompt_records(cfg.eval_data)
     elif cfg.data is None:
-        val = load_prompt_records(bundled_data_dir() / "eval_think.jsonl")
+        val = load_prompt_records(bundled_data_dir() / ("eval_tools.jsonl" if tools_only else "eval_think.jsonl"))
     else:
         val, train = train[::HOLDOUT_EVERY], [r for i, r in enumerate(train) if i % HOLDOUT_EVERY] or train
     return train, val[: cfg.eval_prompts]

@@ -119,3 +119,17 @@ def test_rlhf_usage_errors(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[
     assert "unknown reward" in capsys.readouterr().err
     assert cli.main(["--mode", "rlhf", "--init", str(tiny_checkpoint), "--group-size", "1"]) == 1
     assert "group_size" in capsys.readouterr().err
+
+
+def test_tool_reward_runs_on_train_split_tool_requests_and_holds_out_eval_tools() -> None:
+    from training.config import resolve_config, train_preset
+    from training.datagen.synthetic_tools import NOUNS
+    from training.rlhf import prompt_sets
+
+    cfg = resolve_config(train_preset("tiny", "rlhf") | {"rewards": "tool", "eval_prompts": 50})
+    train, val = prompt_sets(cfg)
+    assert len(val) == 50 and all("tools" in r and "expected" in r for r in train[:200] + val)
+    names = {r["expected"]["name"] for r in train[:500] if r["expected"]}
+    assert not any(name.endswith(f"_{noun}") for name in names for noun in NOUNS["val"])  # no held-out tool names
+    arithmetic, _ = prompt_sets(resolve_config(train_preset("tiny", "rlhf")))
+    assert all("answer" in r for r in arithmetic[:50])

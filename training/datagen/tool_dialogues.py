@@ -178,14 +178,15 @@ def tool_conversation(rng: random.Random, split: Split) -> Conversation:
     return no_fit_dialogue(rng, split)
 
 
-def tool_eval(rng: random.Random) -> dict[str, Any]:
-    """A held-out prompt with the expected single call (or null when no tool should be called)."""
+def tool_eval(rng: random.Random, split: Split = "val") -> dict[str, Any]:
+    """A prompt with the expected single call (or null when no tool should be called): held out by default,
+    train-split ones feed RLHF with the `tool` reward."""
     if rng.random() < 0.15:
-        tools = no_fit_tools(rng, "val")
-        question, _ = no_fit_exchange(rng, "val", tools)
+        tools = no_fit_tools(rng, split)
+        question, _ = no_fit_exchange(rng, split, tools)
         return {"messages": [user(question)], "tools": tools, "expected": None}
-    scenario = builtin_or_synthetic(rng, "val")[0]
-    tools = offered_tools(rng, "val", [scenario.tool], _tool_count(rng))
+    scenario = builtin_or_synthetic(rng, split)[0]
+    tools = offered_tools(rng, split, [scenario.tool], _tool_count(rng))
     return {
         "messages": [user(scenario.request)],
         "tools": tools,
