@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.datagen.base import Split, register_templates, value_split
+from training.datagen.base import Split, is_zh, register_templates, value_split
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,6 @@ UNITS = (
     (("liter", "liters", "升"), ("milliliter", "milliliters", "毫升"), 1000),
     (("dozen", "dozens", "打"), ("item", "items", "个"), 12),
 )
-
-
-def is_zh(template: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in template)
 
 
 def small_number(rng: random.Random, low: int = 1) -> int:

@@ -129,12 +129,17 @@ PREFIXES = {
 SUFFIXES = {"en": (" Thanks!", " Thank you.", " Please.", " Cheers.", " That's all."), "zh": ("谢谢！", "谢谢。")}
 
 
+def is_zh(text: str) -> bool:
+    """Whether `text` contains CJK ideographs (how the generators tell Chinese phrasings from English)."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
 def decorate(rng: random.Random, text: str, probability: float = 0.35) -> str:
     """`text` with a greeting before and/or thanks after it now and then (training requests only), so a model
     finds the request inside varied openings and endings instead of at fixed positions."""
     if rng.random() >= probability:
         return text
-    lang = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+    lang = "zh" if is_zh(text) else "en"
     roll = rng.random()
     if roll < 0.45:
         return rng.choice(PREFIXES[lang]) + text

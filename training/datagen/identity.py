@@ -14,6 +14,7 @@ from training.datagen.base import (
     Conversation,
     Split,
     assistant,
+    is_zh,
     maybe_system,
     register_templates,
     user,
@@ -224,15 +225,11 @@ class IdentityQA:
     lang: str
 
 
-def is_chinese(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
-
-
 def sample_qa(rng: random.Random, split: Split) -> IdentityQA:
     """One identity question with a consistent answer in the question's language."""
     category = rng.choice(sorted(QUESTIONS))
     question = rng.choice(QUESTIONS[category][split])
-    lang = "zh" if is_chinese(question) else "en"
+    lang = "zh" if is_zh(question) else "en"
     if lang == "en":
         question = rng.choice(GREETINGS) + question
         if rng.random() < 0.15:

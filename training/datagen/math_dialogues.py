@@ -12,7 +12,16 @@ import random
 from dataclasses import dataclass
 
 from training.datagen import arithmetic as ar
-from training.datagen.base import Conversation, Split, assistant, maybe_system, register_templates, split_pool, user
+from training.datagen.base import (
+    Conversation,
+    Split,
+    assistant,
+    is_zh,
+    maybe_system,
+    register_templates,
+    split_pool,
+    user,
+)
 
 
 @dataclass(frozen=True)
@@ -276,7 +285,7 @@ def word_problem(rng: random.Random, split: Split) -> ar.Problem:
         p = a * b
         r = p - c
     item_zh, measure = rng.choice(split_pool(ITEMS_ZH, split))
-    zh = ar.is_zh(template.question)
+    zh = is_zh(template.question)
     name = rng.choice(split_pool(NAMES_ZH if zh else NAMES_EN, split))
     values = {
         "name": name,

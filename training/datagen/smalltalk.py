@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from training.datagen.base import Conversation, Split, assistant, maybe_system, register_templates, user
+from training.datagen.base import Conversation, Split, assistant, is_zh, maybe_system, register_templates, user
 
 
 @dataclass(frozen=True)
@@ -140,8 +140,8 @@ def sample_chat(rng: random.Random, split: Split) -> tuple[str, str]:
     question = rng.choice(questions)
     if split == "train" and rng.random() < 0.1 and question.isascii():
         question = question.lower()
-    zh = any("\u4e00" <= ch <= "\u9fff" for ch in question)
-    matching = [a for a in topic.answers if any("\u4e00" <= ch <= "\u9fff" for ch in a) == zh]
+    zh = is_zh(question)
+    matching = [a for a in topic.answers if is_zh(a) == zh]
     return question, rng.choice(matching or list(topic.answers))
 
 

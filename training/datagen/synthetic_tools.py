@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from training.datagen import values
-from training.datagen.base import Split, register_templates, split_pool, value_split
+from training.datagen.base import Split, register_templates, split_pool
 from training.datagen.tools_data import ToolScenario
 
 # (verb, past participle)
@@ -345,26 +345,25 @@ def _label(name: str) -> str:
     return name.replace("_", " ")
 
 
+STRING_MAKERS: dict[str, Callable[[random.Random, Split], str]] = {
+    "email": values.email,
+    "username": values.username,
+    "query": values.query,
+    "city": values.proper_name,
+    "destination": values.proper_name,
+    "name": values.proper_name,
+}
+
+
 def _str_value(rng: random.Random, split: Split, name: str) -> str:
     """A value fitting the parameter's name, from a space too large to memorise (see values.py)."""
     if rng.random() < 0.1:
         return rng.choice(split_pool(STRINGS, split))
-    maker = {
-        "email": values.email,
-        "username": values.username,
-        "query": values.query,
-        "city": values.proper_name,
-        "destination": values.proper_name,
-        "name": values.proper_name,
-    }.get(name, values.string_value)
-    return maker(rng, split)
+    return STRING_MAKERS.get(name, values.string_value)(rng, split)
 
 
 def _num_value(rng: random.Random, split: Split, _name: str) -> float:
-    while True:
-        value = round(rng.uniform(0.5, 500), rng.choice((1, 2)))
-        if value_split("number", value) == split:
-            return value
+    return values.split_draw(rng, split, "number", lambda r: round(r.uniform(0.5, 500), r.choice((1, 2))))
 
 
 def _tags_value(rng: random.Random, split: Split, _name: str) -> list[str]:

@@ -17,6 +17,7 @@ from training.datagen.base import (
     Split,
     assistant,
     assistant_calls,
+    is_zh,
     register_templates,
     system_message,
     tool_call,
@@ -104,12 +105,8 @@ def single_call_dialogue(rng: random.Random, split: Split, think: bool) -> Conve
     ]
 
 
-def _is_zh(text: str) -> bool:
-    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
-
-
 def _join(first: str, second: str) -> str:
-    if _is_zh(first + second):
+    if is_zh(first + second):
         return f"{first} 另外，{second}"
     second = second[0].lower() + second[1:] if second[:2] != "I " else second
     return f"{first} Also, {second}"
@@ -120,7 +117,7 @@ def parallel_dialogue(rng: random.Random, split: Split) -> Conversation:
     first = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
     second = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
     while True:  # both requests in one language: mixed-language messages are rare in the wild
-        same_language = _is_zh(first.request) == _is_zh(second.request)
+        same_language = is_zh(first.request) == is_zh(second.request)
         if same_language and (first.name != second.name or first.tool == second.tool):
             break  # (one name offered twice with two schemas would make one call invalid)
         second = builtin_or_synthetic(rng, split, synthetic_share=0.3)[0]
@@ -150,7 +147,7 @@ def no_fit_exchange(rng: random.Random, split: Split, offered: list[dict[str, An
         problem = math_dialogues.sample_problem(rng, split)
         return problem.question, problem.final
     request = rng.choice(UNSUPPORTED[split]).format(city=rng.choice(CITIES), name=rng.choice(PEOPLE))
-    zh = any("\u4e00" <= ch <= "\u9fff" for ch in request)
+    zh = is_zh(request)
     return request, rng.choice(UNSUPPORTED_ANSWERS_ZH if zh else UNSUPPORTED_ANSWERS)
 
 

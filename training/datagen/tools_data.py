@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.datagen import values
-from training.datagen.base import Split, register_templates, split_pool, value_split
+from training.datagen.base import Split, is_zh, register_templates, split_pool, value_split
 from training.datagen.tool_schemas import FALLBACK_SCHEMAS, SEARCH_SNIPPETS, TIMEZONES, local_result
 
 logger = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def run_tool(name: str, arguments: dict[str, Any]) -> str:
 
 
 def _lang(text: str) -> str:
-    return "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in text) else "en"
+    return "zh" if is_zh(text) else "en"
 
 
 CALC = register_templates(
