@@ -275,7 +275,7 @@ def _assistant(b: _Builder, m: _Message, keep_reasoning: bool) -> None:
         if m.content or j > 0:
             b.template("\n", True)
         b.template("<tool_call>\n", True)
-        b.plain(f'{{"name": {json.dumps(call.name, ensure_ascii=False)}, "arguments": {call.arguments}}}', True)
+        b.plain(tool_call_text(call.name, call.arguments), True)
         b.template("\n</tool_call>", True)
     b.template("<|im_end|>", True)
     b.template("\n")
@@ -353,6 +353,11 @@ def _tokenize(segments: list[_Segment], tokenizer: Tokenizer) -> tuple[list[int]
 
 
 # ----- public API -----
+
+
+def tool_call_text(name: object, arguments_json: str) -> str:
+    """The JSON object the template writes between `<tool_call>` tags for one call."""
+    return f'{{"name": {json.dumps(name, ensure_ascii=False)}, "arguments": {arguments_json}}}'
 
 
 def render_text(

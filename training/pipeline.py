@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from minigpt_core.chat_template import tool_call_text
 from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint
 from minigpt_core.errors import ConfigError
 from minigpt_core.model import MiniGPT
@@ -73,7 +74,7 @@ def _tool_texts(message: dict[str, Any]) -> Iterator[str]:
             arguments = function.get("arguments")
             if not isinstance(arguments, str):
                 arguments = json.dumps(arguments, ensure_ascii=False)
-            yield f'{{"name": {json.dumps(function.get("name"), ensure_ascii=False)}, "arguments": {arguments}}}'
+            yield tool_call_text(function.get("name"), arguments)
 
 
 def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: Path) -> Tokenizer:
