@@ -74,6 +74,11 @@ def is_val_file(path: Path) -> bool:
     return any(marker in stem.split("_") for marker in _VAL_MARKERS)
 
 
+def training_files(folder: Path) -> list[Path]:
+    """Every JSONL file of `folder` that is not held out (pretrain, SFT, DPO): what a tokenizer learns from."""
+    return sorted(p for p in folder.glob("*.jsonl") if not is_val_file(p))
+
+
 def resolve_data_files(data: str | Path | None, mode: str) -> DataFiles:
     """Train and validation JSONL files for `mode`; `data` is a file, a folder, or None (bundled corpus)."""
     root = bundled_data_dir() if data is None else Path(data)

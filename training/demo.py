@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,12 +23,11 @@ import torch
 
 from minigpt_core.chat_template import render
 from minigpt_core.checkpoint import BUNDLED_TOKENIZER, DEMO_MODEL_DIR, load_checkpoint, save_checkpoint
-from minigpt_core.config import tiny
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer, train_tokenizer
 from training.config import resolve_config, train_preset
 from training.data import iter_lines, normalize_conversation
-from training.dataset import bundled_data_dir, is_val_file
+from training.dataset import bundled_data_dir, training_files
 from training.pipeline import run_training, tokenizer_texts
 
 logger = logging.getLogger("training.demo")
@@ -141,14 +138,11 @@ def _samples(model_dir: Path, val_file: Path, n: int) -> list[tuple[str, str]]:
     return shown
 
 
-def retrain_bundled_tokenizer(data: Path) -> None:
+def retrain_bundled_tokenizer(data: Path, vocab_size: int) -> None:
     """Learn the bundled BPE from the corpus's training files only (never the val / eval files)."""
-    sources = sorted(p for p in data.glob("*.jsonl") if not is_val_file(p))
+    sources = training_files(data)
     logger.info("training the bundled tokenizer on %s", ", ".join(p.name for p in sources))
-    tokenizer = train_tokenizer(tokenizer_texts(sources), tiny().vocab_size)
-    with tempfile.TemporaryDirectory(dir=BUNDLED_TOKENIZER.parent) as tmp:
-        tokenizer.save(tmp)
-        os.replace(Path(tmp) / "tokenizer.json", BUNDLED_TOKENIZER)
+    train_tokenizer(tokenizer_texts(sources), vocab_size).save(BUNDLED_TOKENIZER.parent)  # atomic
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         data = bundled_data_dir()
     if args.retrain_tokenizer or not BUNDLED_TOKENIZER.is_file():
-        retrain_bundled_tokenizer(data)
+        retrain_bundled_tokenizer(data, train_preset(args.config, "pretrain")["model"].vocab_size)
     pre_dir, pre = _stage(args, "pretrain", data)
     sft_dir, sft = _stage(args, "sft", data, init=str(pre_dir))
     model, tokenizer = load_checkpoint(sft_dir, dtype=SAVE_DTYPES[args.save_dtype])

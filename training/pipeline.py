@@ -29,10 +29,10 @@ from training.dataset import (
     DataFiles,
     DocumentSet,
     PackedLoader,
-    is_val_file,
     load_datasets,
     resolve_data_files,
     token_byte_lengths,
+    training_files,
 )
 from training.errors import DataError
 from training.loop import Trainer, build_optimizer, fit
@@ -95,7 +95,7 @@ def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: P
         folder = files.train[0].parent
         sources = files.train
         if cfg.data is None or Path(cfg.data).is_dir():
-            sources = sorted(p for p in folder.glob("*.jsonl") if not is_val_file(p))
+            sources = training_files(folder)
         if rt.is_main:
             logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, sources)))
             train_tokenizer(tokenizer_texts(sources), cfg.model.vocab_size).save(target.parent)
