@@ -229,7 +229,11 @@ class MiniGPT(nn.Module):
         x = self.model.norm(x)
         if return_hidden:
             return x
-        return F.linear(x, self.lm_head_weight).float()
+        return self.logits(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (..., V) in float32 from final hidden states (..., C): the tied output projection."""
+        return F.linear(hidden, self.lm_head_weight).float()
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

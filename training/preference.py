@@ -144,10 +144,14 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logp.gather(-1, ids[:, 1:, None]).squeeze(-1)  # (B, T-1)
 
 
+def masked_logprob_sum(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sum of log-probabilities of the masked (assistant) tokens of each row, from logits (B, T, V): (B,)."""
+    return (token_logprobs(logits, ids) * mask[:, 1:]).sum(dim=-1)
+
+
 def sequence_logprobs(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum of log-probabilities of the masked (assistant) tokens of each row: (B,)."""
-    per_token = token_logprobs(model(ids), ids)  # (B, T-1)
-    return (per_token * mask[:, 1:]).sum(dim=-1)
+    return masked_logprob_sum(model(ids), ids, mask)
 
 
 def by_kind(kinds: Sequence[str], flags: Sequence[bool], prefix: str) -> dict[str, float]:

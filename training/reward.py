@@ -35,9 +35,9 @@ from training.preference import (
     batches,
     by_kind,
     collate,
+    masked_logprob_sum,
     pad_rows,
     split_pairs,
-    token_logprobs,
 )
 from training.runtime import setup_runtime
 from training.stage import StageRun, load_init, run_loop, save_stage, set_lr
@@ -75,8 +75,7 @@ class RewardModel(torch.nn.Module):
         score = self.score_head(last).squeeze(-1).float()
         if self.features == "last" or mask is None:
             return score
-        logits = F.linear(hidden, self.lm.lm_head_weight).float()
-        loglik = (token_logprobs(logits, ids) * mask[:, 1:]).sum(dim=-1)  # (B,)
+        loglik = masked_logprob_sum(self.lm.logits(hidden), ids, mask)  # (B,)
         return score + self.loglik_weight * loglik
 
     @torch.no_grad()
