@@ -130,7 +130,7 @@ def prompt_sets(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     """(train, held-out) prompt records for a run."""
     from training.dataset import bundled_data_dir
 
-    rules = {name.strip() for name in cfg.rewards.split(",")}
+    rules = set(parse_reward_names(cfg.rewards))
     tools_only = "tool" in rules and "arithmetic" not in rules
     if cfg.data is None:
         train = (generated_tool_prompts if tools_only else generated_prompts)(GENERATED_PROMPTS, cfg.seed)
