@@ -274,7 +274,16 @@ def test_procedural_values_are_split_disjoint_and_varied() -> None:
 
     from training.datagen import values
 
-    makers = (values.string_value, values.sentence, values.query, values.made_up_word, values.integer)
+    makers = (
+        values.string_value,
+        values.sentence,
+        values.query,
+        values.made_up_word,
+        values.integer,
+        values.letter_word,
+        values.rare_words,
+        values.rare_sentence,
+    )
     for make in makers:
         train = {make(random.Random(i), "train") for i in range(1500)}
         held_out = {make(random.Random(i), "val") for i in range(1500)}
@@ -297,3 +306,48 @@ def test_tokenizer_texts_include_offered_tools_and_calls(tmp_path: Path) -> None
     texts = list(tokenizer_texts([path]))
     assert json.dumps(tool) in texts
     assert '{"name": "export_podcast", "arguments": {"a": 1}}' in texts
+
+
+def test_held_out_tool_names_never_appear_in_training_text(corpus: Path) -> None:
+    """Pretraining prose uses common words (held-out verbs and nouns among them), never a held-out verb_noun name."""
+    from training.datagen.synthetic_tools import NOUNS, VERBS
+
+    held_out = {f"{v}_{n}" for v, _ in VERBS["val"] for n in NOUNS["val"]}
+    held_out |= {f"{v}{n.capitalize()}" for v, _ in VERBS["val"] for n in NOUNS["val"]}
+    pattern = re.compile("|".join(sorted(held_out)))
+    for name in ("pretrain_train", "sft_train", "dpo_train"):
+        text = (corpus / f"{name}.jsonl").read_text(encoding="utf-8")
+        found = pattern.search(text)
+        assert found is None, f"{name} writes the held-out tool name {found.group(0) if found else ''}"
+    assert not {v for v, _ in VERBS["train"]} & {v for v, _ in VERBS["val"]}
+    assert not set(NOUNS["train"]) & set(NOUNS["val"])
+
+
+def test_composed_phrasings_skip_held_out_templates() -> None:
+    from training.datagen.base import compose_templates
+    from training.datagen.synthetic_tools import HELD_OUT_REQUESTS, REQUESTS_COMPOSED
+    from training.datagen.tools_data import HELD_OUT_SEARCH, SEARCH_COMPOSED
+
+    assert compose_templates(("go ", "stop "), ("now", "later"), avoid=("Go now",)) == (
+        "Go later",
+        "Stop now",
+        "Stop later",
+    )
+    assert len(REQUESTS_COMPOSED) > 1000 and not set(REQUESTS_COMPOSED) & set(HELD_OUT_REQUESTS)
+    assert len(SEARCH_COMPOSED) > 100 and not set(SEARCH_COMPOSED) & set(HELD_OUT_SEARCH)
+    for template in REQUESTS_COMPOSED:
+        template.format(verb="get", Verb="Get", a="a", noun="ticket", params="id 4")  # every field is known
+
+
+def test_word_and_copy_documents() -> None:
+    import random
+
+    from training.datagen import pretrain, vocabulary
+
+    rng = random.Random(0)
+    words = " ".join(pretrain.word_document(rng) for _ in range(300))
+    assert len({n for n in vocabulary.NOUNS if f" {n}" in words}) > 300  # many different words, not a few
+    doc = pretrain.copy_document(random.Random(1), "train")
+    lines = doc.splitlines()
+    assert lines and all(len(line) > 4 for line in lines)
+    assert pretrain._held_out_name("export", "podcast") and not pretrain._held_out_name("export", "ticket")

@@ -8,6 +8,7 @@ What it is not: a generator of any data itself, nor a chat-template renderer (mi
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import zlib
@@ -48,6 +49,19 @@ def register_templates(family: str, templates: dict[Split, tuple[str, ...]]) -> 
         raise ValueError(f"templates of {family} need at least one template per split")
     TEMPLATE_REGISTRY[family] = templates
     return templates
+
+
+def compose_templates(*parts: tuple[str, ...], avoid: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Every concatenation of one piece from each part (pieces carry their own spaces), first letter upper-cased,
+    minus the templates in `avoid` (the held-out ones): training phrasings as a small grammar, so a model learns
+    where the action and the values sit in a request rather than a list of fixed sentences."""
+    out: list[str] = []
+    for combo in itertools.product(*parts):
+        text = "".join(combo).strip()
+        text = text[0].upper() + text[1:]
+        if text not in avoid and text not in out:
+            out.append(text)
+    return tuple(out)
 
 
 def stable_hash(value: object) -> int:

@@ -36,8 +36,8 @@ BASE_COUNTS: dict[str, int] = {
 }
 
 SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]]] = {
-    "identity": (0.16, identity.identity_conversation),
-    "math_think": (0.16, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
+    "identity": (0.12, identity.identity_conversation),
+    "math_think": (0.20, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
     "math_direct": (0.14, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
     "tools": (0.42, tool_dialogues.tool_conversation),
     "smalltalk": (0.12, smalltalk.smalltalk_conversation),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 
+from training.datagen import values, vocabulary
 from training.datagen.base import Split, register_templates, split_pool, value_split
 
 FACTS_EN = (
@@ -146,16 +147,112 @@ def qa_document(rng: random.Random) -> str:
     return " ".join(f"Question: {q} Answer: {a}" for q, a in rng.sample(pairs, 2))
 
 
+COPY_FRAMES = (
+    'Write down "{x}". Again: "{x}".',
+    "The code is {x}. I repeat, the code is {x}.",
+    "Name: {x}\nName again: {x}",
+    "{x} -> {x}",
+    "She said {x}, and he said {x} too.",
+    '"{x}" is spelled {x}.',
+    "记住：{x}。再说一遍：{x}。",
+)
+
+
+def copy_document(rng: random.Random, split: Split) -> str:
+    """Strings of unseen words, each written twice: practice for copying any text exactly (tool arguments)."""
+    lines = []
+    for _ in range(rng.randint(2, 4)):
+        x = values.rare_words(rng, split) if rng.random() < 0.7 else values.letter_word(rng, split)
+        lines.append(rng.choice(COPY_FRAMES).format(x=x))
+    return "\n".join(lines)
+
+
+WORD_FRAMES = (
+    "I need to {verb} the {noun} today.",
+    "Please {verb} my {noun}.",
+    "Can you {verb} {a} {noun} for me?",
+    "The {adj} {noun} was {participle} this morning.",
+    "We {participle} the {noun} and the {noun2} last week.",
+    "She wants to {verb} the {adj} {noun}.",
+    "Who will {verb} the {noun2}?",
+    "{Verb} the {noun} before you {verb2} the {noun2}.",
+    "The {noun} is next to the {noun2}.",
+    "My {noun} is {adj}, but the {noun2} is {adj2}.",
+    "Has anyone {participle} the {noun} yet?",
+    "They {verb} {noun2}s on weekends.",
+    'The word "{noun}" means one {noun}.',
+    '"{Verb}" is a verb: to {verb} {a} {noun}.',
+    "{Noun}: the {adj} {noun}.",
+    "Do not {verb} the {noun} without a {noun2}.",
+    "A {noun} can be {adj} or {adj2}.",
+    "It is time to {verb} the {noun}.",
+    "After we {participle} the {noun}, we {participle2} the {noun2}.",
+    "{Adj} {noun}s are easy to {verb}.",
+    "我想{verb}一个 {noun}。",
+    "请帮我 {verb} 这个 {noun}。",
+)
+CODE_FRAMES = (
+    "The function {verb}_{noun} lets a program {verb} {a} {noun}.",
+    "Call {verb}_{noun}() to {verb} the {noun}.",
+    "In code, {verb}{Noun} and {verb}_{noun} both mean: {verb} {a} {noun}.",
+    "The {noun}_{noun2} field holds the {noun2} of the {noun}.",
+    "{noun}_id is the id of one {noun}.",
+)
+
+
+def _held_out_name(verb: str, noun: str) -> bool:
+    """Whether verb_noun could be a held-out tool name: pretraining text never writes one."""
+    from training.datagen.synthetic_tools import NOUNS as TOOL_NOUNS
+    from training.datagen.synthetic_tools import VERBS as TOOL_VERBS
+
+    return any(v == verb for v, _ in TOOL_VERBS["val"]) and noun in TOOL_NOUNS["val"]
+
+
+def word_document(rng: random.Random) -> str:
+    """Sentences built from the common-vocabulary lists, so the words of any request or schema are known words.
+
+    Tool names stay held out: a snake_case or camelCase identifier is never one of the held-out verb_noun names.
+    """
+    lines = []
+    for _ in range(rng.randint(2, 5)):
+        (verb, participle), (verb2, participle2) = rng.sample(vocabulary.VERBS, 2)
+        noun, noun2 = rng.sample(vocabulary.NOUNS, 2)
+        adj, adj2 = rng.sample(vocabulary.ADJECTIVES, 2)
+        frame = rng.choice(CODE_FRAMES) if rng.random() < 0.25 else rng.choice(WORD_FRAMES)
+        if frame in CODE_FRAMES and _held_out_name(verb, noun):
+            frame = WORD_FRAMES[0]
+        text = frame.format(
+            verb=verb,
+            Verb=verb.capitalize(),
+            participle=participle,
+            verb2=verb2,
+            participle2=participle2,
+            noun=noun,
+            Noun=noun.capitalize(),
+            noun2=noun2,
+            adj=adj,
+            Adj=adj.capitalize(),
+            adj2=adj2,
+            a="an" if noun[0] in "aeiou" else "a",
+        )
+        lines.append(text[0].upper() + text[1:])
+    return " ".join(lines)
+
+
 def pretrain_document(rng: random.Random, split: Split) -> str:
-    """One short document of a random kind."""
+    """One short document of a random kind (arithmetic keeps its quarter: think mode builds on it)."""
     roll = rng.random()
-    if roll < 0.15:
+    if roll < 0.06:
+        return copy_document(rng, split)
+    if roll < 0.24:
+        return word_document(rng)
+    if roll < 0.32:
         return fact_document(rng)
-    if roll < 0.22:
+    if roll < 0.37:
         return qa_document(rng)
-    if roll < 0.45:
+    if roll < 0.47:
         return sentence_document(rng, split)
-    if roll < 0.7:
+    if roll < 0.72:
         return arithmetic_document(rng, split)
     if roll < 0.8:
         return unit_document(rng)

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from training.datagen import values
-from training.datagen.base import Split, register_templates, split_pool
+from training.datagen import values, vocabulary
+from training.datagen.base import Split, compose_templates, register_templates, split_pool
 from training.datagen.tools_data import ToolScenario
 
 # (verb, past participle)
@@ -223,6 +223,17 @@ NOUNS: dict[Split, tuple[str, ...]] = {
         "garden",
     ),
 }
+
+
+def _with_common_words() -> None:
+    """Train tool names also draw on the common vocabulary, minus every held-out verb and noun."""
+    held_verbs = {v for v, _ in VERBS["val"]}
+    train_verbs = {v for v, _ in VERBS["train"]}
+    VERBS["train"] += tuple(p for p in vocabulary.VERBS if p[0] not in held_verbs | train_verbs)
+    NOUNS["train"] += tuple(n for n in vocabulary.NOUNS if n not in set(NOUNS["val"]) | set(NOUNS["train"]))
+
+
+_with_common_words()
 DESCRIPTIONS = register_templates(
     "synthetic.description",
     {
@@ -236,6 +247,53 @@ DESCRIPTIONS = register_templates(
         ),
         "val": ("Lets you {verb} {a} {noun}.", "{Verb} one {noun} on request."),
     },
+)
+OPENERS = (
+    "Please ",
+    "Kindly ",
+    "Now ",
+    "Alright, ",
+    "OK, ",
+    "Next, ",
+    "Then ",
+    "First, ",
+    "I'd like you to ",
+    "I want you to ",
+    "Can you ",
+    "Would you ",
+    "Can we ",
+    "Do me a favor and ",
+    "Feel free to ",
+    "Remember to ",
+    "Try to ",
+    "Help me ",
+    "Let's ",
+    "I need to ",
+    "We should ",
+    "It's time to ",
+    "Hey, ",
+    "Hi! Please ",
+)
+OBJECTS = ("{a} {noun}", "the {noun}", "my {noun}", "a new {noun}", "this {noun}", "our {noun}")
+LINKS = (
+    " with {params}",
+    " using {params}",
+    " - {params}",
+    " ({params})",
+    " with the following: {params}",
+    " given {params}",
+    " where {params}",
+    " and set {params}",
+    " based on {params}",
+    ": {params}",
+    " taking {params}",
+    " that has {params}",
+    ", {params}",
+)
+ENDS = (".", "?", "!", "")
+HELD_OUT_REQUESTS = (
+    "Could you {verb} one {noun} using {params}?",
+    "Go ahead and {verb} {a} {noun} with these: {params}.",
 )
 REQUESTS = register_templates(
     "synthetic.request",
@@ -266,8 +324,12 @@ REQUESTS = register_templates(
             "{params} - please {verb} {a} {noun}.",
             "Quick request: {verb} {a} {noun} with {params}.",
         ),
-        "val": ("Could you {verb} one {noun} using {params}?", "Go ahead and {verb} {a} {noun} with these: {params}."),
+        "val": HELD_OUT_REQUESTS,
     },
+)
+# a small grammar of English requests beside the hand-written ones (half of the training requests)
+REQUESTS_COMPOSED = compose_templates(OPENERS, ("{verb} ",), OBJECTS, LINKS, ENDS, avoid=HELD_OUT_REQUESTS) + (
+    compose_templates(("{Verb} ",), OBJECTS, LINKS, ENDS, avoid=HELD_OUT_REQUESTS)
 )
 
 STRINGS = (
@@ -490,16 +552,24 @@ class SyntheticTool:
     kinds: dict[str, ParamKind]
 
 
+def _unseen_word(rng: random.Random, split: Split) -> str:
+    """A lower-case word no list holds: pronounceable (syllables) or random letters, which tokenize into rare
+    pieces the way a client's unfamiliar words do."""
+    if rng.random() < 0.5:
+        return values.made_up_word(rng, split)
+    return "".join(c for c in values.letter_word(rng, split).lower() if c.isalpha())
+
+
 def make_tool(
     rng: random.Random, split: Split, verb: tuple[str, str] | None = None, noun: str | None = None
 ) -> SyntheticTool:
     """A random verb_noun tool with 1-4 parameters of distinct names; about a third are optional."""
-    if verb is None and split == "train" and rng.random() < 0.4:  # made-up verbs, too: read the name, not recall
-        made_up = values.made_up_word(rng, split)
+    if verb is None and split == "train" and rng.random() < 0.55:  # unseen verbs, too: read the name, not recall
+        made_up = _unseen_word(rng, split)
         verb = (made_up, made_up + "ed")
     verb_word, participle = verb or rng.choice(VERBS[split])
-    if noun is None:  # made-up nouns (train only) teach matching the request's words to the name, not recall
-        noun = values.made_up_word(rng, split) if split == "train" and rng.random() < 0.5 else rng.choice(NOUNS[split])
+    if noun is None:  # unseen nouns (train only) teach matching the request's words to the name, not recall
+        noun = _unseen_word(rng, split) if split == "train" and rng.random() < 0.6 else rng.choice(NOUNS[split])
     kinds = rng.sample(PARAM_KINDS, rng.randint(1, 4))
     chosen = {rng.choice(kind.names): kind for kind in kinds}
     properties = {name: kind.schema(name) for name, kind in chosen.items()}
@@ -520,12 +590,15 @@ def make_tool(
 
 
 def distractor_tools(rng: random.Random, split: Split, target: SyntheticTool, count: int) -> list[dict[str, Any]]:
-    """Other synthetic tools; some share the target's noun (another verb) so the name must be read carefully."""
+    """Other synthetic tools; some share the target's noun or verb, so the whole name must be read."""
     out: list[dict[str, Any]] = []
     names = {target.tool["function"]["name"]}
     while len(out) < count:
-        if rng.random() < 0.4:
+        roll = rng.random()
+        if roll < 0.4:
             other = make_tool(rng, split, noun=target.noun)
+        elif split == "train" and roll < 0.6:  # the same verb on another noun: both words must match
+            other = make_tool(rng, split, verb=(target.verb, target.participle))
         else:
             other = make_tool(rng, split)
         if other.tool["function"]["name"] not in names:
@@ -546,7 +619,8 @@ def synthetic_scenario(rng: random.Random, split: Split) -> tuple[ToolScenario, 
         arguments[name] = kind.value(rng, split, name)
         phrases.append(kind.phrase(rng, name, arguments[name]))
     joined = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
-    request = rng.choice(REQUESTS[split]).format(
+    templates = REQUESTS_COMPOSED if split == "train" and rng.random() < 0.5 else REQUESTS[split]
+    request = rng.choice(templates).format(
         verb=spec.verb, Verb=spec.verb.capitalize(), noun=spec.noun, a=article(spec.noun), params=joined
     )
     record_id = f"{spec.noun[:3].upper()}-{rng.randint(100, 9999)}"
@@ -557,5 +631,7 @@ def synthetic_scenario(rng: random.Random, split: Split) -> tuple[ToolScenario, 
             f"The {spec.noun} has been {spec.participle}. Its id is {record_id}.",
         )
     )
-    reasoning = f"The user wants to {spec.verb} a {spec.noun}. The {spec.tool['function']['name']} tool fits."
+    # starts with the offered name (copied from the tool list), never with a stock phrase that a request without
+    # tools could also trigger ("The user wants to ..." leaked into think-mode word problems)
+    reasoning = f"{spec.tool['function']['name']} fits: it can {spec.verb} {article(spec.noun)} {spec.noun}."
     return ToolScenario(spec.tool, request, arguments, result, answer, reasoning), spec

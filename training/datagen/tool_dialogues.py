@@ -169,7 +169,8 @@ def tool_conversation(rng: random.Random, split: Split) -> Conversation:
     """One tool dialogue: mostly single calls, some parallel, some with no fitting tool."""
     roll = rng.random()
     if roll < 0.55:
-        return single_call_dialogue(rng, split, think=rng.random() < 0.2)
+        # few tool dialogues think: reasoning about offered tools leaked into think-mode answers without tools
+        return single_call_dialogue(rng, split, think=rng.random() < 0.05)
     if roll < 0.7:
         return parallel_dialogue(rng, split)
     return no_fit_dialogue(rng, split)

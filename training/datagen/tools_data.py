@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from training.datagen import values
-from training.datagen.base import Split, is_zh, register_templates, split_pool, value_split
+from training.datagen.base import Split, compose_templates, is_zh, register_templates, split_pool, value_split
 from training.datagen.tool_schemas import FALLBACK_SCHEMAS, SEARCH_SNIPPETS, TIMEZONES, local_result
 
 logger = logging.getLogger(__name__)
@@ -154,6 +154,14 @@ TIME = register_templates(
             "Tell me the local time for {tz}.",
             "Is it morning or evening in {tz} now?",
             "Show me the time in {tz} right now.",
+            "Hi, I'm calling someone in {tz}. What time is it there?",
+            "{tz} - current time?",
+            "Which hour is it now in {tz}?",
+            "Give me today's date and the hour for {tz}.",
+            "请查询 {tz} 当前的日期和时间。",
+            "{tz} 那边几点了？",
+            "{tz} 今天几号，几点？",
+            "我想知道 {tz} 的时间。",
         ),
         "val": ("What's the local time in {tz} right now?", "Check the clock in {tz} for me.", "{tz} 现在是什么时间？"),
     },
@@ -209,6 +217,12 @@ STATS = register_templates(
             'Check the length of "{text}".',
             'Please count words and sentences in "{text}".',
             '统计这句话的字数："{text}"',
+            'Tell me how many words "{text}" has.',
+            'How many letters and spaces are in "{text}"?',
+            'I need word and sentence counts for "{text}".',
+            'Measure this text: "{text}"',
+            '"{text}" 这段话有多少个字符？',
+            '帮我数一下 "{text}" 的词数。',
         ),
         "val": (
             'Analyse the length of "{text}".',
@@ -216,6 +230,33 @@ STATS = register_templates(
             '这句话有多少个词："{text}"？',
         ),
     },
+)
+SEARCH_ACTIONS = (
+    "search the docs for ",
+    "look up ",
+    "look in the docs for ",
+    "find docs on ",
+    "search the handbook for ",
+    "check the guide about ",
+    "consult the docs on ",
+    "browse the documentation for ",
+    "find notes about ",
+    "dig up docs about ",
+    "read the docs on ",
+    "search our notes for ",
+    "look through the reference for ",
+    "query the knowledge base for ",
+    "check the documentation on ",
+    "see what the docs say about ",
+    "pull up notes on ",
+    "search for ",
+    "find information on ",
+)
+SEARCH_OPENERS = ("", "Please ", "Can you ", "Could we ", "Now ", "I'd like you to ", "Hey, ", "OK, ", "Quickly ")
+HELD_OUT_SEARCH = (
+    "Find documentation about {query}.",
+    "Check the manual regarding {query}.",
+    "帮我搜索文档：{query}。",
 )
 SEARCH = register_templates(
     "tools.search_docs",
@@ -247,10 +288,21 @@ SEARCH = register_templates(
             "Search docs: {query}",
             "文档里有没有关于 {query} 的内容？",
             "查一下文档中的 {query}。",
+            "Consult the handbook on {query}.",
+            "{query} - what does the documentation say?",
+            "Look through the docs concerning {query}.",
+            "Search the guide for: {query}",
+            "Please find docs on {query}.",
+            "Find me something about {query} in the docs.",
+            "文档搜索：{query}",
+            "请在文档中搜索 {query}。",
+            "帮我在文档里找 {query}。",
         ),
-        "val": ("Find documentation about {query}.", "Check the manual regarding {query}.", "帮我搜索文档：{query}。"),
+        "val": HELD_OUT_SEARCH,
     },
 )
+# a small grammar of English requests beside the hand-written ones (half of the training requests)
+SEARCH_COMPOSED = compose_templates(SEARCH_OPENERS, SEARCH_ACTIONS, ("{query}",), (".", "?", ""), avoid=HELD_OUT_SEARCH)
 
 UNIT_PAIRS = (
     ("km", "mi"),
@@ -438,7 +490,8 @@ def stats_scenario(rng: random.Random, split: Split) -> ToolScenario:
 
 def search_scenario(rng: random.Random, split: Split) -> ToolScenario:
     query = rng.choice(split_pool(QUERIES, split)) if rng.random() < 0.5 else values.query(rng, split)
-    request = rng.choice(SEARCH[split]).format(query=query)
+    templates = SEARCH_COMPOSED if split == "train" and rng.random() < 0.5 else SEARCH[split]
+    request = rng.choice(templates).format(query=query)
     arguments: dict[str, Any] = {"query": query}
     if rng.random() < 0.3:
         arguments["top_k"] = rng.randint(1, 5)

@@ -231,11 +231,14 @@ TIMES = ("every day", "at night", "in the morning", "today", "on Sunday", "after
 DOMAINS = ("example.com", "mail.com", "test.org", "post.net", "inbox.io")
 
 
-def split_draw(rng: random.Random, split: Split, kind: str, draw: Callable[[random.Random], T]) -> T:
-    """Draw values until one falls into `split` (one in five is held out: a few draws at most)."""
+def split_draw(
+    rng: random.Random, split: Split, kind: str, draw: Callable[[random.Random], T], also: tuple[str, ...] = ()
+) -> T:
+    """Draw values until one falls into `split` (one in five is held out: a few draws at most), under `kind` and
+    under each kind in `also` (for a value space two kinds share)."""
     for _ in range(1000):
         value = draw(rng)
-        if value_split(kind, value) == split:
+        if all(value_split(k, value) == split for k in (kind, *also)):
             return value
     raise RuntimeError(f"no {split} value of kind {kind!r} in 1000 draws")
 
@@ -249,18 +252,66 @@ def made_up_word(rng: random.Random, split: Split) -> str:
     return split_draw(rng, split, "made_up", _made_up)
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def _letters(rng: random.Random) -> str:
+    """3-9 letters drawn uniformly: no syllable structure, so the tokenizer splits it into rare pieces."""
+    text = "".join(rng.choice(LETTERS) for _ in range(rng.randint(3, 9)))
+    roll = rng.random()
+    if roll < 0.25:
+        return text.capitalize()
+    if roll < 0.32:
+        return text[:4].upper()
+    if roll < 0.42:
+        return text + str(rng.randint(0, 99))
+    return text
+
+
+def letter_word(rng: random.Random, split: Split) -> str:
+    """A random string of letters, e.g. "qzvkt", "Wopxa", "RBXE", "hjemq7".
+
+    Words a model has never seen (a client's product names, place names, jargon) reach it as runs of small
+    tokens; copying those exactly is a skill of its own that syllable-built words do not teach.
+    """
+    return split_draw(rng, split, "letters", _letters)
+
+
+def rare_words(rng: random.Random, split: Split) -> str:
+    """One to four words mixing random-letter, made-up and real words, joined by spaces or / - _ .
+
+    Shaped like the strings clients pass around: "Kemro/Vazq", "ujb-delta 12", "Tiger qopfz river".
+    """
+
+    def draw(r: random.Random) -> str:
+        makers = (_letters, _letters, _made_up, lambda q: q.choice(WORDS))
+        words = [r.choice(makers)(r) for _ in range(r.randint(1, 4))]
+        if all(w in WORDS for w in words):  # one unseen word at least: real-word values are word()'s and phrase()'s
+            words[r.randrange(len(words))] = _letters(r)
+        if r.random() < 0.3:
+            words[0] = words[0].capitalize()
+        sep = r.choice((" ", " ", " ", "/", "-", "_", "."))
+        return sep.join(words)
+
+    return split_draw(rng, split, "rare_words", draw)
+
+
 def word(rng: random.Random, split: Split) -> str:
     return split_draw(rng, split, "word", lambda r: r.choice(WORDS))
 
 
 def proper_name(rng: random.Random, split: Split) -> str:
     """A capitalised name (a person, a place, a project): made-up, or one or two real words."""
+    if split == "train" and rng.random() < 0.25:
+        return letter_word(rng, split).capitalize()
     roll = rng.random()
     if roll < 0.6:
         return made_up_word(rng, split).capitalize()
     if roll < 0.8:
         return word(rng, split).capitalize()
-    return split_draw(rng, split, "name2", lambda r: f"{r.choice(WORDS).capitalize()} {r.choice(WORDS)}")
+    # two real words are phrase()'s space too: a training name must not be a held-out phrase
+    also = ("phrase",) if split == "train" else ()
+    return split_draw(rng, split, "name2", lambda r: f"{r.choice(WORDS).capitalize()} {r.choice(WORDS)}", also)
 
 
 def email(rng: random.Random, split: Split) -> str:
@@ -278,7 +329,7 @@ def phrase(rng: random.Random, split: Split) -> str:
         words = [r.choice(WORDS) for _ in range(r.randint(2, 3))]
         return " ".join([words[0].capitalize(), *words[1:]])
 
-    return split_draw(rng, split, "phrase", draw)
+    return split_draw(rng, split, "phrase", draw, ("name2",) if split == "train" else ())
 
 
 def sentence(rng: random.Random, split: Split) -> str:
@@ -293,17 +344,36 @@ def sentence(rng: random.Random, split: Split) -> str:
             rest.append(r.choice(TIMES))
         return f"{subject} {' '.join(rest)}."
 
+    if split == "train" and rng.random() < 0.35:
+        return rare_sentence(rng, split)
     return split_draw(rng, split, "sentence", draw)
 
 
+def rare_sentence(rng: random.Random, split: Split) -> str:
+    """A sentence whose words are often unseen ones, with commas and varied endings (train-side copy practice)."""
+
+    def draw(r: random.Random) -> str:
+        makers = (_letters, _made_up, lambda q: q.choice(WORDS), lambda q: q.choice(WORDS), lambda q: q.choice(VERBS))
+        words = [r.choice(makers)(r) for _ in range(r.randint(3, 9))]
+        if r.random() < 0.3:
+            words[r.randrange(len(words) - 1)] += ","
+        return " ".join([words[0].capitalize(), *words[1:]]) + r.choice((".", ".", "!", "?", ""))
+
+    return split_draw(rng, split, "rare_sentence", draw)
+
+
 def query(rng: random.Random, split: Split) -> str:
-    """A search query of two or three lower-case words."""
+    """A search query of two or three lower-case words (in training, also unseen words)."""
+    if split == "train" and rng.random() < 0.35:
+        return rare_words(rng, split)
     return split_draw(rng, split, "query", lambda r: " ".join(r.choice(WORDS) for _ in range(r.randint(2, 3))))
 
 
 def string_value(rng: random.Random, split: Split) -> str:
     """Any short string argument: a name, a word, a phrase, an e-mail address or a user name."""
     makers = (proper_name, proper_name, word, phrase, email, username)
+    if split == "train":  # never-seen words, too: clients' values are not from our word list
+        makers = (*makers, rare_words, letter_word)
     return rng.choice(makers)(rng, split)
 
 
