@@ -180,7 +180,7 @@ def run_reward(cfg: TrainConfig) -> TrainerState:
             "loss": float(loss.detach()),
             "grad_norm": float(grad_norm),
             "accuracy": float((c > r).float().mean()),
-            "margin": float((c - r).mean()),
+            "margin": float((c - r).detach().mean()),
             "lr": lr,
         }
 
