@@ -371,7 +371,14 @@ def query(rng: random.Random, split: Split) -> str:
 
 def string_value(rng: random.Random, split: Split) -> str:
     """Any short string argument: a name, a word, a phrase, an e-mail address or a user name."""
-    makers = (proper_name, proper_name, word, phrase, email, username)
+    makers: tuple[Callable[[random.Random, Split], str], ...] = (
+        proper_name,
+        proper_name,
+        word,
+        phrase,
+        email,
+        username,
+    )
     if split == "train":  # never-seen words, too: clients' values are not from our word list
         makers = (*makers, rare_words, letter_word)
     return rng.choice(makers)(rng, split)
