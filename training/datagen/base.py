@@ -55,13 +55,9 @@ def compose_templates(*parts: tuple[str, ...], avoid: tuple[str, ...] = ()) -> t
     """Every concatenation of one piece from each part (pieces carry their own spaces), first letter upper-cased,
     minus the templates in `avoid` (the held-out ones): training phrasings as a small grammar, so a model learns
     where the action and the values sit in a request rather than a list of fixed sentences."""
-    out: list[str] = []
-    for combo in itertools.product(*parts):
-        text = "".join(combo).strip()
-        text = text[0].upper() + text[1:]
-        if text not in avoid and text not in out:
-            out.append(text)
-    return tuple(out)
+    texts = ("".join(combo).strip() for combo in itertools.product(*parts))
+    capitalised = (text[0].upper() + text[1:] for text in texts)
+    return tuple(text for text in dict.fromkeys(capitalised) if text not in avoid)  # ordered, without repeats
 
 
 def stable_hash(value: object) -> int:

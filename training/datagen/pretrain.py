@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 
-from training.datagen import values, vocabulary
+from training.datagen import synthetic_tools, values, vocabulary
 from training.datagen.base import Split, register_templates, split_pool, value_split
 
 FACTS_EN = (
@@ -200,12 +200,13 @@ CODE_FRAMES = (
 )
 
 
+_HELD_OUT_VERBS = frozenset(v for v, _ in synthetic_tools.VERBS["val"])
+_HELD_OUT_NOUNS = frozenset(synthetic_tools.NOUNS["val"])
+
+
 def _held_out_name(verb: str, noun: str) -> bool:
     """Whether verb_noun could be a held-out tool name: pretraining text never writes one."""
-    from training.datagen.synthetic_tools import NOUNS as TOOL_NOUNS
-    from training.datagen.synthetic_tools import VERBS as TOOL_VERBS
-
-    return any(v == verb for v, _ in TOOL_VERBS["val"]) and noun in TOOL_NOUNS["val"]
+    return verb in _HELD_OUT_VERBS and noun in _HELD_OUT_NOUNS
 
 
 def word_document(rng: random.Random) -> str:
@@ -233,7 +234,7 @@ def word_document(rng: random.Random) -> str:
             adj=adj,
             Adj=adj.capitalize(),
             adj2=adj2,
-            a="an" if noun[0] in "aeiou" else "a",
+            a=synthetic_tools.article(noun),
         )
         lines.append(text[0].upper() + text[1:])
     return " ".join(lines)
