@@ -85,6 +85,12 @@ class ThinkBudget:
     prompt) or when the model emits `think_id` itself. After `max_thinking_tokens` generated tokens without
     `think_end_id`, only `think_end_id` is allowed; once `</think>` is seen the constraint stops restricting.
     A budget of 0 forces `</think>` at once. The budget counts only tokens strictly inside the block.
+
+    When the budget forced the close, `stop_ids` (end-of-turn tokens) stay banned for the next
+    `min_answer_tokens` tokens: a model cut off mid-thought tends to end the turn at once, and a client that
+    capped the reasoning still asked for an answer. The engine passes its end tokens and 3 (the template's
+    "\n\n" after `</think>` is two tokens, so at least one answer token follows). A block the model closes
+    itself is not touched.
     """
 
     def __init__(
@@ -95,6 +101,8 @@ class ThinkBudget:
         vocab_size: int,
         think_id: int | None = None,
         inside: bool = True,
+        stop_ids: Iterable[int] = (),
+        min_answer_tokens: int = 0,
     ) -> None:
         if isinstance(max_thinking_tokens, bool) or not isinstance(max_thinking_tokens, int):
             raise InvalidRequest("max_thinking_tokens must be an integer", param="max_thinking_tokens")
@@ -107,12 +115,27 @@ class ThinkBudget:
         self.think_id = think_id
         self.vocab_size = vocab_size
         self.inside = inside
+        if min_answer_tokens < 0:
+            raise ValueError(f"min_answer_tokens must be >= 0, got {min_answer_tokens}")
+        self.stop_ids = tuple(stop_ids)
+        self.min_answer_tokens = min_answer_tokens
         self.closed = False  # True once </think> was generated
+        self.forced = False  # True when the budget (not the model) closed the block
         self.thinking_tokens = 0
+        self.answer_tokens = 0  # tokens generated after a forced close, counted up to min_answer_tokens
         self._only_end: torch.Tensor | None = None  # built lazily, reused
+        self._no_stop: torch.Tensor | None = None
 
     def allowed(self) -> torch.Tensor | None:
-        if not self.inside or self.closed or self.thinking_tokens < self.max_thinking_tokens:
+        if self.closed:
+            if not self.forced or self.answer_tokens >= self.min_answer_tokens or not self.stop_ids:
+                return None
+            if self._no_stop is None:
+                mask = torch.ones(self.vocab_size, dtype=torch.bool)
+                mask[[i for i in self.stop_ids if 0 <= i < self.vocab_size]] = False
+                self._no_stop = mask
+            return self._no_stop
+        if not self.inside or self.thinking_tokens < self.max_thinking_tokens:
             return None
         if self._only_end is None:
             mask = torch.zeros(self.vocab_size, dtype=torch.bool)
@@ -122,6 +145,8 @@ class ThinkBudget:
 
     def advance(self, token_id: int) -> None:
         if self.closed:
+            if self.forced:
+                self.answer_tokens += 1
             return
         if not self.inside:
             if self.think_id is not None and token_id == self.think_id:
@@ -129,6 +154,7 @@ class ThinkBudget:
             return
         if token_id == self.think_end_id:
             self.closed = True
+            self.forced = self.thinking_tokens >= self.max_thinking_tokens
             logger.debug("think block closed after %d tokens", self.thinking_tokens)
         else:
             self.thinking_tokens += 1

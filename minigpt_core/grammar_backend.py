@@ -14,6 +14,9 @@ Choices:
   no other whitespace), through llguidance's `x-guidance` options on every `%json` rule.
 - Objects that declare `properties` but say nothing of `additionalProperties` get `additionalProperties: false`:
   the model only ever sees declared keys in training, and the output still validates against the original schema.
+- Integers without a bound of their own are bounded to I-JSON's interoperable range, +-(2**53 - 1) (RFC 7493:
+  larger ones lose precision in JavaScript clients): a small model that starts repeating a digit then stops
+  after 16 digits instead of running to `max_tokens` with JSON that never closes.
 """
 
 from __future__ import annotations
@@ -46,8 +49,17 @@ class GrammarError(MiniGPTError):
     """The grammar engine rejected a token the mask allowed, or failed internally."""
 
 
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _is_integer_type(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "integer" or (isinstance(kind, list) and "integer" in kind)
+
+
 def tighten_schema(schema: Any) -> Any:
-    """A copy of `schema` where objects with `properties` default to `additionalProperties: false`."""
+    """A copy of `schema` where objects with `properties` default to `additionalProperties: false` and
+    unbounded integers to the range +-MAX_SAFE_INTEGER (a bound the schema sets itself is kept)."""
     if isinstance(schema, list):
         return [tighten_schema(s) for s in schema]
     if not isinstance(schema, dict):
@@ -64,6 +76,11 @@ def tighten_schema(schema: Any) -> Any:
             out[key] = {name: tighten_schema(s) for name, s in out[key].items()}
     if "properties" in out and "additionalProperties" not in out:
         out["additionalProperties"] = False
+    if _is_integer_type(out):
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -MAX_SAFE_INTEGER
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = MAX_SAFE_INTEGER
     return out
 
 

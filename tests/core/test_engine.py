@@ -15,7 +15,7 @@ from minigpt_core.engine import Engine, RequestHandle, TokenEvent
 from minigpt_core.errors import ContextLengthExceeded, EngineClosed, EngineOverloaded, InvalidRequest
 from minigpt_core.model import MiniGPT
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import THINK_END_ID, THINK_ID
+from minigpt_core.tokenizer import IM_END_ID, THINK_END_ID, THINK_ID
 
 V = 256
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12, ignore_eos=True)
@@ -290,6 +290,34 @@ def test_engine_applies_think_budget(engine: Engine) -> None:
         tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], sp)))
         assert THINK_END_ID in tokens[: n + 1]
         assert THINK_END_ID not in tokens[: tokens.index(THINK_END_ID)]
+
+
+def test_forced_think_close_bans_ending_the_turn_for_a_few_tokens() -> None:
+    budget = ThinkBudget(1, THINK_END_ID, vocab_size=10, stop_ids=(IM_END_ID,), min_answer_tokens=2)
+    budget.advance(7)
+    budget.advance(THINK_END_ID)  # forced: the budget of 1 was spent
+    for _ in range(2):
+        mask = budget.allowed()
+        assert mask is not None and not mask[IM_END_ID] and int(mask.sum()) == 9
+        budget.advance(7)
+    assert budget.allowed() is None
+    natural = ThinkBudget(5, THINK_END_ID, vocab_size=10, stop_ids=(IM_END_ID,), min_answer_tokens=2)
+    natural.advance(7)
+    natural.advance(THINK_END_ID)  # the model closed the block itself: it may end at once
+    assert natural.allowed() is None
+    with pytest.raises(ValueError):
+        ThinkBudget(1, THINK_END_ID, vocab_size=10, min_answer_tokens=-1)
+
+
+def test_engine_answers_after_a_forced_think_close(engine: Engine) -> None:
+    # The bias makes the model want to end the turn at every step; after the forced </think> it may not do so
+    # for three tokens, so the answer is not empty. Without a budget it ends at once, as asked.
+    eager_end = ((IM_END_ID, 100.0),)
+    forced = SamplingParams(temperature=0.0, max_new_tokens=10, max_thinking_tokens=0, logit_bias=eager_end)
+    tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], forced)))
+    assert tokens[0] == THINK_END_ID and IM_END_ID not in tokens[1:4] and tokens[4] == IM_END_ID
+    free = SamplingParams(temperature=0.0, max_new_tokens=10, logit_bias=eager_end)
+    assert tokens_of(list(engine.generate([20, 21, THINK_ID], free))) == [IM_END_ID]
 
 
 def test_all_of_intersects_masks() -> None:

@@ -309,9 +309,39 @@ def test_tighten_schema_closes_declared_objects_only() -> None:
     assert tight["additionalProperties"] is False
     assert "additionalProperties" not in CONVERT  # the caller's schema is not mutated
     loose = tighten_schema({"type": "object", "additionalProperties": {"type": "integer"}})
-    assert loose["additionalProperties"] == {"type": "integer"}
+    inner = loose["additionalProperties"]
+    assert inner["type"] == "integer" and "additionalProperties" not in inner
     nested = tighten_schema({"anyOf": [{"properties": {"a": {"properties": {}}}}]})
     assert nested["anyOf"][0]["properties"]["a"]["additionalProperties"] is False
+
+
+def test_unbounded_integers_stop_at_the_safe_range(tiny_tokenizer: Tokenizer) -> None:
+    """A digit loop cannot run past 16 digits (I-JSON's range), while a bound the schema sets itself wins."""
+
+    def accepts(schema: dict[str, Any], text: str) -> bool:
+        constraint = JsonConstraint(tiny_tokenizer, schema)
+        for token in [*tiny_tokenizer.encode(text), IM_END_ID]:
+            mask = constraint.allowed()
+            if mask is None or not mask[token]:
+                return False
+            constraint.advance(token)
+        return constraint.is_finished()
+
+    plain = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    assert accepts(plain, '{"n": 9007199254740991}') and accepts(plain, '{"n": -9007199254740991}')
+    assert not accepts(plain, '{"n": 9007199254740992}')
+    assert not accepts(plain, '{"n": 11111111111111111}')
+    nullable = {"type": ["integer", "null"]}
+    assert accepts(nullable, "null") and not accepts(nullable, "11111111111111111")
+    own = {"type": "integer", "maximum": 10**17}
+    assert accepts(own, str(10**17)) and not accepts(own, str(10**17 + 1))
+    assert accepts(own, str(-(2**53 - 1))) and not accepts(own, str(-(2**53)))  # only the missing side is added
+    assert tighten_schema({"type": "integer", "exclusiveMinimum": 0}) == {
+        "type": "integer",
+        "exclusiveMinimum": 0,
+        "maximum": 2**53 - 1,
+    }
+    assert tighten_schema({"type": "number"}) == {"type": "number"}
 
 
 def test_mask_overhead_is_small(tiny_tokenizer: Tokenizer) -> None:
