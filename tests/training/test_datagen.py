@@ -351,3 +351,29 @@ def test_word_and_copy_documents() -> None:
     lines = doc.splitlines()
     assert lines and all(len(line) > 4 for line in lines)
     assert pretrain._held_out_name("export", "podcast") and not pretrain._held_out_name("export", "ticket")
+
+
+def test_inflections_geography_and_topics() -> None:
+    import random
+
+    from training.datagen import pretrain, synthetic_tools, tools_data, values, vocabulary
+
+    forms = {v: (vocabulary.gerund(v), vocabulary.third_person(v)) for v in ("sample", "stop", "see", "carry", "fix")}
+    assert forms == {
+        "sample": ("sampling", "samples"),
+        "stop": ("stopping", "stops"),
+        "see": ("seeing", "sees"),
+        "carry": ("carrying", "carries"),
+        "fix": ("fixing", "fixes"),
+    }
+    rng = random.Random(0)
+    geography = " ".join(pretrain.geography_document(rng) for _ in range(200))
+    assert len({city for city, _ in vocabulary.CITIES if city in geography}) > 60
+    # world cities are pretraining text, but never a training argument value that the held-out split owns
+    held_out = set(synthetic_tools.split_pool(synthetic_tools.CITIES, "val"))
+    assert held_out and not held_out & set(synthetic_tools._TRAIN_WORLD_CITIES)
+    topics = {values.query(rng, "train") for _ in range(3000)}
+    assert any(" the " in f" {t} " for t in topics)  # vocabulary topics are drawn
+    assert not topics & {values.query(random.Random(i), "val") for i in range(300)}
+    queries = {tools_data.search_scenario(rng, "train").arguments["query"] for _ in range(3000)}
+    assert tools_data._HELD_OUT_QUERIES and not queries & tools_data._HELD_OUT_QUERIES

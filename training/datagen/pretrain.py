@@ -190,6 +190,16 @@ WORD_FRAMES = (
     "{Adj} {noun}s are easy to {verb}.",
     "我想{verb}一个 {noun}。",
     "请帮我 {verb} 这个 {noun}。",
+    "{Gerund} {a} {noun} takes a few minutes.",
+    "She is {gerund} the {noun} right now.",
+    "He {third} the {noun} every morning.",
+    "I like {gerund} {noun2}s.",
+    "I read a note {link} the {noun}.",
+    "The {ref} has a page {link} {gerund} {noun}s.",
+    "Is there anything in the {ref} {link} the {adj} {noun}?",
+    "We talked {link} the {noun} and the {noun2}.",
+    'You can use the word "{word}" when you talk about {a} {noun}.',
+    "{Word}, the {noun} was {adj}.",
 )
 CODE_FRAMES = (
     "The function {verb}_{noun} lets a program {verb} {a} {noun}.",
@@ -222,7 +232,15 @@ def word_document(rng: random.Random) -> str:
         frame = rng.choice(CODE_FRAMES) if rng.random() < 0.25 else rng.choice(WORD_FRAMES)
         if frame in CODE_FRAMES and _held_out_name(verb, noun):
             frame = WORD_FRAMES[0]
+        word = rng.choice(vocabulary.FUNCTION_WORDS)
         text = frame.format(
+            gerund=vocabulary.gerund(verb),
+            Gerund=vocabulary.gerund(verb).capitalize(),
+            third=vocabulary.third_person(verb),
+            link=rng.choice(vocabulary.LINKS),
+            ref=rng.choice(vocabulary.REFERENCE_TEXTS),
+            word=word,
+            Word=word.capitalize(),
             verb=verb,
             Verb=verb.capitalize(),
             participle=participle,
@@ -240,6 +258,39 @@ def word_document(rng: random.Random) -> str:
     return " ".join(lines)
 
 
+GEOGRAPHY_FRAMES = (
+    "{city} is a city in {country}.",
+    "I flew from {city} to {city2} last {month}.",
+    "The {noun} in {city} was {adj}.",
+    "Her {noun} is in {city}, and his {noun2} is in {city2}.",
+    "{city} and {city2} are far apart.",
+    "We sent the {noun} from {city}.",
+    "{city}是{country}的一座城市。",
+)
+MONTHS = ("January", "March", "May", "July", "September", "November", "spring", "summer", "winter", "week", "year")
+
+
+def geography_document(rng: random.Random) -> str:
+    """Sentences naming world cities: the city names of user requests are known words (values keep their split)."""
+    lines = []
+    for _ in range(rng.randint(2, 4)):
+        (city, country), (city2, _) = rng.sample(vocabulary.CITIES, 2)
+        noun, noun2 = rng.sample(vocabulary.NOUNS, 2)
+        frame = rng.choice(GEOGRAPHY_FRAMES)
+        lines.append(
+            frame.format(
+                city=city,
+                country=country,
+                city2=city2,
+                month=rng.choice(MONTHS),
+                noun=noun,
+                noun2=noun2,
+                adj=rng.choice(vocabulary.ADJECTIVES),
+            )
+        )
+    return " ".join(lines)
+
+
 def pretrain_document(rng: random.Random, split: Split) -> str:
     """One short document of a random kind (arithmetic keeps its quarter: think mode builds on it)."""
     roll = rng.random()
@@ -249,7 +300,9 @@ def pretrain_document(rng: random.Random, split: Split) -> str:
         return word_document(rng)
     if roll < 0.32:
         return fact_document(rng)
-    if roll < 0.37:
+    if roll < 0.35:
+        return geography_document(rng)
+    if roll < 0.40:
         return qa_document(rng)
     if roll < 0.47:
         return sentence_document(rng, split)

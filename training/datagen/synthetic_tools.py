@@ -417,6 +417,20 @@ STRING_MAKERS: dict[str, Callable[[random.Random, Split], str]] = {
 }
 
 
+# Training may also name any world city of the vocabulary, except the held-out ones of CITIES and STRINGS.
+_TRAIN_WORLD_CITIES = tuple(
+    city
+    for city, _ in vocabulary.CITIES
+    if city not in set(split_pool(CITIES, "val")) | set(split_pool(STRINGS, "val"))
+)
+
+
+def _city(rng: random.Random, split: Split) -> str:
+    if split == "train" and rng.random() < 0.5:
+        return rng.choice(_TRAIN_WORLD_CITIES)
+    return rng.choice(split_pool(CITIES, split))
+
+
 def _str_value(rng: random.Random, split: Split, name: str) -> str:
     """A value fitting the parameter's name, from a space too large to memorise (see values.py)."""
     if rng.random() < 0.1:
@@ -535,7 +549,7 @@ PARAM_KINDS: tuple[ParamKind, ...] = (
             "required": ["city"],
         },
         lambda r, s, n: {
-            "city": r.choice(split_pool(CITIES, s)) if r.random() < 0.2 else values.proper_name(r, s),
+            "city": _city(r, s) if r.random() < 0.2 else values.proper_name(r, s),
             **({"zip": r.randint(10000, 99999)} if r.random() < 0.5 else {}),
         },
         _object_phrase,

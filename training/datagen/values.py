@@ -13,6 +13,7 @@ import random
 from collections.abc import Callable
 from typing import TypeVar
 
+from training.datagen import vocabulary
 from training.datagen.base import Split, value_split
 
 T = TypeVar("T")
@@ -362,10 +363,29 @@ def rare_sentence(rng: random.Random, split: Split) -> str:
     return split_draw(rng, split, "rare_sentence", draw)
 
 
+def _topic(r: random.Random) -> str:
+    """A noun phrase from the common vocabulary, the way people name a topic: "sorting invoices", "the harbor"."""
+    (verb, _), noun, noun2 = r.choice(vocabulary.VERBS), r.choice(vocabulary.NOUNS), r.choice(vocabulary.NOUNS)
+    return r.choice(
+        (
+            f"{vocabulary.gerund(verb)} {noun}s",
+            f"{vocabulary.gerund(verb)} the {noun}",
+            f"{noun} {vocabulary.gerund(verb)}",
+            f"{r.choice(vocabulary.ADJECTIVES)} {noun}",
+            f"{noun} {noun2}",
+            f"the {noun}",
+        )
+    )
+
+
 def query(rng: random.Random, split: Split) -> str:
-    """A search query of two or three lower-case words (in training, also unseen words)."""
-    if split == "train" and rng.random() < 0.35:
-        return rare_words(rng, split)
+    """A search query of two or three lower-case words (in training, also unseen words and vocabulary topics)."""
+    if split == "train":
+        roll = rng.random()
+        if roll < 0.35:
+            return rare_words(rng, split)
+        if roll < 0.6:
+            return split_draw(rng, split, "query", _topic)
     return split_draw(rng, split, "query", lambda r: " ".join(r.choice(WORDS) for _ in range(r.randint(2, 3))))
 
 
