@@ -340,7 +340,7 @@ class Engine:
                 inside=prompt_ends_inside_think(prompt, THINK_ID, THINK_END_ID),
                 # A grammar constraint decides itself when the answer may end (and a JSON value is never
                 # empty), so the "answer after a forced </think>" rule only applies to free text.
-                stop_ids=self._scheduler.eos_token_ids if constraint is None else (),
+                stop_ids=self._scheduler.eos_token_ids,
                 min_answer_tokens=3 if constraint is None else 0,
             )
             constraint = budget if constraint is None else AllOf([constraint, budget])

@@ -232,10 +232,10 @@ def word_document(rng: random.Random) -> str:
         frame = rng.choice(CODE_FRAMES) if rng.random() < 0.25 else rng.choice(WORD_FRAMES)
         if frame in CODE_FRAMES and _held_out_name(verb, noun):
             frame = WORD_FRAMES[0]
-        word = rng.choice(vocabulary.FUNCTION_WORDS)
+        word, gerund = rng.choice(vocabulary.FUNCTION_WORDS), vocabulary.gerund(verb)
         text = frame.format(
-            gerund=vocabulary.gerund(verb),
-            Gerund=vocabulary.gerund(verb).capitalize(),
+            gerund=gerund,
+            Gerund=gerund.capitalize(),
             third=vocabulary.third_person(verb),
             link=rng.choice(vocabulary.LINKS),
             ref=rng.choice(vocabulary.REFERENCE_TEXTS),
@@ -260,14 +260,14 @@ def word_document(rng: random.Random) -> str:
 
 GEOGRAPHY_FRAMES = (
     "{city} is a city in {country}.",
-    "I flew from {city} to {city2} last {month}.",
+    "I flew from {city} to {city2} last {period}.",
     "The {noun} in {city} was {adj}.",
     "Her {noun} is in {city}, and his {noun2} is in {city2}.",
     "{city} and {city2} are far apart.",
     "We sent the {noun} from {city}.",
     "{city}是{country}的一座城市。",
 )
-MONTHS = ("January", "March", "May", "July", "September", "November", "spring", "summer", "winter", "week", "year")
+PERIODS = ("January", "March", "May", "July", "September", "November", "spring", "summer", "winter", "week", "year")
 
 
 def geography_document(rng: random.Random) -> str:
@@ -282,7 +282,7 @@ def geography_document(rng: random.Random) -> str:
                 city=city,
                 country=country,
                 city2=city2,
-                month=rng.choice(MONTHS),
+                period=rng.choice(PERIODS),
                 noun=noun,
                 noun2=noun2,
                 adj=rng.choice(vocabulary.ADJECTIVES),

@@ -418,11 +418,8 @@ STRING_MAKERS: dict[str, Callable[[random.Random, Split], str]] = {
 
 
 # Training may also name any world city of the vocabulary, except the held-out ones of CITIES and STRINGS.
-_TRAIN_WORLD_CITIES = tuple(
-    city
-    for city, _ in vocabulary.CITIES
-    if city not in set(split_pool(CITIES, "val")) | set(split_pool(STRINGS, "val"))
-)
+_HELD_OUT_CITY_VALUES = frozenset(split_pool(CITIES, "val")) | frozenset(split_pool(STRINGS, "val"))
+_TRAIN_WORLD_CITIES = tuple(city for city, _ in vocabulary.CITIES if city not in _HELD_OUT_CITY_VALUES)
 
 
 def _city(rng: random.Random, split: Split) -> str:
