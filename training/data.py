@@ -49,7 +49,7 @@ def detect_format(path: Path, max_lines: int = 50) -> str | None:
                 break
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):  # also a 5,000-digit integer, or nesting deeper than the stack
                 continue
             if isinstance(obj, dict):
                 for fmt, key in _FORMAT_KEYS.items():
@@ -71,6 +71,12 @@ def iter_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | N
                 continue
             except json.JSONDecodeError as exc:
                 yield lineno, None, f"invalid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            except ValueError as exc:  # e.g. an integer longer than Python's 4,300-digit conversion limit
+                yield lineno, None, f"invalid JSON ({str(exc).split(':')[0]})"
+                continue
+            except RecursionError:
+                yield lineno, None, "invalid JSON (nested too deeply)"
                 continue
             if not isinstance(obj, dict):
                 yield lineno, None, f"expected a JSON object, got {type(obj).__name__}"
@@ -263,7 +269,10 @@ def _build_shard(src: Path, mode: str, tokenizer: Tokenizer, out: Path, max_bad_
             try:
                 if obj is None:
                     raise BadRecord(error or "unreadable line")
-                ids, mask = encode(obj, tokenizer)
+                try:
+                    ids, mask = encode(obj, tokenizer)
+                except RecursionError as exc:  # parsable, yet too deep for the renderer (e.g. nested tool args)
+                    raise BadRecord("nested too deeply") from exc
             except BadRecord as exc:
                 bad.append({"line": lineno, "reason": str(exc)})
                 if len(bad) <= MAX_REPORTED_BAD_LINES:

@@ -104,7 +104,9 @@ def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
         try:
             record = json.loads(line)
         except ValueError as exc:
-            raise DataError(f"{path}:{lineno}: not JSON ({exc})") from exc
+            raise DataError(f"{path}:{lineno}: not JSON ({str(exc).splitlines()[0]})") from exc
+        except RecursionError as exc:
+            raise DataError(f"{path}:{lineno}: not JSON (nested too deeply)") from exc
         if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
             raise DataError(f"{path}:{lineno}: expected an object with a 'messages' list")
         records.append(record)

@@ -153,3 +153,28 @@ def test_resolve_files_and_holdout(train_workdir: Path, tiny_tokenizer: Tokenize
     train, val = load_datasets(resolve_data_files(lone, "pretrain"), "pretrain", tiny_tokenizer)
     assert len(train) == 98 and len(val) == 2
     assert not set(train.doc_ids.tolist()) & set(val.doc_ids.tolist())
+
+
+HOSTILE_LINES = (
+    "[" * 100_000 + "]" * 100_000,  # json.loads raises RecursionError
+    '{"text": "deep", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    '{"text": "big", "n": ' + "7" * 5_000 + "}",  # ValueError: beyond Python's int-conversion digit limit
+)
+
+
+def test_hostile_lines_are_bad_lines_not_crashes(
+    tmp_path: Path, tiny_tokenizer: Tokenizer, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "pre.jsonl"
+    path.write_text("\n".join([*HOSTILE_LINES, *(json.dumps(r) for r in pretrain_lines(40))]) + "\n")
+    assert detect_format(path) == "pretrain"  # the unparsable first lines are passed over
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        shard = open_shard(path, "pretrain", tiny_tokenizer, max_bad_fraction=0.1)
+    assert shard.n_docs == 40 and shard.meta["bad_lines"] == 3
+    assert f"{path}:1: skipped: invalid JSON (nested too deeply)" in caplog.text
+    assert f"{path}:2: skipped" in caplog.text
+    assert f"{path}:3: skipped: invalid JSON (Exceeds the limit" in caplog.text
+    # They count toward the bad-line limit like any other bad line.
+    with pytest.raises(DataError, match=r"3 of 43 lines are bad.*again\.jsonl:1: invalid JSON"):
+        open_shard(write_jsonl(tmp_path / "again.jsonl", [], HOSTILE_LINES + ('{"text": "ok"}',) * 40), "pretrain",
+                   tiny_tokenizer, max_bad_fraction=0.05)  # fmt: skip
