@@ -86,11 +86,32 @@ def save_checkpoint(
         if extra is not None:
             extra(tmp)
         _fsync_dir(tmp)
+        make_readable(tmp)
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def make_readable(tmp: Path) -> None:
+    """Give a finished temp tree the modes a plain `mkdir`/`open` would have had under the current umask.
+
+    `tempfile.mkdtemp` creates 0700 and safetensors writes 0600, so without this a saved checkpoint would be
+    private to its owner while every other file the user writes is not. The umask is read from a probe file
+    (not `os.umask`, which would change it process-wide for a moment under other threads).
+    """
+    probe = tmp / ".mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o666))
+    file_mode = probe.stat().st_mode & 0o777  # 0o666 & ~umask
+    probe.unlink()
+    dir_mode = file_mode | ((file_mode & 0o444) >> 2)  # x wherever r: 0o644 -> 0o755
+    for root, dirs, files in os.walk(tmp):
+        os.chmod(root, dir_mode)
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:
@@ -145,25 +166,29 @@ def load_checkpoint(
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"{weights}: cannot read safetensors ({exc})") from exc
     state.pop("lm_head.weight", None)
-    model = MiniGPT(config)
-    expected = set(model.state_dict())
-    missing, unexpected = expected - set(state), set(state) - expected
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{weights}: tensor names do not match the config "
-            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
-        )
-    for name, tensor in model.state_dict().items():
-        if state[name].shape != tensor.shape:
-            raise CheckpointError(
-                f"{weights}: {name} has shape {tuple(state[name].shape)}, config implies {tuple(tensor.shape)}"
-            )
+    _check_tensors(weights, state, config)
+    model = MiniGPT(config)  # allocated only now that the file holds every tensor the config implies
     model.load_state_dict(state, strict=True)
     if dtype is not None:
         model.to(dtype=dtype)
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _check_tensors(weights: Path, state: dict[str, torch.Tensor], config: ModelConfig) -> None:
+    """The file's tensor names and shapes must be the config's, checked on a meta-device model (no memory)."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in MiniGPT(config).state_dict().items()}
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{weights}: tensor names do not match the config "
+            f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
+        )
+    for name, shape in expected.items():
+        if tuple(state[name].shape) != shape:
+            raise CheckpointError(f"{weights}: {name} has shape {tuple(state[name].shape)}, config implies {shape}")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -13,6 +13,19 @@ from typing import Any
 
 from minigpt_core.errors import ConfigError
 
+# Upper bounds on each dimension, far above any model this project trains (the largest open models stay below
+# them too), so that a corrupt or hostile config.json is rejected with a message instead of asking torch for
+# terabytes (a vocab_size of 10**13 used to leave the server "loading" forever).
+MAX_DIMS: dict[str, int] = {
+    "vocab_size": 1 << 21,
+    "n_layer": 1024,
+    "n_embd": 1 << 16,
+    "n_head": 1024,
+    "n_kv_head": 1024,
+    "ffn_dim": 1 << 18,
+    "max_seq_len": 1 << 21,
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
@@ -34,6 +47,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_DIMS[name]:
+                raise ConfigError(f"{name} is {value}, above the supported maximum of {MAX_DIMS[name]}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:

@@ -11,7 +11,7 @@ import torch
 
 from minigpt_core.checkpoint import load_checkpoint, save_checkpoint
 from minigpt_core.config import ModelConfig
-from minigpt_core.errors import CheckpointError
+from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 
@@ -87,3 +87,29 @@ def test_save_replaces_atomically_and_leaves_no_temp(tiny_checkpoint: Path, tmp_
     reloaded, _ = load_checkpoint(out)
     assert torch.count_nonzero(reloaded.model.norm.weight) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _with_config(src: Path, dst: Path, **changes: object) -> Path:
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text(encoding="utf-8"))
+    cfg.update(changes)
+    (dst / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return dst
+
+
+def test_absurd_config_dimensions_are_rejected_before_allocating(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A vocab_size of 10**13 used to reach torch (RuntimeError, or the OOM killer) instead of a CheckpointError."""
+    huge = _with_config(tiny_checkpoint, tmp_path / "huge", vocab_size=10**13)
+    with pytest.raises(CheckpointError, match=r"config.json: vocab_size is 10000000000000, above"):
+        load_checkpoint(huge)
+    with pytest.raises(ConfigError, match="n_layer"):
+        ModelConfig(n_layer=10**6)
+
+
+def test_config_larger_than_the_weights_fails_on_shapes_not_memory(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Within the bounds but ~1 TB of parameters: the shapes are compared on the meta device, nothing is allocated."""
+    big = _with_config(
+        tiny_checkpoint, tmp_path / "big", hidden_size=1 << 16, intermediate_size=1 << 18, head_dim=(1 << 16) // 4
+    )
+    with pytest.raises(CheckpointError, match="has shape"):
+        load_checkpoint(big)
