@@ -4,7 +4,11 @@ It loads the checkpoint, starts an `Engine` in this process and uses the same ch
 `OutputParser` as the server, so what you see here is what the API returns. Chat mode keeps the history and
 streams tokens as they come; a line starting with `think:` turns on thinking for that turn (`--ultra-think`
 for every turn); reasoning is shown dimmed on a terminal, or in a `[thinking]` block otherwise. Batch mode
-queues every prompt at once (the engine batches them) and prints one JSON line per prompt.
+queues every prompt at once (the engine batches them) and prints one JSON line per prompt. On a terminal, chat
+lines can be edited and earlier ones recalled with the arrow keys (readline); Ctrl-C stops an answer.
+
+`--raw` skips the chat template: the prompt is encoded as plain text and continued, as `/v1/completions` does
+(for pretrained-only checkpoints, which never learned the template); in chat mode every line is a new prompt.
 
 With `--tools calculator,unit_convert,...` (or `all`), chat and single mode run an agent loop: the tools are
 rendered into the prompt, calls are grammar-constrained to their schemas (`--tool-choice` for the first round of
@@ -17,6 +21,7 @@ It is not an HTTP client.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -29,7 +34,14 @@ from typing import Any, Literal, TextIO
 from minigpt_core.chat_template import render
 from minigpt_core.constraints import prompt_ends_inside_think
 from minigpt_core.errors import MiniGPTError
-from minigpt_core.output_parser import Content, OutputParser, Reasoning, ToolCallEnd, ToolCallStart
+from minigpt_core.output_parser import (
+    Content,
+    OutputParser,
+    Reasoning,
+    ToolCallEnd,
+    ToolCallStart,
+    parse_tool_call,
+)
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.tokenizer import THINK_END_ID, THINK_ID, TOOL_CALL_ID
 from server.generation import tool_call_id
@@ -46,8 +58,11 @@ MAX_TOOL_RESULT_CHARS = 2000  # a tool result longer than this is cut before it 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minigpt-generate", description="Generate text with a MiniGPT checkpoint.")
-    p.add_argument("--model-path", type=Path, default=None, help="checkpoint directory (default: demo model)")
+    p.add_argument(
+        "--model", "--model-path", dest="model", type=Path, default=None, help="checkpoint directory (default: demo)"
+    )
     p.add_argument("--mode", choices=("chat", "single", "batch"), default="chat")
+    p.add_argument("--raw", action="store_true", help="no chat template: continue the prompt text as it is")
     p.add_argument("--prompt", default=None, help="the prompt for --mode single (default: read stdin)")
     p.add_argument("--prompts-file", type=Path, default=None, help="--mode batch: one prompt per line")
     p.add_argument("--max-length", type=int, default=256, help="max new tokens per answer")
@@ -57,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ultra-think", action="store_true", help="think before answering (every turn)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: half the CPUs)")
     p.add_argument("--tools", default=None, help="comma-separated built-in tools to offer (or 'all'): agent loop")
     p.add_argument(
         "--tool-choice", choices=("auto", "required", "none"), default="auto", help="first round of each turn"
@@ -100,6 +116,34 @@ class Generator:
             raise MiniGPTError(f"the conversation ({len(ids)} tokens) fills the context; start a new one")
         return ids, replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
 
+    def raw_prompt(self, text: str) -> tuple[list[int], SamplingParams]:
+        """Plain text -> ids, no template (as /v1/completions encodes a prompt), and the budget that fits."""
+        ids = self.tokenizer.encode(text)
+        if not ids:
+            raise MiniGPTError("--raw needs a non-empty prompt")
+        room = self.engine.max_model_len - len(ids)
+        if room < 1:
+            raise MiniGPTError(f"the prompt ({len(ids)} tokens) fills the context")
+        return ids, replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
+
+    def complete(self, text: str) -> Iterator[tuple[str, str]]:
+        """Continue `text` without the chat template; yields ('content', text) pieces."""
+        ids, params = self.raw_prompt(text)
+        parser = OutputParser(self.tokenizer, thinking=False, parse_tools=False)
+        stream = self.engine.generate(ids, params)
+        try:
+            for event in stream:
+                segments = parser.push(event.token_id) if event.token_id is not None else []
+                if event.finish_reason is not None:
+                    segments += parser.finish()
+                for seg in segments:
+                    if isinstance(seg, Content):
+                        yield "content", seg.text
+                if event.finish_reason is not None:
+                    return
+        finally:
+            stream.close()
+
     def _constraint(self, ids: list[int], tool_choice: Choice) -> Any:
         if self.registry is None:
             return None
@@ -135,7 +179,9 @@ class Generator:
                         names[seg.index] = seg.name
                     elif isinstance(seg, ToolCallEnd):
                         name = json.dumps(names[seg.index], ensure_ascii=False)
-                        yield "call", f'{{"name": {name}, "arguments": {seg.arguments_json}}}'
+                        text = f'{{"name": {name}, "arguments": {seg.arguments_json}}}'
+                        # a call cut short (max tokens) is shown as text, not run
+                        yield ("call" if parse_tool_call(text) is not None else "content"), text
                 if event.finish_reason is not None:
                     return
         finally:
@@ -175,6 +221,30 @@ def _show(pieces: Iterator[tuple[str, str]], out: TextIO, calls: list[dict[str, 
     return content
 
 
+class LineReader:
+    """Reads chat lines: through readline (editing, arrow-key history) when both ends are the terminal."""
+
+    def __init__(self, inp: TextIO, out: TextIO) -> None:
+        self.inp, self.out = inp, out
+        self.interactive = inp is sys.stdin and out is sys.stdout and inp.isatty() and out.isatty()
+        if self.interactive:
+            with contextlib.suppress(ImportError):  # not on every platform; input() still works without it
+                import readline  # noqa: F401  (importing it is what turns line editing on for input())
+
+    def read(self, prompt: str = "> ") -> str | None:
+        """The next line without its newline; None at end of input."""
+        if self.interactive:
+            try:
+                return input(prompt)
+            except EOFError:
+                self.out.write("\n")
+                return None
+        self.out.write(prompt)
+        self.out.flush()
+        line = self.inp.readline()
+        return line.rstrip("\n") if line else None
+
+
 def run_chat(
     gen: Generator,
     system: str | None,
@@ -184,17 +254,32 @@ def run_chat(
     *,
     tool_choice: Choice = "auto",
     max_tool_rounds: int = 4,
+    raw: bool = False,
 ) -> None:
     history: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    out.write("MiniGPT chat. Start a line with 'think:' to reason first; 'exit' to quit.\n")
+    if raw:
+        out.write("MiniGPT, raw text (no chat template): each line is continued on its own; 'exit' to quit.\n")
+    else:
+        out.write("MiniGPT chat. Start a line with 'think:' to reason first; 'exit' to quit.\n")
+    reader = LineReader(inp, out)
     while True:
-        out.write("> ")
-        out.flush()
-        line = inp.readline()
-        if not line or line.strip().lower() in EXIT_WORDS:
+        try:
+            line = reader.read()
+        except KeyboardInterrupt:  # Ctrl-C at the prompt quits
+            out.write("\n")
+            return
+        if line is None or line.strip().lower() in EXIT_WORDS:
             return
         text = line.strip()
         if not text:
+            continue
+        if raw:
+            try:
+                _show(gen.complete(text), out)
+            except MiniGPTError as exc:
+                out.write(f"error: {exc}\n")
+            except KeyboardInterrupt:
+                out.write("\n[stopped]\n")
             continue
         thinking = ultra_think or text.lower().startswith("think:")
         if text.lower().startswith("think:"):
@@ -208,6 +293,10 @@ def run_chat(
                 agent_turn(gen, history, thinking, out, first_choice=tool_choice, max_rounds=max_tool_rounds)
         except MiniGPTError as exc:
             out.write(f"error: {exc}\n")
+            del history[before:]
+        except KeyboardInterrupt:  # Ctrl-C stops this answer (its request is cancelled), not the program
+            out.write(RESET if out.isatty() else "")
+            out.write("\n[stopped]\n")
             del history[before:]
 
 
@@ -256,11 +345,11 @@ def agent_turn(
     raise AssertionError("unreachable: the last round bans tool calls")
 
 
-def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO) -> None:
+def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO, *, raw: bool = False) -> None:
     """Queue all prompts first (the engine batches them), then collect each answer in order."""
     streams = []
     for prompt in prompts:
-        ids, params = gen._prompt([{"role": "user", "content": prompt}], thinking)
+        ids, params = gen.raw_prompt(prompt) if raw else gen._prompt([{"role": "user", "content": prompt}], thinking)
         streams.append((prompt, ids, gen.engine.generate(ids, params)))
     for prompt, _, stream in streams:
         parser = OutputParser(gen.tokenizer, thinking=thinking, parse_tools=False)
@@ -280,47 +369,63 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from minigpt_core.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_device
     from minigpt_core.engine import Engine
+    from minigpt_core.threads import configure_threads
 
     try:
+        configure_threads(args.threads)
         params = SamplingParams(
             max_new_tokens=args.max_length, temperature=args.temperature, top_p=args.top_p, seed=args.seed
         )
-        model, tokenizer = load_checkpoint(args.model_path or DEMO_MODEL_DIR, resolve_device(args.device))
+        if args.raw and (args.tools or args.ultra_think or args.system):
+            raise MiniGPTError(
+                "--raw has no chat template: it cannot be combined with --tools, --ultra-think or --system"
+            )
+        model, tokenizer = load_checkpoint(args.model or DEMO_MODEL_DIR, resolve_device(args.device))
         params.validate(model.config.vocab_size)
         prompts = _batch_prompts(args) if args.mode == "batch" else []
         registry = tool_registry(args.tools)
         if registry is not None and args.mode == "batch":
             raise MiniGPTError("--tools works with --mode chat or single")
-        if registry is None:  # no tools offered: the model may not start a call (as the server does)
+        if registry is None and not args.raw:  # no tools offered: the model may not start a call (as the server)
             params = dataclasses.replace(params, banned_token_ids=(TOOL_CALL_ID,))
     except (MiniGPTError, OSError, ToolError) as exc:
-        print(f"minigpt-generate: {exc}", file=sys.stderr)
+        print(f"minigpt-generate: error: {exc}", file=sys.stderr)
         return 2
     slots, queued = max(1, min(16, len(prompts))), max(64, len(prompts))
     with Engine(model, max_num_seqs=slots, max_queued=queued, output_vocab=tokenizer.vocab_size) as engine:
         gen = Generator(engine, tokenizer, params, registry)
-        agent = {"tool_choice": args.tool_choice, "max_tool_rounds": args.max_tool_rounds}
-        if args.mode == "chat":
-            run_chat(gen, args.system, args.ultra_think, sys.stdin, sys.stdout, **agent)
-        elif args.mode == "single":
-            prompt = args.prompt if args.prompt is not None else sys.stdin.read()
-            messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-                {"role": "user", "content": prompt}
-            ]
-            if registry is None:
-                _show(gen.answer(messages, args.ultra_think), sys.stdout)
-            else:
-                agent_turn(
-                    gen,
-                    messages,
-                    args.ultra_think,
-                    sys.stdout,
-                    first_choice=args.tool_choice,
-                    max_rounds=args.max_tool_rounds,
-                )
-        else:
-            run_batch(gen, prompts, args.ultra_think, sys.stdout)
+        try:
+            _run(gen, args, prompts)
+        except MiniGPTError as exc:
+            print(f"minigpt-generate: error: {exc}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _run(gen: Generator, args: argparse.Namespace, prompts: list[str]) -> None:
+    agent = {"tool_choice": args.tool_choice, "max_tool_rounds": args.max_tool_rounds}
+    if args.mode == "chat":
+        run_chat(gen, args.system, args.ultra_think, sys.stdin, sys.stdout, raw=args.raw, **agent)
+    elif args.mode == "batch":
+        run_batch(gen, prompts, args.ultra_think, sys.stdout, raw=args.raw)
+    elif args.raw:
+        _show(gen.complete(args.prompt if args.prompt is not None else sys.stdin.read()), sys.stdout)
+    else:
+        prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        if gen.registry is None:
+            _show(gen.answer(messages, args.ultra_think), sys.stdout)
+        else:
+            agent_turn(
+                gen,
+                messages,
+                args.ultra_think,
+                sys.stdout,
+                first_choice=args.tool_choice,
+                max_rounds=args.max_tool_rounds,
+            )
 
 
 def _batch_prompts(args: argparse.Namespace) -> list[str]:

@@ -7,10 +7,12 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import torch
 import uvicorn
 
 from server.__main__ import settings_from_args
@@ -18,6 +20,7 @@ from server.app import create_app
 from server.generate import Generator, run_chat
 from server.generate import main as generate_main
 from server.settings import Settings
+from tests.server.conftest import MODEL_NAME, LiveServer
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -71,10 +74,22 @@ def test_app_reports_missing_model(tmp_path: Path) -> None:
         assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading"
 
 
+@pytest.fixture
+def keep_threads() -> Iterator[None]:
+    """minigpt-generate sets torch's thread count for the whole process; put it back for the other tests."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.usefixtures("keep_threads")
 def test_generate_single_and_batch(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--model-path", str(tiny_checkpoint), "--max-length", "4", "--temperature", "0"]
+    args = ["--model", str(tiny_checkpoint), "--max-length", "4", "--temperature", "0"]
     assert generate_main([*args, "--mode", "single", "--prompt", "hello"]) == 0
     single = capsys.readouterr().out
+    old_flag = ["--model-path", str(tiny_checkpoint), "--max-length", "4", "--temperature", "0"]
+    assert generate_main([*old_flag, "--mode", "single", "--prompt", "hello"]) == 0  # the old name stays an alias
+    assert capsys.readouterr().out == single
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("hello\n\nthe model\n", encoding="utf-8")
     assert generate_main([*args, "--mode", "batch", "--prompts-file", str(prompts)]) == 0
@@ -105,3 +120,33 @@ def test_chat_keeps_history_and_think_prefix(tiny_checkpoint: Path) -> None:
     # system + user, then system + user + assistant + user, with the think: prefix switching thinking on
     assert seen == [(2, "hello", False), (4, "why", True)]
     assert out.getvalue().count("> ") == 3
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_generate_raw_continues_plain_text_like_completions(
+    tiny_checkpoint: Path, live: LiveServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--raw: no chat template, the prompt encoded as plain text, so greedy output equals /v1/completions'."""
+    args = ["--model", str(tiny_checkpoint), "--max-length", "6", "--temperature", "0", "--mode", "single"]
+    assert generate_main([*args, "--raw", "--prompt", "the model is"]) == 0
+    raw = capsys.readouterr().out
+    with live.client() as c:
+        body = {"model": MODEL_NAME, "prompt": "the model is", "max_tokens": 6, "temperature": 0}
+        expected = c.post("/v1/completions", json=body).json()["choices"][0]["text"]
+    assert raw == expected + "\n"
+    assert generate_main([*args, "--prompt", "the model is"]) == 0
+    assert capsys.readouterr().out != raw  # the chat template makes a different prompt
+    assert generate_main([*args, "--raw", "--tools", "calculator", "--prompt", "x"]) == 2
+    assert "--raw" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("keep_threads")
+def test_generate_threads_flag(tiny_checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--model", str(tiny_checkpoint), "--max-length", "2", "--mode", "single", "--prompt", "hi"]
+    torch.set_num_threads(2)
+    assert generate_main([*args, "--threads", "1"]) == 0
+    assert torch.get_num_threads() == 1
+    capsys.readouterr()
+    assert generate_main([*args, "--threads", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["minigpt-generate: error: --threads must be at least 1, got 0"]
