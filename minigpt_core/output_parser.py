@@ -8,11 +8,17 @@ What it is: a small state machine fed one token id at a time. Text goes through 
 - `thinking=True`: the answer starts inside the think block (a leading `<think>` the model writes itself is
   accepted too) and stays there until `</think>`. With `thinking=False`, a stray `<think>...</think>` block
   at the start of the answer (e.g. an empty one) is swallowed. Tags never reach the text.
-- Tool calls (`parse_tools=True`): the text between `<tool_call>` and `</tool_call>` is buffered and parsed
-  with `json.loads` as `{"name": ..., "arguments": {...}}`; the whole call is emitted at its end as
-  `ToolCallStart`, one `ToolCallArgs` fragment and `ToolCallEnd`, so the fragments always concatenate to
-  exactly `arguments_json = json.dumps(arguments, ensure_ascii=False)`. Bad JSON: the raw text comes back as
-  `Content` (nothing is lost) and `tool_parse_failed` is set. Whitespace around calls is not content.
+- Tool calls (`parse_tools=True`), streamed the way OpenAI streams them: once the text after `<tool_call>`
+  reads `{"name": "<name>", "arguments": {`, a `ToolCallStart` carries the name, then every token adds a
+  `ToolCallArgs` fragment of the arguments object exactly as the model writes it (a string/escape-aware scan
+  finds where the object ends, so the call's closing `}` and whitespace are not part of it), and
+  `</tool_call>` (or the end of generation) emits `ToolCallEnd` whose `arguments_json` is the fragments joined.
+  Such a call stays a call even if its arguments turn out not to be JSON (cut by max_tokens): it has been
+  streamed already; `tool_parse_failed` is set. A call in another shape (arguments first, arguments as a JSON
+  string) is buffered and parsed with `json.loads` at its end, then emitted as `ToolCallStart`, one
+  `ToolCallArgs` (`json.dumps(arguments, ensure_ascii=False)`) and `ToolCallEnd`; if that fails the raw text
+  comes back as `Content` (nothing is lost) and `tool_parse_failed` is set. Whitespace around calls is not
+  content.
 - Stop strings apply to reasoning and content text (not to tool-call JSON); a match ends the output with a
   `Finished("stop")` segment, which tells the caller to cancel generation.
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -108,6 +115,58 @@ class _Channel:
         return kept
 
 
+# The start of a call in the template's layout, up to the `{` that opens its arguments object.
+_CALL_HEAD = re.compile(r'\s*\{\s*"name"\s*:\s*("(?:[^"\\]|\\.)*")\s*,\s*"arguments"\s*:\s*(?=\{)')
+
+
+class _ObjectEnd:
+    """Finds where a JSON object ends in text fed piece by piece: counts brackets outside strings."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.closed = False
+        self._in_string = False
+        self._escape = False
+
+    def feed(self, text: str) -> int:
+        """How many characters of `text` still belong to the object (all of them until it closes)."""
+        if self.closed:
+            return 0
+        for i, ch in enumerate(text):
+            if self._in_string:
+                if self._escape:
+                    self._escape = False
+                elif ch == "\\":
+                    self._escape = True
+                elif ch == '"':
+                    self._in_string = False
+            elif ch == '"':
+                self._in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    self.closed = True
+                    return i + 1
+        return len(text)
+
+
+def _json_name(literal: str) -> str | None:
+    try:
+        name = json.loads(literal)
+    except ValueError:
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def _is_json_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except (ValueError, RecursionError):
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class _Call:
     name: str
@@ -144,7 +203,10 @@ class OutputParser:
         self._stops = tuple(stops)
         self.mode: Mode = "reasoning" if thinking else "content"
         self._channel = _Channel(self._stops, strip_leading=thinking)
-        self._call_parts: list[str] = []
+        self._call_parts: list[str] = []  # raw text of the open call
+        self._call_index: int | None = None  # set once the open call's name is out and its arguments stream
+        self._args_end = _ObjectEnd()
+        self._args_parts: list[str] = []
         self._text_seen = False  # any non-whitespace reasoning/content text so far
         self.reasoning_tokens = 0  # tokens inside the think block, not counting its tags (OpenAI's usage figure)
         self.tool_calls = 0
@@ -184,7 +246,7 @@ class OutputParser:
             return []
         if self.mode == "tool_call":
             self._call_parts.append(text)
-            return []
+            return self._stream_call(text)
         self._text_seen = self._text_seen or bool(text.strip())
         emit, stopped = self._channel.feed(text)
         segments = self._text(emit)
@@ -224,10 +286,35 @@ class OutputParser:
         self.mode = "content"
         self._channel = _Channel(self._stops, strip_leading=True)
 
+    def _stream_call(self, text: str) -> list[Segment]:
+        """New text inside a call: the name once the head is complete, then argument fragments."""
+        segments: list[Segment] = []
+        if self._call_index is None:
+            raw = "".join(self._call_parts)
+            head = _CALL_HEAD.match(raw)
+            name = _json_name(head.group(1)) if head is not None else None
+            if head is None or name is None:
+                return []  # not (yet) in the template's layout: wait, and parse the whole call at its end
+            self._call_index, self.tool_calls = self.tool_calls, self.tool_calls + 1
+            segments.append(ToolCallStart(self._call_index, name))
+            text = raw[head.end() :]
+        fragment = text[: self._args_end.feed(text)]
+        if fragment:
+            self._args_parts.append(fragment)
+            segments.append(ToolCallArgs(self._call_index, fragment))
+        return segments
+
     def _end_call(self) -> list[Segment]:
-        raw = "".join(self._call_parts)
-        self._call_parts = []
+        raw, index, arguments = "".join(self._call_parts), self._call_index, "".join(self._args_parts)
+        closed = self._args_end.closed
+        self._call_parts, self._call_index, self._args_parts = [], None, []
+        self._args_end = _ObjectEnd()
         self._start_content()
+        if index is not None:  # streamed already: it stays a call whatever its arguments turned out to be
+            if not (closed and _is_json_object(arguments)):
+                self.tool_parse_failed = True
+                logger.debug("streamed tool call has arguments that are not a JSON object: %r", arguments)
+            return [ToolCallEnd(index, arguments)]
         call = parse_tool_call(raw) if self._parse_tools else None
         if call is None:
             self.tool_parse_failed = True

@@ -4,7 +4,8 @@ Both shapes are built from the same deltas (`server.generation`), so a streamed 
 carry the same text, tool calls, logprobs and usage by construction. SSE framing is exactly OpenAI's:
 `data: {json}\\n\\n` lines, no `event:` names, the same `id` / `created` / `model` on every chunk, `role` in
 the first delta of each choice, `finish_reason` once per choice, an optional usage chunk with `choices: []`,
-then `data: [DONE]`. An error after the first byte becomes a final `data: {"error": ...}` event.
+then `data: [DONE]`. A tool call streams as OpenAI's do: one entry per chunk, the first with `id`, `type`, the
+name and `arguments: ""`, then the argument text in the pieces the model wrote it. An error after the first byte becomes a final `data: {"error": ...}` event.
 """
 
 from __future__ import annotations
@@ -118,16 +119,38 @@ def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = 
     return _chunk(meta, "chat.completion.chunk", choices, usage)
 
 
-def _chat_delta(meta: ResponseMeta, delta: ChoiceDelta) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if delta.reasoning:
-        out["reasoning_content"] = delta.reasoning
-        out["reasoning"] = delta.reasoning
-    if delta.content:
-        out["content"] = delta.content
-    if delta.tool_calls:
-        out["tool_calls"] = delta.tool_calls
+def _tool_call_entries(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A delta's tool-call entries with the argument fragments of one call run together (copies).
+
+    The opening entry of a call (it carries `id`) keeps `arguments: ""`, as OpenAI's does: fragments that came
+    with it in the same delta go into the entry after it.
+    """
+    out: list[dict[str, Any]] = []
+    for call in calls:
+        prev = out[-1] if out else None
+        if prev is not None and "id" not in prev and "id" not in call and prev["index"] == call["index"]:
+            prev["function"]["arguments"] += call["function"].get("arguments", "")
+        else:
+            out.append({**call, "function": dict(call["function"])})
     return out
+
+
+def _chat_deltas(delta: ChoiceDelta) -> list[dict[str, Any]]:
+    """The `delta` objects of the chunks one ChoiceDelta becomes: text first, then one tool-call entry each.
+
+    One entry per chunk keeps OpenAI's shape (never two entries for one index in a chunk; the entry with the
+    id and name comes alone, before any argument text) whatever the engine batched into one delta.
+    """
+    first: dict[str, Any] = {}
+    if delta.reasoning:
+        first["reasoning_content"] = delta.reasoning
+        first["reasoning"] = delta.reasoning
+    if delta.content:
+        first["content"] = delta.content
+    entries = _tool_call_entries(delta.tool_calls)
+    if not entries:
+        return [first] if first else []
+    return [first | {"tool_calls": entries[:1]}, *({"tool_calls": [e]} for e in entries[1:])]
 
 
 async def chat_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
@@ -141,10 +164,13 @@ async def chat_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) ->
         async for delta in deltas:
             usage.add(delta)
             pending[delta.index].extend(delta.logprobs)
-            body = _chat_delta(meta, delta)
-            if body or (delta.finish_reason is None and pending[delta.index] and meta.logprobs):
-                lp = chat_logprobs(meta, pending.pop(delta.index)) if meta.logprobs else None
-                pending[delta.index] = []
+            bodies = _chat_deltas(delta)
+            if not bodies and delta.finish_reason is None and pending[delta.index] and meta.logprobs:
+                bodies = [{}]
+            for k, body in enumerate(bodies):  # this step's logprobs ride on its first chunk
+                lp = None
+                if meta.logprobs and k == 0:
+                    lp, pending[delta.index] = chat_logprobs(meta, pending[delta.index]), []
                 choice = {"index": delta.index, "delta": body, "logprobs": lp, "finish_reason": None}
                 yield _chat_chunk(meta, [choice])
             if delta.finish_reason is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from minigpt_core.output_parser import (
@@ -97,11 +98,8 @@ def test_single_tool_call_with_text_before() -> None:
     n_text = sum(isinstance(s, Content) for s in segs)
     assert "".join(s.text for s in segs[:n_text] if isinstance(s, Content)) == "Let me compute."
     arguments_json = json.dumps(args, ensure_ascii=False)
-    assert segs[n_text:] == [
-        ToolCallStart(0, "calculator"),
-        ToolCallArgs(0, arguments_json),
-        ToolCallEnd(0, arguments_json),
-    ]
+    assert segs[n_text] == ToolCallStart(0, "calculator") and segs[-1] == ToolCallEnd(0, arguments_json)
+    assert "".join(s.fragment for s in segs if isinstance(s, ToolCallArgs)) == arguments_json
     out = accumulate(segs)
     assert out.content == "Let me compute."
     assert [(c.index, c.name, json.loads(c.arguments_json)) for c in out.tool_calls] == [(0, "calculator", args)]
@@ -127,7 +125,7 @@ def test_tool_call_after_reasoning_and_double_encoded_arguments() -> None:
 
 
 def test_bad_json_falls_back_to_content() -> None:
-    bad = '{"name": "calc", "arguments": {"x": '
+    bad = '{"name": calc, "arguments": {"x": 1}}'  # never got as far as a name and the start of the arguments
     steps, parser = stream(ids("Sure. ", TOOL_CALL_ID, bad, TOOL_CALL_END_ID, " done"))
     out = accumulate(flat(steps))
     assert parser.tool_parse_failed and out.tool_calls == []
@@ -194,3 +192,45 @@ def test_stream_and_one_shot_agree_with_real_tokenizer() -> None:
     assert (out.reasoning, out.content) == ("想一想😀", "好的。")
     assert json.loads(out.tool_calls[0].arguments_json) == args
     assert out.tool_calls[0].arguments_json == json.dumps(args, ensure_ascii=False)
+
+
+def test_tool_call_streams_name_then_arguments_as_generated() -> None:
+    """OpenAI's stream shape: the name as soon as it is known, then the arguments text token by token."""
+    args = {"q": 'a}b{"c\\', "n": [1, {"x": 2}], "s": "中文"}  # braces and escapes inside strings
+    arguments_json = json.dumps(args, ensure_ascii=False)
+    head = '\n{"name": "search", "arguments": '
+    tokens = ids("Sure.", TOOL_CALL_ID, head, arguments_json, "}\n", TOOL_CALL_END_ID, IM_END_ID)
+    steps, parser = stream(tokens)
+    start_step = next(i for i, step in enumerate(steps) if ToolCallStart(0, "search") in step)
+    end_step = next(i for i, step in enumerate(steps) if any(isinstance(s, ToolCallEnd) for s in step))
+    assert start_step == len(ids("Sure.", TOOL_CALL_ID, head))  # at the `{` that opens the arguments
+    assert end_step == len(ids("Sure.", TOOL_CALL_ID, head, arguments_json, "}\n"))  # at </tool_call>
+    fragments = [(i, s.fragment) for i, step in enumerate(steps) for s in step if isinstance(s, ToolCallArgs)]
+    # a fragment at every token that completes a character of the arguments (the stub has one token per byte)
+    assert fragments[0][0] == start_step and all(a[0] < b[0] for a, b in itertools.pairwise(fragments))
+    assert [f for _, f in fragments] == list(arguments_json)
+    # that add up to the arguments exactly: not the closing brace of the call, not the whitespace after it
+    assert "".join(f for _, f in fragments) == arguments_json
+    assert steps[end_step] == [ToolCallEnd(0, arguments_json)]
+    out = accumulate(flat(steps))
+    assert out.content == "Sure." and [(c.name, json.loads(c.arguments_json)) for c in out.tool_calls] == [
+        ("search", args)
+    ]
+    assert not parser.tool_parse_failed
+
+
+def test_streamed_call_cut_short_keeps_its_arguments_text() -> None:
+    """Once the name and arguments have been streamed, a call cut off (max_tokens) stays a call, as OpenAI's does."""
+    out, parser = parse_all(
+        ByteTok(), ids(TOOL_CALL_ID, '{"name": "f", "arguments": {"x": [1, '), thinking=False, parse_tools=True
+    )
+    assert [(c.index, c.name, c.arguments_json) for c in out.tool_calls] == [(0, "f", '{"x": [1, ')]
+    assert parser.tool_parse_failed and out.content == ""
+
+
+def test_call_with_arguments_first_is_parsed_at_its_end() -> None:
+    raw = '{"arguments": {"a": 1}, "name": "f"}'
+    steps, parser = stream(ids(TOOL_CALL_ID, raw, TOOL_CALL_END_ID))
+    assert all(step == [] for step in steps[:-2])  # nothing to stream before the name is known
+    assert steps[-2] == [ToolCallStart(0, "f"), ToolCallArgs(0, '{"a": 1}'), ToolCallEnd(0, '{"a": 1}')]
+    assert not parser.tool_parse_failed

@@ -20,6 +20,41 @@ from server.streaming import ResponseMeta, chat_response, chat_stream
 CALL = '{"name": "calculator", "arguments": {"expression": "2 + 3"}}'
 
 
+def one_delta_for(tokenizer: Tokenizer, ids: list[int]) -> list[ChoiceDelta]:
+    """Every token in one delta, as when the engine got ahead of the event loop and the runner drained it."""
+    parser = OutputParser(tokenizer, thinking=False, parse_tools=True)
+    state = _ChoiceState(ChoiceJob(0, None, parser), None, 0.0)
+    delta = ChoiceDelta(0, completion_tokens=len(ids))
+    state.apply(delta, [seg for t in ids for seg in parser.push(t)] + parser.finish())
+    delta.finish_reason = state.finish_reason("stop")
+    return [delta]
+
+
+def check_call_chunks(events: list[dict[str, Any]], message: dict[str, Any]) -> list[int]:
+    """OpenAI's stream shape for tool calls; returns, per call, how many chunks carried argument text."""
+    entries = []
+    for event in events:
+        for choice in event["choices"]:
+            calls = choice["delta"].get("tool_calls", [])
+            assert len({tc["index"] for tc in calls}) == len(calls), "two entries for one index in one chunk"
+            entries += calls
+    fragment_chunks = []
+    for k, call in enumerate(message["tool_calls"]):
+        mine = [tc for tc in entries if tc["index"] == k]
+        first, rest = mine[0], mine[1:]
+        assert first == {
+            "index": k,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
+        assert all(set(tc) == {"index", "function"} and set(tc["function"]) == {"arguments"} for tc in rest)
+        assert "".join(tc["function"]["arguments"] for tc in rest) == call["function"]["arguments"]
+        fragment_chunks.append(sum(1 for tc in rest if tc["function"]["arguments"]))
+    assert len(entries) == sum(1 + n for n in fragment_chunks)  # no empty fragments, no entries for other calls
+    return fragment_chunks
+
+
 def deltas_for(tokenizer: Tokenizer, ids: list[int], single: bool = False) -> list[ChoiceDelta]:
     parser = OutputParser(tokenizer, thinking=False, parse_tools=True)
     state = _ChoiceState(ChoiceJob(0, None, parser, single_tool_call=single), None, 0.0)
@@ -73,14 +108,21 @@ def test_tool_call_shapes(tiny_tokenizer: Tokenizer) -> None:
         assert call["function"]["name"] == "calculator"
         assert json.loads(call["function"]["arguments"]) == {"expression": "2 + 3"}
     assert msg["tool_calls"][0]["id"] != msg["tool_calls"][1]["id"]
-    # streamed: first delta of each call has index, id, type, name and "" arguments; fragments add up
-    call_deltas = [tc for e in events for c in e["choices"] for tc in c["delta"].get("tool_calls", [])]
-    firsts = [tc for tc in call_deltas if "id" in tc]
-    assert [tc["index"] for tc in firsts] == [0, 1] and all(tc["function"]["arguments"] == "" for tc in firsts)
-    for k in (0, 1):
-        args = "".join(tc["function"]["arguments"] for tc in call_deltas if tc["index"] == k)
-        assert args == msg["tool_calls"][k]["function"]["arguments"]
+    # streamed: the first entry of each call has index, id, type, name and "" arguments; then the arguments
+    # arrive token by token (one chunk per token here), adding up to the non-streamed arguments
+    n_tokens = len(tiny_tokenizer.encode('{"expression": "2 + 3"}'))
+    assert check_call_chunks(events, msg) == [n_tokens, n_tokens]
     assert "<tool_call>" not in json.dumps(events)
+
+
+def test_a_whole_call_in_one_delta_still_streams_one_entry_per_index(tiny_tokenizer: Tokenizer) -> None:
+    one = [TOOL_CALL_ID, *tiny_tokenizer.encode(CALL), TOOL_CALL_END_ID]
+    body, events = collect(tiny_tokenizer, one_delta_for(tiny_tokenizer, [*tiny_tokenizer.encode("Hi."), *one, *one]))
+    msg = body["choices"][0]["message"]
+    assert msg["content"] == "Hi." and len(msg["tool_calls"]) == 2
+    assert check_call_chunks(events, msg) == [1, 1]  # name first, then the arguments in the next chunk
+    finals = [c for e in events for c in e["choices"] if c["finish_reason"] is not None]
+    assert [c["finish_reason"] for c in finals] == ["tool_calls"]
 
 
 def test_parallel_tool_calls_false_stops_after_one(tiny_tokenizer: Tokenizer) -> None:

@@ -84,17 +84,24 @@ def ask(client: openai.OpenAI, **kw: Any) -> Any:
 
 
 def streamed(client: openai.OpenAI, **kw: Any) -> tuple[str, dict[int, dict[str, Any]], str | None]:
-    """(content, {index: {id, name, arguments}}, finish_reason) assembled from the SSE deltas."""
+    """(content, {index: {id, name, arguments, chunks}}, finish_reason) assembled from the SSE deltas.
+
+    A client that reads `delta.tool_calls[0]` chunk by chunk (one entry per index per chunk) must be enough;
+    `chunks` counts the chunks that carried argument text.
+    """
     content, calls, finish = "", {}, None
     for chunk in ask(client, stream=True, **kw):
         for choice in chunk.choices:
             content += choice.delta.content or ""
-            for tc in choice.delta.tool_calls or []:
+            entries = choice.delta.tool_calls or []
+            assert len({tc.index for tc in entries}) == len(entries)
+            for tc in entries:
                 if tc.index not in calls:  # the first delta of a call carries id, type, name and ""
                     assert tc.id and tc.type == "function" and tc.function.name and tc.function.arguments == ""
-                    calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": ""}
+                    calls[tc.index] = {"id": tc.id, "name": tc.function.name, "arguments": "", "chunks": 0}
                 else:
-                    assert tc.id is None and tc.function.name is None
+                    assert tc.id is None and tc.function.name is None and tc.function.arguments
+                    calls[tc.index]["chunks"] += 1
                 calls[tc.index]["arguments"] += tc.function.arguments or ""
             finish = choice.finish_reason or finish
     return content, calls, finish
@@ -132,10 +139,32 @@ def test_forced_calls_validate_and_stream_equals_non_stream(
     content, streamed_calls, finish = streamed(client, **kw)
     assert finish == "tool_calls" and content == (choice.message.content or "")
     assert [c["name"] for c in streamed_calls.values()] == [c.function.name for c in choice.message.tool_calls]
-    # byte-identical arguments, whatever the fragmentation
+    # byte-identical arguments, whatever the fragmentation; fragments as generated, not in one piece
     assert [c["arguments"] for c in streamed_calls.values()] == [
         c.function.arguments for c in choice.message.tool_calls
     ]
+    assert all(c["chunks"] > 1 for c in streamed_calls.values())
+
+
+def test_streamed_call_on_the_wire(client: openai.OpenAI, live: LiveServer) -> None:
+    """Raw SSE: one entry per index per chunk, the opening entry alone, then argument text over several chunks."""
+    kw = {"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": False, "logit_bias": END_BIAS}
+    call = ask(client, **kw).choices[0].message.tool_calls[0]
+    body = {"model": MODEL_NAME, "messages": MSGS, "temperature": 0, "max_tokens": 120, "stream": True} | kw
+    with live.client() as c:
+        raw = c.post("/v1/chat/completions", json=body).text
+    events = [json.loads(line[6:]) for line in raw.split("\n\n") if line.startswith("data: {")]
+    entries = []
+    for event in events:
+        (choice,) = event["choices"]
+        calls = choice["delta"].get("tool_calls", [])
+        assert len(calls) <= 1
+        entries += calls
+    opening = {"index": 0, "id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": ""}}
+    assert entries[0]["id"].startswith("call_") and entries[0] == opening | {"id": entries[0]["id"]}
+    fragments = [e["function"]["arguments"] for e in entries[1:]]
+    assert all(e == {"index": 0, "function": {"arguments": f}} for e, f in zip(entries[1:], fragments, strict=True))
+    assert len(fragments) > 1 and all(fragments) and "".join(fragments) == call.function.arguments
 
 
 @pytest.mark.parametrize("stream", [False, True])
