@@ -1,13 +1,17 @@
-"""`minigpt-serve`: command-line flags -> `Settings` -> `create_app` -> `uvicorn.run`.
+"""`minigpt-serve [MODEL]`: command-line flags -> `Settings` -> `create_app` -> uvicorn.
 
 Flags override `MINIGPT_*` environment variables, which override the defaults in `server.settings`. This is
-the only place that configures logging handlers for the server. It holds no server logic.
+the only place that configures logging handlers and torch's CPU threads for the server. It binds the port
+before anything is loaded (a busy port fails at once), then serves while the model loads behind /health; a
+model that cannot be loaded stops the server. Every failure ends with one `minigpt-serve: error: ...` line
+and a non-zero exit status, as vLLM and llama.cpp's server do. It holds no server logic.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
 from typing import Any
 
@@ -38,6 +42,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-body-bytes", "max_body_bytes", int, "request bodies above this get 413"),
     ("--default-max-tokens", "default_max_tokens", int, "completion budget when a request sets none"),
     ("--log-level", "log_level", str, "debug | info | warning | error (debug logs prompt text)"),
+    ("--threads", "threads", int, "CPU threads for torch (default: OMP_NUM_THREADS, else half the usable CPUs)"),
 )
 
 
@@ -47,9 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a MiniGPT checkpoint through an OpenAI-compatible HTTP API.",
         epilog="Every flag can also be set as an environment variable MINIGPT_<FIELD> (e.g. MINIGPT_API_KEY).",
     )
+    parser.add_argument(
+        "model_arg", nargs="?", metavar="MODEL", default=None, help="checkpoint directory (the same as --model)"
+    )
     for flag, dest, type_, help_ in FLAGS:
         parser.add_argument(flag, dest=dest, type=type_, default=None, help=help_)
     return parser
+
+
+def fail(message: str, status: int = 1) -> int:
+    """The one-line error every failure of minigpt-serve ends with (the last line on stderr)."""
+    print(f"minigpt-serve: error: {message}", file=sys.stderr, flush=True)
+    return status
 
 
 def settings_from_args(argv: list[str] | None = None) -> Settings:
@@ -57,26 +71,81 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     parser = build_parser()
     args = parser.parse_args(argv)
     overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
+    positional = overrides.pop("model_arg", None)
+    if positional is not None:
+        if overrides.get("model", positional) != positional:
+            sys.exit(fail("the model is given twice (MODEL and --model); give one", 2))
+        overrides["model"] = positional
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        parser.error(f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}")
-    raise AssertionError("unreachable")  # parser.error exits
+        flags = {dest: flag for flag, dest, _, _ in FLAGS}
+        where = ".".join(str(p) for p in first["loc"])
+        sys.exit(fail(f"{flags.get(where, where)}: {first['msg']}", 2))
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (OSError when it is taken); uvicorn listens on it."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from server.app import create_app
-
     settings = settings_from_args(argv)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    return serve(
+        settings, {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
+    )
+
+
+def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
+    """Bind, serve while the model loads, stop when it cannot be loaded; the exit status."""
+    import torch
+    import uvicorn
+
+    from minigpt_core.threads import configure_threads
+    from server.app import create_app
+
+    configure_threads(settings.threads)  # before the engine's thread exists; Settings already checked >= 1
+    try:
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        return fail(f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another --port)")
     app = create_app(settings)
-    logger.info("minigpt-serve on http://%s:%d (model %s)", settings.host, settings.port, settings.model_name())
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options))
+    failures: list[str] = []
+
+    def on_load_error(reason: str) -> None:  # on the event loop, from the lifespan's loader task
+        failures.append(reason)
+        server.should_exit = True
+
+    app.state.server.on_load_error = on_load_error
+    logger.info(
+        "minigpt-serve on http://%s:%d (model %s, %d CPU threads)",
+        settings.host,
+        settings.port,
+        settings.model_name(),
+        torch.get_num_threads(),
+    )
+    try:
+        with sock:
+            server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down gracefully: no traceback
+        return 130
+    if failures:
+        return fail(failures[0])
+    if not server.started:
+        return fail("the server did not start (see the log above)")
     return 0
 
 

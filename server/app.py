@@ -17,7 +17,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,8 @@ class ServerState:
     vocab_size: int = 0
     defaults: dict[str, float] = field(default_factory=dict)
     load_error: str | None = None
+    # called on the event loop with the one-line reason when the model cannot be loaded (minigpt-serve exits)
+    on_load_error: Callable[[str], None] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -143,15 +145,20 @@ def warm_grammar(tokenizer: Tokenizer, vocab_size: int) -> None:
 async def _load(state: ServerState) -> None:
     try:
         engine, tokenizer, model_dir = await asyncio.to_thread(build_engine, state.settings)
-    except (MiniGPTError, OSError) as exc:
+    except Exception as exc:  # whatever failed (also torch out of memory), /health must not stay "loading"
+        if not isinstance(exc, MiniGPTError | OSError):
+            logger.error("unexpected error while loading the model", exc_info=exc)
         state.load_error = f"model failed to load: {exc}"
         logger.error("%s", state.load_error)
+        if state.on_load_error is not None:
+            state.on_load_error(f"model failed to load: {exc}")
         return
     state.attach(engine, tokenizer, model_dir)
 
 
 def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | None = None) -> FastAPI:
     """The FastAPI app. With `engine` given, the caller owns it and the tokenizer comes from `settings.model`."""
+    from server.apidocs import router as apidocs_router
     from server.routes import router
     from server.web import router as web_router
 
@@ -177,11 +184,12 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
                 if state.engine is not None:
                     await asyncio.to_thread(state.engine.shutdown)
 
-    app = FastAPI(title="MiniGPT", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="MiniGPT", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
     app.include_router(web_router)
+    app.include_router(apidocs_router)  # /docs without a CDN
     app.add_middleware(GatewayMiddleware, state=state)
     return app
 

@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     default_max_tokens: int = Field(default=256, ge=1, description="when the request sets no max_tokens")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header on 429")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for torch; None = OMP_NUM_THREADS, else half the usable CPUs"
+    )
 
     @field_validator("api_key", "served_model_name")
     @classmethod

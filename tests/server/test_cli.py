@@ -34,6 +34,23 @@ def test_flags_override_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
         settings_from_args(["--max-num-seqs", "0"])
 
 
+def test_model_as_positional_argument_and_threads_setting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`minigpt-serve MODEL`, as `vllm serve MODEL`; --model still works; giving two different ones is an error."""
+    assert settings_from_args([str(tmp_path), "--port", "9"]).model == tmp_path
+    assert settings_from_args(["--model", str(tmp_path), str(tmp_path)]).model == tmp_path
+    with pytest.raises(SystemExit) as exc:
+        settings_from_args(["--model", str(tmp_path), str(tmp_path / "other")])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "minigpt-serve: error: the model is given twice (MODEL and --model); give one"
+    ]
+    monkeypatch.setenv("MINIGPT_THREADS", "3")
+    assert settings_from_args([]).threads == 3
+    assert settings_from_args(["--threads", "1"]).threads == 1
+
+
 def test_app_loads_model_in_lifespan(tiny_checkpoint: Path) -> None:
     settings = Settings(model=tiny_checkpoint, served_model_name="t", max_model_len=128, max_num_seqs=2)
     with socket.socket() as sock:
