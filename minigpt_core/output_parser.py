@@ -7,7 +7,9 @@ What it is: a small state machine fed one token id at a time. Text goes through 
 
 - `thinking=True`: the answer starts inside the think block (a leading `<think>` the model writes itself is
   accepted too) and stays there until `</think>`. With `thinking=False`, a stray `<think>...</think>` block
-  at the start of the answer (e.g. an empty one) is swallowed. Tags never reach the text.
+  at the start of the answer (e.g. an empty one) is swallowed, unless `swallow_think=False` (/v1/completions:
+  the text is every generated token's text, tags dropped, so that its logprobs can line up with it). Tags
+  never reach the text.
 - Tool calls (`parse_tools=True`), streamed the way OpenAI streams them: once the text after `<tool_call>`
   reads `{"name": "<name>", "arguments": {`, a `ToolCallStart` carries the name, then every token adds a
   `ToolCallArgs` fragment of the arguments object exactly as the model writes it (a string/escape-aware scan
@@ -196,10 +198,17 @@ class OutputParser:
     """Feed generated ids with `push`, then call `finish` once; both return the new segments."""
 
     def __init__(
-        self, tokenizer_like: TokenBytes, *, thinking: bool, parse_tools: bool, stops: Sequence[str] = ()
+        self,
+        tokenizer_like: TokenBytes,
+        *,
+        thinking: bool,
+        parse_tools: bool,
+        stops: Sequence[str] = (),
+        swallow_think: bool = True,
     ) -> None:
         self._detok = IncrementalDetokenizer(tokenizer_like.token_bytes)
         self._parse_tools = parse_tools
+        self._swallow_think = swallow_think
         self._stops = tuple(stops)
         self.mode: Mode = "reasoning" if thinking else "content"
         self._channel = _Channel(self._stops, strip_leading=thinking)
@@ -277,7 +286,7 @@ class OutputParser:
             segments = self._text(self._channel.close(keep_trailing=False))
             self._start_content()
             return segments
-        if token_id == THINK_ID and not self._text_seen:  # stray think block at the start of the answer
+        if token_id == THINK_ID and not self._text_seen and self._swallow_think:  # stray block at the start
             self._channel.close(keep_trailing=False)
             self.mode = "swallow"
         return []  # any other tag inside content is dropped

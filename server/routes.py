@@ -208,9 +208,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     rid = _request_id(request)
     stops = body.stop_list()
     triples = [(p * body.n + j, ids, params[j]) for p, (ids, _) in enumerate(prompts) for j in range(body.n)]
-    jobs = submit_all(
-        engine, triples, rid, lambda: OutputParser(tokenizer, thinking=False, parse_tools=False, stops=stops)
-    )
+
+    def make_parser() -> OutputParser:  # plain text: every token's text, tags dropped (logprobs line up with it)
+        return OutputParser(tokenizer, thinking=False, parse_tools=False, stops=stops, swallow_think=False)
+
+    jobs = submit_all(engine, triples, rid, make_parser)
     prompt_tokens = sum(len(ids) for ids, _ in prompts)
     meta = ResponseMeta(
         id=f"cmpl-{rid}",

@@ -4,8 +4,10 @@ Both shapes are built from the same deltas (`server.generation`), so a streamed 
 carry the same text, tool calls, logprobs and usage by construction. SSE framing is exactly OpenAI's:
 `data: {json}\\n\\n` lines, no `event:` names, the same `id` / `created` / `model` on every chunk, `role` in
 the first delta of each choice, `finish_reason` once per choice, an optional usage chunk with `choices: []`,
-then `data: [DONE]`. A tool call streams as OpenAI's do: one entry per chunk, the first with `id`, `type`, the
-name and `arguments: ""`, then the argument text in the pieces the model wrote it. An error after the first byte becomes a final `data: {"error": ...}` event.
+then `data: [DONE]`. An error after the first byte becomes a final `data: {"error": ...}` event. A tool call
+streams as OpenAI's do: one entry per chunk, the first with `id`, `type`, the name and `arguments: ""`, then the
+argument text in the pieces the model wrote it. /v1/completions logprobs agree with the text: `tokens` join to
+it and `text_offset` points into it (a tag is "" there, as it is absent from the text; see `TokenTexts`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from minigpt_core.detokenizer import IncrementalDetokenizer
+from minigpt_core.tokenizer import NUM_SPECIAL
 from server.errors import error_response_for
 from server.generation import ChoiceDelta, TokenLogprob
 
@@ -66,6 +70,7 @@ class Usage:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},  # no prompt caching yet
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 
@@ -85,17 +90,63 @@ def chat_logprobs(meta: ResponseMeta, items: list[TokenLogprob]) -> dict[str, An
     return {"content": content}
 
 
-def completion_logprobs(meta: ResponseMeta, items: list[TokenLogprob], offset: int) -> dict[str, Any]:
-    """Legacy /v1/completions logprobs: tokens, token_logprobs, top_logprobs (dicts), text_offset."""
+class TokenTexts:
+    """One /v1/completions choice: the piece of `text` each generated token accounts for, and where it starts.
+
+    Built so that `"".join(tokens) == text` and `text[text_offset[i]:][: len(tokens[i])] == tokens[i]`: it
+    decodes like the parser does (whole characters; a tag adds no text and ends a partial character), so a
+    token carries the characters it completes ("" for a tag, or for the first bytes of a split character).
+    A token is released once the text it adds has been sent (the parser holds back what may become a stop
+    string); at the end, text that a stop string cut is cut from the last tokens too.
+    """
+
+    def __init__(self, token_bytes: Callable[[int], bytes], start: int) -> None:
+        self._detok = IncrementalDetokenizer(token_bytes)
+        self._pending: list[tuple[TokenLogprob, str, bool]] = []  # (token, its text, inside a partial char)
+        self._offset = start  # where the next released token's text starts (after any echoed prompt)
+        self._sent = start  # end of the text sent so far
+
+    def add(self, items: list[TokenLogprob]) -> None:
+        for item in items:
+            piece = self._detok.flush() if item.token_id < NUM_SPECIAL else self._detok.push(item.token_id)
+            self._pending.append((item, piece, self._detok.has_pending))
+
+    def release(self, text: str, *, final: bool) -> list[tuple[TokenLogprob, str, int]]:
+        """`text` was just sent; the tokens it completes as (token, its text, text offset)."""
+        self._sent += len(text)
+        limit = len(self._pending)
+        if final:
+            tail = self._detok.flush()  # a character cut by the end: U+FFFD, as the parser emits it
+            if tail and self._pending:
+                item, piece, _ = self._pending[-1]
+                self._pending[-1] = (item, piece + tail, False)
+        elif self._detok.has_pending:  # the tokens of a character still incomplete wait for it
+            while limit and self._pending[limit - 1][2]:
+                limit -= 1
+        out: list[tuple[TokenLogprob, str, int]] = []
+        for item, piece, _ in self._pending[:limit]:
+            if self._offset + len(piece) > self._sent:
+                if not final:
+                    break
+                piece = piece[: max(0, self._sent - self._offset)]
+            out.append((item, piece, self._offset))
+            self._offset += len(piece)
+        del self._pending[: len(out)]
+        return out
+
+
+def completion_logprobs(meta: ResponseMeta, tokens: list[tuple[TokenLogprob, str, int]]) -> dict[str, Any]:
+    """Legacy /v1/completions logprobs: tokens, token_logprobs, top_logprobs (dicts), text_offset.
+
+    `tokens` comes from `TokenTexts.release`; the alternatives in top_logprobs are keyed by their own text.
+    """
     out: dict[str, Any] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
-    for item in items:
-        token = meta.token_bytes(item.token_id).decode("utf-8", errors="replace")
+    for item, token, offset in tokens:
         out["tokens"].append(token)
         out["token_logprobs"].append(item.logprob)
         tops = {meta.token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in item.top}
         out["top_logprobs"].append(tops)
         out["text_offset"].append(offset)
-        offset += len(token)
     return out
 
 
@@ -246,21 +297,26 @@ def _completion_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: 
     return _chunk(meta, "text_completion", choices, usage)
 
 
+def _echo_texts(meta: ResponseMeta) -> list[str]:
+    return [meta.prompt_texts[i] if i < len(meta.prompt_texts) else "" for i in range(meta.n_choices)]
+
+
 async def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
     usage = Usage()
-    offsets = dict.fromkeys(range(meta.n_choices), 0)
+    echoes = _echo_texts(meta)
+    token_texts = [TokenTexts(meta.token_bytes, len(echo)) for echo in echoes]
     try:
-        for i, text in enumerate(meta.prompt_texts):
+        for i, text in enumerate(echoes):
             if text:
                 yield _completion_chunk(meta, [{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
-                offsets[i] = len(text)
         async for delta in deltas:
             usage.add(delta)
             text = delta.reasoning + delta.content
-            lp = completion_logprobs(meta, delta.logprobs, offsets[delta.index]) if meta.logprobs else None
-            offsets[delta.index] += sum(
-                len(meta.token_bytes(t.token_id).decode("utf-8", "replace")) for t in delta.logprobs
-            )
+            lp = None
+            if meta.logprobs:
+                token_texts[delta.index].add(delta.logprobs)
+                released = token_texts[delta.index].release(text, final=delta.finish_reason is not None)
+                lp = completion_logprobs(meta, released)
             if text or delta.finish_reason is not None or (lp and lp["tokens"]):
                 choice = {"index": delta.index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
                 yield _completion_chunk(meta, [choice])
@@ -274,8 +330,8 @@ async def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelt
 
 async def completion_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> dict[str, Any]:
     usage = Usage()
-    texts = [meta.prompt_texts[i] if i < len(meta.prompt_texts) else "" for i in range(meta.n_choices)]
-    echo_len = [len(t) for t in texts]
+    echoes = _echo_texts(meta)
+    texts = list(echoes)
     lps: list[list[TokenLogprob]] = [[] for _ in range(meta.n_choices)]
     async for delta in deltas:
         usage.add(delta)
@@ -284,7 +340,11 @@ async def completion_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDe
     meta.done(usage)
     choices = []
     for i in range(meta.n_choices):
-        lp = completion_logprobs(meta, lps[i], echo_len[i]) if meta.logprobs else None
+        lp = None
+        if meta.logprobs:
+            token_texts = TokenTexts(meta.token_bytes, len(echoes[i]))
+            token_texts.add(lps[i])
+            lp = completion_logprobs(meta, token_texts.release(texts[i][len(echoes[i]) :], final=True))
         reason = usage.finish_reasons.get(i, "stop")
         choices.append({"index": i, "text": texts[i], "logprobs": lp, "finish_reason": reason})
     return {

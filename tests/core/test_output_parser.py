@@ -90,6 +90,16 @@ def test_stray_think_block_swallowed_when_thinking_off() -> None:
     assert late.content == "Hi there"  # a tag later in the answer is just dropped
 
 
+def test_swallow_think_off_keeps_every_token_text() -> None:
+    """/v1/completions: plain text, the tags dropped and nothing else (so logprobs can line up with it)."""
+    tokens = ids(THINK_ID, "\n\n", THINK_END_ID, "\n\nHi!")
+    out, _ = parse_all(ByteTok(), tokens, thinking=False, parse_tools=False)
+    assert out.content == "Hi!"
+    parser = OutputParser(ByteTok(), thinking=False, parse_tools=False, swallow_think=False)
+    segs = [seg for t in tokens for seg in parser.push(t)] + parser.finish()
+    assert accumulate(segs).content == "\n\n\n\nHi!"
+
+
 def test_single_tool_call_with_text_before() -> None:
     args = {"expression": "2+3*4", "note": "中文 😀"}
     tokens = ids("Let me compute.\n", TOOL_CALL_ID, "\n" + call("calculator", args) + "\n", TOOL_CALL_END_ID)

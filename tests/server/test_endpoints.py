@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import openai
 
+from minigpt_core.output_parser import Content, Finished, OutputParser
+from minigpt_core.tokenizer import IM_END_ID, NUM_SPECIAL, THINK_ID, TOOL_CALL_END_ID
+from server.generation import ChoiceDelta, TokenLogprob
+from server.streaming import ResponseMeta, completion_response, completion_stream
 from tests.server.conftest import MODEL_NAME, LiveServer
 
 
@@ -138,3 +144,139 @@ def test_non_stream_disconnect_cancels(live: LiveServer) -> None:
             time.sleep(0.05)
         assert _running(live, c) == 0
     assert live.engine.stats().generation_tokens_total - before < 400
+
+
+TAGS = {IM_END_ID: "<|im_end|>", THINK_ID: "<think>", TOOL_CALL_END_ID: "</tool_call>"}
+
+
+def check_logprobs_match_text(choice: dict[str, Any], echo: str) -> list[str]:
+    """tokens join to the text after the echo, and text_offset[i] is where token i's text starts in `text`."""
+    text, lp = choice["text"], choice["logprobs"]
+    assert text.startswith(echo)
+    tokens = lp["tokens"]
+    assert "".join(tokens) == text[len(echo) :]
+    assert lp["text_offset"] == [len(echo) + len("".join(tokens[:i])) for i in range(len(tokens))]
+    assert len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(tokens)
+    return list(tokens)
+
+
+def test_completion_logprobs_agree_with_text_around_special_tokens(live: LiveServer) -> None:
+    """Tags the model writes are not text: their tokens are "" in logprobs, offsets stay inside the text."""
+    body: dict[str, Any] = {
+        "model": MODEL_NAME,
+        "prompt": ["hello", "the model"],
+        "max_tokens": 40,
+        "temperature": 1.0,
+        "seed": 1,  # with this seed each choice samples every one of the three tags
+        "logprobs": 3,
+        "ignore_eos": True,  # <|im_end|> is generated and the request goes on
+        "logit_bias": {str(t): 4.5 for t in TAGS},
+    }
+    with live.client() as c:
+        for echo in (False, True):
+            full = c.post("/v1/completions", json=body | {"echo": echo}).json()
+            for k, choice in enumerate(full["choices"]):
+                prompt = body["prompt"][k] if echo else ""
+                tokens = check_logprobs_match_text(choice, prompt)
+                assert len(tokens) == 40
+                lp = choice["logprobs"]
+                for tag in TAGS.values():  # sampled (the token's logprob is the tag's), it is "" and not in the text
+                    at = [i for i, top in enumerate(lp["top_logprobs"]) if top.get(tag) == lp["token_logprobs"][i]]
+                    assert at and all(tokens[i] == "" for i in at) and tag not in choice["text"], tag
+            assert full["usage"]["completion_tokens"] == 80
+            # streamed: the same tokens, offsets and text, chunk by chunk
+            with c.stream("POST", "/v1/completions", json=body | {"echo": echo, "stream": True}) as r:
+                events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+            for k, choice in enumerate(full["choices"]):
+                mine = [ch for e in events for ch in e["choices"] if ch["index"] == k]
+                joined = {
+                    key: [x for ch in mine if ch["logprobs"] for x in ch["logprobs"][key]] for key in choice["logprobs"]
+                }
+                assert "".join(ch["text"] for ch in mine) == choice["text"] and joined == choice["logprobs"]
+        # a stop string cuts the text and the tokens the same way
+        text = full["choices"][0]["text"][len("hello") :]
+        stop = text[len(text) // 2 :][:3]
+        cut = c.post("/v1/completions", json=body | {"stop": [stop], "n": 1, "prompt": "hello"}).json()["choices"][0]
+        assert cut["finish_reason"] == "stop" and cut["text"] == text[: text.index(stop)]
+        check_logprobs_match_text(cut, "")
+
+
+def test_usage_reports_cached_tokens_as_zero(live: LiveServer) -> None:
+    sdk = openai.OpenAI(base_url=live.base_url, api_key="x", max_retries=0)
+    messages: Any = [{"role": "user", "content": "hello"}]
+    chat = sdk.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=2)
+    text = sdk.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=2)
+    opts: Any = {"include_usage": True}
+    chat_s = list(
+        sdk.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=2, stream=True, stream_options=opts)
+    )
+    text_s = list(
+        sdk.completions.create(model=MODEL_NAME, prompt="hello", max_tokens=2, stream=True, stream_options=opts)
+    )
+    for usage in (chat.usage, text.usage, chat_s[-1].usage, text_s[-1].usage):
+        assert usage is not None and usage.prompt_tokens_details is not None
+        assert usage.prompt_tokens_details.cached_tokens == 0
+    with live.client() as c:  # on the wire: an integer, not null
+        raw = c.post("/v1/completions", json={"model": MODEL_NAME, "prompt": "hello", "max_tokens": 2}).json()
+    assert raw["usage"]["prompt_tokens_details"] == {"cached_tokens": 0}
+
+
+class _ByteVocab:
+    """Stub vocab for the wire formatting: the specials, then one token per byte (every character split)."""
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return TAGS.get(token_id, "<tag>").encode() if token_id < NUM_SPECIAL else bytes([token_id - 100])
+
+
+def _completion_bodies(parts: list[str | bytes | int], stops: list[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One token per delta through the real parser (as /v1/completions builds it), then both wire shapes."""
+    ids: list[int] = []
+    for part in parts:
+        if isinstance(part, int):
+            ids.append(part)
+        else:
+            ids += [100 + b for b in (part.encode() if isinstance(part, str) else part)]
+    vocab = _ByteVocab()
+    parser = OutputParser(vocab, thinking=False, parse_tools=False, stops=stops, swallow_think=False)
+    deltas = []
+    for n, token_id in enumerate(ids):
+        delta = ChoiceDelta(0, completion_tokens=1, logprobs=[TokenLogprob(token_id, -0.5, [])])
+        segments = parser.push(token_id) + (parser.finish() if n == len(ids) - 1 else [])
+        delta.content = "".join(s.text for s in segments if isinstance(s, Content))
+        stopped = any(isinstance(s, Finished) for s in segments)
+        delta.finish_reason = "stop" if stopped else ("length" if n == len(ids) - 1 else None)
+        deltas.append(delta)
+        if stopped:
+            break
+
+    async def each() -> AsyncIterator[ChoiceDelta]:
+        for d in deltas:
+            yield d
+
+    def meta() -> ResponseMeta:
+        return ResponseMeta("cmpl-x", 1, "m", 1, 1, vocab.token_bytes, logprobs=True, prompt_texts=["echo: "])
+
+    async def run() -> tuple[dict[str, Any], list[bytes]]:
+        return await completion_response(meta(), each()), [c async for c in completion_stream(meta(), each())]
+
+    body, chunks = asyncio.run(run())
+    return body["choices"][0], [json.loads(c[6:]) for c in chunks[:-1]]
+
+
+def test_completion_logprobs_split_characters_tags_and_stop_strings() -> None:
+    cases: list[tuple[list[str | bytes | int], list[str], str]] = [
+        # a tag first (no think block is hidden here), characters split over byte tokens, one cut by the end
+        ([THINK_ID, "Hi 😀 ", IM_END_ID, "x", TOOL_CALL_END_ID, "né", "中".encode()[:2]], [], "Hi 😀 xné\ufffd"),
+        # a stop string across tokens, text before it in the token that completes it
+        (["Hello ST", "OP there"], ["STOP"], "Hello "),
+    ]
+    for parts, stops, expected in cases:
+        choice, events = _completion_bodies(parts, stops)
+        assert choice["text"] == "echo: " + expected
+        tokens = check_logprobs_match_text(choice, "echo: ")
+        streamed = [ch for e in events for ch in e["choices"]]
+        assert "".join(ch["text"] for ch in streamed) == choice["text"]
+        assert [t for ch in streamed if ch["logprobs"] for t in ch["logprobs"]["tokens"]] == tokens
+        assert [o for ch in streamed if ch["logprobs"] for o in ch["logprobs"]["text_offset"]] == choice["logprobs"][
+            "text_offset"
+        ]
