@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import json
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +168,16 @@ def _content_text(value: Any, param: str) -> str:
     raise InvalidRequest(f"{param} must be a string, null or a list of text parts", param=param)
 
 
+def json_error_text(exc: BaseException) -> str:
+    """Why `json.loads` failed, in words for an API user (the exception texts of the two limits speak Python)."""
+    if isinstance(exc, RecursionError):
+        return "it is nested too deeply"
+    text = str(exc)
+    if "integer string conversion" in text:  # ValueError past sys.get_int_max_str_digits()
+        return f"it holds an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text
+
+
 def _tool_call(value: Any, param: str) -> _ToolCall:
     fn = value.get("function") if isinstance(value, Mapping) else None
     if not isinstance(fn, Mapping):
@@ -178,10 +189,11 @@ def _tool_call(value: Any, param: str) -> _ToolCall:
     if isinstance(args, str):
         try:
             parsed = json.loads(args)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise InvalidRequest(
-                f"{param}.function.arguments is not valid JSON: {exc}", param=f"{param}.function.arguments"
-            ) from exc
+                f"{param}.function.arguments is not valid JSON: {json_error_text(exc)}",
+                param=f"{param}.function.arguments",
+            ) from None
         if not isinstance(parsed, dict):
             raise InvalidRequest(
                 f"{param}.function.arguments must be a JSON object", param=f"{param}.function.arguments"

@@ -56,8 +56,26 @@ class NotReady(ServerError):
     status, type, code = 503, "server_error", "model_loading"
 
 
+class BadRequest(ServerError):
+    """Bad input found by a pydantic validator of a request body (`server.protocol.check_json_text`).
+
+    Not a ValueError on purpose: pydantic folds those into a ValidationError at the model's root and the `param`
+    would be lost; this one passes through pydantic and FastAPI to the handler with its param intact.
+    """
+
+    status, type, code = 400, "invalid_request_error", "invalid_value"
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates written as `\\udxxx` escapes: the envelope must always encode as UTF-8."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    safe_param = None if param is None else _printable(param)
+    return {"error": {"message": _printable(message), "type": type_, "param": safe_param, "code": code}}
 
 
 def _loc_to_param(loc: tuple[Any, ...]) -> str | None:

@@ -1,24 +1,96 @@
 """OpenAI wire models for requests: the only place that uses OpenAI's field names.
 
 Pydantic models with unknown fields allowed (clients send vendor extras). Validation here is about shapes and
-ranges a client can get wrong; every failure becomes a 400 through `server.errors`. Responses are built as
+ranges a client can get wrong; every failure becomes a 400 through `server.errors`. Before any field is looked
+at, `check_json_text` walks the whole parsed body once: a lone UTF-16 surrogate (JSON's `"\\ud800"`, which Python
+parses into a `str` that no tokenizer or UTF-8 encoder accepts) or nesting deeper than `MAX_JSON_DEPTH` (which
+would end in a RecursionError in some recursive walker later) is a 400 naming the field. Responses are built as
 plain dicts in `server.streaming`, so that the stream and non-stream bodies are byte-for-byte under our control.
 This module is not the mapping onto internal names: that is `server.chat`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from server.errors import BadRequest
+
 MAX_N = 16
 MAX_STOP = 16
 MAX_TOP_LOGPROBS = 20
+# Objects and arrays inside objects and arrays, counted from the body itself. A tool schema nested 10 levels deep
+# (OpenAI's limit for structured outputs) uses about 25; the grammar engine gives up near 128.
+MAX_JSON_DEPTH = 64
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _param(path: tuple[str | int, ...]) -> str:
+    """OpenAI's spelling of a field's place in the body: `messages[0].content`."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _lone_surrogate(text: str, path: tuple[str | int, ...], *, in_key: bool = False) -> BadRequest:
+    found = _SURROGATE.search(text)
+    char = f"\\u{ord(found.group()):04x}" if found else "?"
+    where = _param(path) or "the body"
+    what = "has a key holding" if in_key else "holds"
+    return BadRequest(
+        f"{where} {what} a lone UTF-16 surrogate ({char}): text must be valid Unicode "
+        "(a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one)",
+        _param(path) or None,
+    )
+
+
+def check_json_text(data: Any) -> Any:
+    """Raise BadRequest for a lone surrogate in any string or key, or for nesting deeper than MAX_JSON_DEPTH.
+
+    Iterative (the body may be nested ~1,000 deep: Python's json parser stops there, not before). Returns `data`
+    unchanged, so it serves as a `mode="before"` model validator.
+    """
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if not value.isascii() and _SURROGATE.search(value):
+                raise _lone_surrogate(value, path)
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) >= MAX_JSON_DEPTH:
+            raise BadRequest(
+                f"{_param(path)} is nested too deeply: at most {MAX_JSON_DEPTH} levels of objects and arrays",
+                _param(path),
+            )
+        children: list[tuple[Any, tuple[str | int, ...]]] = []
+        if isinstance(value, list):
+            children = [(item, (*path, i)) for i, item in enumerate(value)]
+        else:
+            for key, item in value.items():
+                if isinstance(key, str) and not key.isascii() and _SURROGATE.search(key):
+                    raise _lone_surrogate(key, path, in_key=True)
+                children.append((item, (*path, key)))
+        stack.extend(reversed(children))  # popped in document order: the first problem is the one reported
+    return data
 
 
 class WireModel(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+class RequestBody(WireModel):
+    """A whole request body: checked by `check_json_text` before its fields are validated."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_text(cls, data: Any) -> Any:
+        return check_json_text(data)
 
 
 class StreamOptions(WireModel):
@@ -102,7 +174,7 @@ class ResponseFormat(WireModel):
         return self
 
 
-class SamplingFields(WireModel):
+class SamplingFields(RequestBody):
     """Fields shared by /v1/chat/completions and /v1/completions (OpenAI names plus vLLM-style extras)."""
 
     model: str = Field(min_length=1)
@@ -183,7 +255,7 @@ class CompletionRequest(SamplingFields):
         return self
 
 
-class TokenizeRequest(WireModel):
+class TokenizeRequest(RequestBody):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -197,6 +269,6 @@ class TokenizeRequest(WireModel):
         return self
 
 
-class DetokenizeRequest(WireModel):
+class DetokenizeRequest(RequestBody):
     model: str | None = None
     tokens: list[int]

@@ -24,10 +24,11 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from minigpt_core.errors import InvalidRequest
 from server.errors import error_body
+from server.protocol import RequestBody
 from tools.base import ToolError, UnknownToolError
 from tools.registry import ToolRegistry, default_registry
 
@@ -113,8 +114,11 @@ def web_registry() -> ToolRegistry:
     return default_registry()
 
 
-class ToolCallRequest(BaseModel):
-    """POST /web/tools/call body: a tool name and its arguments (a JSON object or its JSON text)."""
+class ToolCallRequest(RequestBody):
+    """POST /web/tools/call body: a tool name and its arguments (a JSON object or its JSON text).
+
+    `RequestBody` checks the parsed body for lone surrogates and deep nesting first (400 with the field's path).
+    """
 
     model_config = ConfigDict(extra="forbid")
 

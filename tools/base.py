@@ -63,7 +63,9 @@ def parse_arguments(arguments: dict[str, Any] | str | None) -> dict[str, Any]:
             return {}
         try:
             arguments = json.loads(arguments, parse_constant=_reject_constant)
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except ToolArgumentError:
+            raise
+        except (ValueError, RecursionError) as exc:  # ValueError also: an integer past sys.get_int_max_str_digits()
             raise ToolArgumentError(f"arguments must be a JSON object: {exc}") from None
     if not isinstance(arguments, dict):
         raise ToolArgumentError(f"arguments must be a JSON object, got {type(arguments).__name__}")
