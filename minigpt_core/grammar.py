@@ -116,12 +116,23 @@ class ToolCallConstraint:
         self._trailing_left = MAX_TRAILING_WHITESPACE
         self._run: GrammarRun | None = None
         self._phase: Phase = "free"
-        if self._rules:  # compile now: an unenforceable schema is a 400 before anything is generated
-            self.backend.matcher(f"start: {_BODY}\n{self._rules}", param="tools")
+        if self._rules:
+            self._check(tools, [name for name, _ in schemas], inside_think)
         if inside_think:
             self._phase = "think"
         elif self._must_call:
             self._start(f"<[{TOOL_CALL_ID}]> {_BODY}")
+
+    def _check(self, tools: list[dict[str, Any]], used: list[str], inside_think: bool) -> None:
+        """Build now every grammar this constraint may start later, so an unenforceable schema is a 400 before
+        anything is generated: each used tool's arguments alone (its error names that tool), then the call body
+        (after `<tool_call>` in free text) and, after a think block, the forced call."""
+        for i, (name, schema) in enumerate(_tool_schemas(tools)):
+            if name in used:
+                self.backend.matcher(f"start: {json_rule(schema)}", param=f"tools[{i}].function.parameters")
+        self.backend.matcher(f"start: {_BODY}\n{self._rules}", param="tools")
+        if inside_think and self._must_call:
+            self.backend.matcher(f"start: {_AFTER_THINK} <[{TOOL_CALL_ID}]> {_BODY}\n{self._rules}", param="tools")
 
     def _start(self, start: str) -> None:
         self._run = GrammarRun(self.backend, f"start: {start}\n{self._rules}", param="tools")
@@ -188,11 +199,13 @@ class JsonConstraint:
         self.backend = backend_for(tok, vocab_size)
         rule = json_rule(schema if schema is not None else {"type": "object"})
         self._value = f"value <[{IM_END_ID}]>\nvalue: {rule}"
-        self._run: GrammarRun | None = GrammarRun(self.backend, f"start: {self._value}", "response_format")
+        self._run: GrammarRun | None = None
         self._phase: Phase = "grammar"
-        if inside_think:
+        if inside_think:  # the grammar starts after </think>: build it now all the same, for the 400
+            self.backend.matcher(f"start: {_AFTER_THINK} {self._value}", "response_format")
             self._phase = "think"
-            self._run = None
+        else:
+            self._run = GrammarRun(self.backend, f"start: {self._value}", "response_format")
 
     def allowed(self) -> torch.Tensor | None:
         if self._phase == "think":

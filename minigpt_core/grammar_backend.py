@@ -3,7 +3,8 @@
 What it is: `backend_for(tok)` gives the cached `GrammarBackend` of a tokenizer (its `llguidance.LLTokenizer`,
 compiled grammars, reusable static masks); `GrammarRun` follows one grammar through generated tokens and turns
 llguidance's bitmask into the bool (V,) mask of the `Constraint` protocol; `json_rule`, `tool_call_rules` and
-`lark_literal` build the Lark text; `check_schema` maps what llguidance cannot enforce to `InvalidRequest`.
+`lark_literal` build the Lark text. `GrammarBackend.matcher` maps what llguidance cannot enforce to
+`InvalidRequest`: a grammar is compiled, then tried (see "Choices"), before any request may use it.
 
 What it is not: no request semantics (tool_choice, think blocks, ...): those live in `grammar.py`.
 
@@ -17,6 +18,11 @@ Choices:
 - Integers without a bound of their own are bounded to I-JSON's interoperable range, +-(2**53 - 1) (RFC 7493:
   larger ones lose precision in JavaScript clients): a small model that starts repeating a digit then stops
   after 16 digits instead of running to `max_tokens` with JSON that never closes.
+- llguidance compiles lazily: a schema can pass its checks and fail only at a mask or a token later (a `$ref`
+  that only refers to itself admits no value; `"pattern": "^(a{1000}){1000}$"` exhausts the lexer at the
+  string's first character). So a new grammar is tried once before it is used: its first mask, then the
+  tokens it forces, one at a time (up to `_PROBE_TOKENS`), each with its mask. A failure is a 400 before the
+  response starts, and is cached like a success, so the same bad schema costs its (seconds of) compile once.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 _MAX_CACHED_GRAMMARS = 128
+_PROBE_TOKENS = 64
 _WHITESPACE = frozenset(b" \t\n\r")
 # Keywords whose value is a schema / a list of schemas / a map of name -> schema.
 _SUB_SCHEMA = ("items", "additionalItems", "contains", "additionalProperties", "propertyNames")
@@ -47,6 +54,18 @@ _SUB_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
 
 class GrammarError(MiniGPTError):
     """The grammar engine rejected a token the mask allowed, or failed internally."""
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "unknown error"
+
+
+def _engine_error(matcher: llguidance.LLMatcher) -> str:
+    """A failed matcher's reason in one line; an empty language (`NoExtensionBias`) said in schema terms."""
+    reason = _first_line(matcher.get_error())
+    if reason.startswith("NoExtensionBias"):
+        return "it admits no JSON value (a $ref that can only refer to itself?)"
+    return reason
 
 
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -121,33 +140,68 @@ class GrammarBackend:
             i for i, b in enumerate(tok.all_token_bytes()) if i >= NUM_SPECIAL and b and set(b) <= _WHITESPACE
         ]
         self._lock = threading.Lock()
-        self._matchers: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
+        # lark text -> template matcher, or the reason it cannot be enforced (failures are cached too)
+        self._matchers: OrderedDict[str, llguidance.LLMatcher | str] = OrderedDict()
         self._masks: dict[tuple[bool, frozenset[int]], torch.Tensor] = {}
         # (256, 8) bool: byte value -> its 8 bits, least significant first (llguidance's bit order).
         self._bit_table = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1 == 1
 
     def matcher(self, lark: str, param: str) -> llguidance.LLMatcher:
-        """A fresh matcher for `lark` (compiled once, then deep-copied); InvalidRequest(param) if unenforceable."""
+        """A fresh matcher for `lark` (compiled and tried once, then deep-copied); InvalidRequest(param) if the
+        grammar engine cannot enforce it. Also the way to check a grammar ahead of its use."""
+        compiled = self._compiled(lark)
+        if isinstance(compiled, str):
+            raise InvalidRequest(f"the schema cannot be enforced: {compiled}", param=param)
+        return compiled.deep_copy()
+
+    def _compiled(self, lark: str) -> llguidance.LLMatcher | str:
+        """The cached template matcher of `lark`, or why it cannot be used."""
         with self._lock:
-            template = self._matchers.get(lark)
-            if template is not None:
+            cached = self._matchers.get(lark)
+            if cached is not None:
                 self._matchers.move_to_end(lark)
-                return template.deep_copy()
-        grammar = llguidance.LLMatcher.grammar_from_lark(lark)
-        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
-        if is_error:
-            detail = messages[0].splitlines()[0] if messages else "unknown error"
-            raise InvalidRequest(f"the schema cannot be enforced: {detail}", param=param)
-        template = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
-        if template.is_error():
-            raise InvalidRequest(f"the schema cannot be enforced: {template.get_error()}", param=param)
-        for warning in template.get_grammar_warnings():
-            logger.debug("grammar warning: %s", warning)
+                return cached
+        compiled = self._compile(lark)
         with self._lock:
-            self._matchers[lark] = template
+            self._matchers[lark] = compiled
             while len(self._matchers) > _MAX_CACHED_GRAMMARS:
                 self._matchers.popitem(last=False)
-        return template.deep_copy()
+        return compiled
+
+    def _compile(self, lark: str) -> llguidance.LLMatcher | str:
+        try:
+            grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+        except ValueError as exc:
+            return _first_line(str(exc))
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, self.ll_tokenizer)
+        if is_error:
+            return _first_line(messages[0]) if messages else "unknown error"
+        template = llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0)
+        if template.is_error():
+            return _first_line(template.get_error())
+        for warning in template.get_grammar_warnings():
+            logger.debug("grammar warning: %s", warning)
+        problem = self._probe(template.deep_copy())
+        return template if problem is None else problem
+
+    def _probe(self, matcher: llguidance.LLMatcher) -> str | None:
+        """Run `matcher` along its forced path (first mask, then every token that is the only one allowed, up to
+        `_PROBE_TOKENS`); the error llguidance reports on the way, or None."""
+        bits = torch.zeros((self.vocab_size + 31) // 32, dtype=torch.int32)
+        for _ in range(_PROBE_TOKENS):
+            if matcher.is_stopped():
+                return None
+            matcher.unsafe_compute_mask_ptr(bits.data_ptr(), bits.numel() * bits.element_size())
+            if matcher.is_error():
+                return _engine_error(matcher)
+            allowed = self.unpack(bits).nonzero().flatten()
+            if len(allowed) == 0:
+                return "the grammar allows no token at all"
+            if len(allowed) > 1:
+                return None
+            if not matcher.consume_token(int(allowed[0])):
+                return _engine_error(matcher)
+        return None
 
     def static_mask(self, ids: frozenset[int], *, allow: bool) -> torch.Tensor:
         """A shared, read-only bool (V,) mask: only `ids` allowed (allow=True) or all but `ids` (allow=False)."""

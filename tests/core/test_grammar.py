@@ -16,7 +16,7 @@ from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.constraints import AllOf, Constraint, ThinkBudget
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.grammar import JsonConstraint, ToolCallConstraint, measure_overhead, warm_up
-from minigpt_core.grammar_backend import tighten_schema
+from minigpt_core.grammar_backend import backend_for, json_rule, tighten_schema
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import (
@@ -54,6 +54,7 @@ TOOLS = [
     {"type": "function", "function": {"name": "now"}},  # no parameters: arguments must be {}
 ]
 SCHEMAS = {"calculator": CALC, "unit_convert": CONVERT, "now": {"type": "object", "properties": {}}}
+SELF_REF = {"type": "function", "function": {"name": "loop", "parameters": {"$ref": "#"}}}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -290,7 +291,21 @@ def test_json_object_mode(model_and_tok: tuple[MiniGPT, Tokenizer]) -> None:
             lambda tok: ToolCallConstraint(
                 tok, [{"type": "function", "function": {"name": "f", "parameters": {"if": {"type": "string"}}}}]
             ),
-            "tools",
+            "tools[0].function.parameters",
+        ),
+        # compiles, but admits no value: found by the first mask (or the forced tokens) before any generation
+        (lambda tok: JsonConstraint(tok, {"$ref": "#"}), "response_format"),
+        (lambda tok: JsonConstraint(tok, {"$ref": "#"}, inside_think=True), "response_format"),
+        (
+            lambda tok: JsonConstraint(
+                tok, {"type": "object", "properties": {"a": {"$ref": "#/properties/a"}}, "required": ["a"]}
+            ),
+            "response_format",
+        ),
+        (lambda tok: ToolCallConstraint(tok, [*TOOLS, SELF_REF], "auto"), "tools[3].function.parameters"),
+        (
+            lambda tok: ToolCallConstraint(tok, [SELF_REF], "required", inside_think=True),
+            "tools[0].function.parameters",
         ),
         (lambda tok: ToolCallConstraint(tok, [{"type": "function", "function": {"name": "a b"}}]), "tools"),
         (lambda tok: ToolCallConstraint(tok, TOOLS, {"name": "missing"}), "tool_choice"),
@@ -302,6 +317,19 @@ def test_unenforceable_requests_are_invalid(tiny_tokenizer: Tokenizer, make: Any
     with pytest.raises(InvalidRequest) as info:
         make(tiny_tokenizer)
     assert info.value.param == param
+
+
+def test_a_failed_compile_is_cached_and_a_recursive_schema_that_can_end_is_fine(tiny_tokenizer: Tokenizer) -> None:
+    backend = backend_for(tiny_tokenizer)
+    lark = f"start: {json_rule({'$ref': '#'})}"
+    for _ in range(2):
+        with pytest.raises(InvalidRequest, match="admits no JSON value"):
+            backend.matcher(lark, "response_format")
+    assert isinstance(backend._matchers[lark], str)  # the reason is kept: a repeat costs no compile
+    tree = {"type": "object", "properties": {"child": {"$ref": "#"}}, "required": []}
+    constraint = JsonConstraint(tiny_tokenizer, tree)
+    mask = constraint.allowed()
+    assert mask is not None and bool(mask[tiny_tokenizer.encode("{")[0]])
 
 
 def test_tighten_schema_closes_declared_objects_only() -> None:
