@@ -11,14 +11,14 @@
 
 What it is: flag parsing into a resolved `TrainConfig` (preset, then explicit flags; on --resume the saved
 settings, then explicit flags), logging setup, and the one place that maps errors to exit codes
-(2: usage or not implemented, 1: bad input or configuration, 3: training diverged, 130: interrupted).
+(2: usage or not implemented, 1: bad input or configuration, 3: training diverged, 128 + the signal after a
+SIGINT (130) or SIGTERM (143) that stopped the run once the step in flight was saved).
 What it is not: training logic; everything below `main` takes typed values, never the argparse Namespace.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -39,8 +39,9 @@ from training.config import (
     resolve_config,
     train_preset,
 )
-from training.errors import TrainingDiverged, TrainingError
-from training.state import TRAINER_STATE_DIR, TrainerState, find_resume_point, run_dir_of
+from training.errors import ResumeError, TrainingDiverged, TrainingError
+from training.interrupt import TrainingInterrupted
+from training.state import TRAINER_STATE_DIR, TrainerState, find_resume_point, read_trainer_state, run_dir_of
 
 logger = logging.getLogger("training.cli")
 REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
@@ -174,14 +175,17 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     if args.init is not None:
         raise UsageError("--resume and --init cannot be combined")
     point = find_resume_point(args.resume)
-    saved = json.loads((point / TRAINER_STATE_DIR / "state.json").read_text(encoding="utf-8"))["config"]
+    saved = dict(read_trainer_state(point).config)
     if saved.get("mode") in STAGE_MODES:
         raise UsageError(f"--resume is not supported for {saved['mode']} runs; start again with --init")
-    if args.mode is not None and args.mode != saved["mode"]:
-        raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved['mode']}); use --init instead")
+    if args.mode is not None and args.mode != saved.get("mode"):
+        raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved.get('mode')}); use --init instead")
     overrides.setdefault("out_dir", str(run_dir_of(point)))
     saved.update(overrides)
-    return TrainConfig.from_dict(saved), point
+    try:
+        return TrainConfig.from_dict(saved), point
+    except (MiniGPTError, TypeError, ValueError) as exc:
+        raise ResumeError(f"{point / TRAINER_STATE_DIR / 'state.json'}: its run config is not usable ({exc})") from exc
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -250,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
+    except TrainingInterrupted as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return exc.exit_code
     except MiniGPTError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1

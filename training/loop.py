@@ -3,7 +3,8 @@
 What it is: `Trainer` (everything the loop touches), `lr_at` (linear warmup, cosine decay to `min_lr_ratio` of the
 peak), `build_optimizer` (AdamW, fused on CUDA, no decay on norms), `train_step` (gradient accumulation over
 micro-batches normalised by the number of target tokens across all ranks, clipping, NaN/inf guard), `evaluate`
-(validation loss and bits-per-byte), `save` and `fit` (progress bar, metrics.jsonl, eval/save cadence, time limit).
+(validation loss and bits-per-byte), `save`, `progress_bar` and `fit` (metrics.jsonl, eval/save cadence, time limit,
+a clean stop on SIGINT/SIGTERM).
 What it is not: building the run (tokenizer, model, data: `training.pipeline`) or parsing flags (`training.cli`).
 """
 
@@ -13,7 +14,9 @@ import contextlib
 import json
 import logging
 import math
+import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.dataset import IGNORE_INDEX, DocumentSet, PackedLoader
 from training.errors import TrainingDiverged
+from training.interrupt import stop_on_signals
 from training.runtime import Runtime
 from training.state import TrainerState, list_checkpoints, save_training_checkpoint
 
@@ -46,6 +51,7 @@ class Trainer:
     val_docs: DocumentSet
     byte_lengths: torch.Tensor  # (V,) UTF-8 bytes per token id
     state: TrainerState = field(default_factory=TrainerState)
+    stopped_by: int | None = None  # the signal that stopped `fit` early, if any
 
     @property
     def pack(self) -> str:
@@ -218,28 +224,50 @@ def append_metrics(tr: Trainer, record: dict[str, Any]) -> None:
             fh.write(json.dumps(record) + "\n")
 
 
+@contextlib.contextmanager
+def progress_bar(total: int, initial: int = 0, *, enabled: bool = True) -> Iterator[tqdm]:
+    """The step bar on stderr; while it is open, console log lines go through `tqdm.write` so they do not break it.
+
+    Shown only where INFO logging is on (`-q` hides it) and `enabled` (rank 0).
+    """
+    enabled = enabled and logger.isEnabledFor(logging.INFO)
+    bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, mininterval=0.5)
+    try:
+        with logging_redirect_tqdm() if enabled else contextlib.nullcontext():
+            yield bar
+    finally:
+        bar.close()
+
+
 def fit(tr: Trainer) -> TrainerState:
-    """Train until max_steps (or the time limit), evaluating and saving on schedule."""
+    """Train until max_steps, the time limit or a SIGINT/SIGTERM, evaluating and saving on schedule.
+
+    The time limit counts this invocation only (a resumed run gets the full limit again); `elapsed_s` in the
+    state and metrics keeps the total. After a signal the step in flight finishes, is logged and saved, and
+    `tr.stopped_by` holds the signal number (the caller plots and raises `TrainingInterrupted`).
+    """
     cfg, rt, st = tr.cfg, tr.rt, tr.state
     tokens_per_step = cfg.tokens_per_step * rt.world_size
     started, base_elapsed = time.monotonic(), st.elapsed_s
-    bar = tqdm(
-        total=cfg.max_steps, initial=st.step, disable=not rt.is_main, unit="step", dynamic_ncols=True, mininterval=0.5
-    )
     tok_rate = 0.0
     last_t, last_step = time.perf_counter(), st.step
-    try:
+    with stop_on_signals() as stop, progress_bar(cfg.max_steps, st.step, enabled=rt.is_main) as bar:
         while st.step < cfg.max_steps:
             m = train_step(tr)
             st.step += 1
             st.tokens_seen += tokens_per_step
-            st.elapsed_s = base_elapsed + time.monotonic() - started
+            run_s = time.monotonic() - started
+            st.elapsed_s = base_elapsed + run_s
             bar.update(1)
             last = st.step >= cfg.max_steps
-            out_of_time = cfg.time_limit_s is not None and rt.any_flag(st.elapsed_s > cfg.time_limit_s)
-            checkpoint_due = st.step % cfg.save_every == 0 or last or out_of_time
-            eval_due = bool(cfg.eval_every) and (st.step % cfg.eval_every == 0 or last or out_of_time)
-            log_due = st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or eval_due
+            # One collective for both flags: every rank stops at the same step even if only one got the signal.
+            over, signalled = rt.all_reduce_sum(
+                [float(cfg.time_limit_s is not None and run_s > cfg.time_limit_s), float(stop.requested)]
+            )
+            out_of_time, stopping = over > 0, signalled > 0
+            checkpoint_due = st.step % cfg.save_every == 0 or last or out_of_time or stopping
+            eval_due = bool(cfg.eval_every) and not stopping and (st.step % cfg.eval_every == 0 or last or out_of_time)
+            log_due = st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or eval_due or stopping
             if rt.device.type == "cuda" and not (log_due or checkpoint_due):
                 continue  # no host sync: the GPU runs ahead while the next batch is prepared
             m = read_metrics(tr, m)
@@ -259,9 +287,10 @@ def fit(tr: Trainer) -> TrainerState:
                 append_metrics(tr, record)
             if checkpoint_due:
                 save(tr)
+            if stopping:
+                tr.stopped_by = stop.signum or signal.SIGTERM  # another rank's signal: report it as a TERM
+                break
             if out_of_time:
                 logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
                 break
-    finally:
-        bar.close()
     return st

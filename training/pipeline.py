@@ -34,11 +34,19 @@ from training.dataset import (
     token_byte_lengths,
     training_files,
 )
-from training.errors import DataError
+from training.errors import DataError, ResumeError
+from training.interrupt import TrainingInterrupted
 from training.loop import Trainer, build_optimizer, fit
 from training.plot import plot_run
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
-from training.state import TrainerState, clean_stale, load_training_checkpoint
+from training.state import (
+    TRAINER_STATE_DIR,
+    LoadedCheckpoint,
+    TrainerState,
+    clean_stale,
+    load_training_checkpoint,
+    step_dir,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +152,20 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
+def _restore(loaded: LoadedCheckpoint, optimizer: torch.optim.Optimizer, loader: PackedLoader) -> None:
+    """Put the optimizer, data position and RNG back where the checkpoint left them; ResumeError names the file."""
+    sd = loaded.path / TRAINER_STATE_DIR
+    try:
+        optimizer.load_state_dict(loaded.optimizer)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise ResumeError(f"{sd / 'optimizer.pt'}: does not fit this model's optimizer ({exc})") from exc
+    loader.load_state_dict(loaded.state.loader)
+    try:
+        set_rng_state(loaded.rng)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise ResumeError(f"{sd / 'rng.pt'}: not a usable RNG state ({exc})") from exc
+
+
 def run_training(cfg: TrainConfig, resume_from: Path | None = None) -> TrainerState:
     """Train per `cfg`; with `resume_from` (a step directory) continue that checkpoint exactly."""
     rt = setup_runtime(cfg.device, cfg.dtype)
@@ -183,9 +205,7 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
     )
     state = TrainerState(config=cfg.to_dict())
     if loaded is not None:
-        optimizer.load_state_dict(loaded.optimizer)
-        loader.load_state_dict(loaded.state.loader)
-        set_rng_state(loaded.rng)
+        _restore(loaded, optimizer, loader)
         state = loaded.state
         if rt.is_main:
             _truncate_metrics(run_dir, state.step)
@@ -228,4 +248,6 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
             plot_run(run_dir)
         except ImportError as exc:  # matplotlib is optional where only training runs (e.g. a bare GPU box)
             logger.warning("no loss plot: %s", exc)
+    if trainer.stopped_by is not None:
+        raise TrainingInterrupted(trainer.stopped_by, final.step, step_dir(run_dir, final.step), resumable=True)
     return final

@@ -2,9 +2,10 @@
 
 What it is: `StageRun` (config, runtime, run folder, progress state), `load_init` (the --init checkpoint, a fresh
 model when none is given), `frozen_copy` (the reference model), `run_loop` (calls a stage's `step()` until
-max_steps or the time limit, evaluates and saves on the usual cadence, appends metrics.jsonl records like the
-pretrain/SFT loop) and `save_stage` (the normal servable step directory + trainer_state/, published at the top
-of the run folder, with optional extra files such as a reward head written inside the same atomic save).
+max_steps, the time limit or a SIGINT/SIGTERM, evaluates and saves on the usual cadence, appends metrics.jsonl
+records and draws loss.png like the pretrain/SFT loop) and `save_stage` (the normal servable step directory +
+trainer_state/, published at the top of the run folder, with optional extra files such as a reward head written
+inside the same atomic save).
 What it is not: any loss or data handling (training.dpo, training.reward, training.rlhf) and not the
 pretrain/SFT loop (training.loop, whose `lr_at` and `build_optimizer` the stages reuse). Single process only:
 these stages do not run under torchrun.
@@ -23,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint, save_checkpoint
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.errors import TrainingDiverged, TrainingError
-from training.loop import lr_at
+from training.interrupt import TrainingInterrupted, stop_on_signals
+from training.loop import lr_at, progress_bar
+from training.plot import plot_run
 from training.runtime import Runtime, rng_state, seed_everything
 from training.state import SERVABLE_FILES, TRAINER_STATE_DIR, TrainerState, clean_stale, prune, publish, step_dir
 
@@ -139,14 +141,17 @@ def run_loop(
     evaluate: Callable[[], dict[str, float]],
     save: Callable[[], Path],
 ) -> TrainerState:
-    """Evaluate once before training (step 0), then step until max_steps or the time limit; save at the end."""
+    """Evaluate once before training (step 0), then step until max_steps, the time limit or a SIGINT/SIGTERM;
+    save at the end and draw the loss plot. After a signal the step in flight finishes and is saved, then
+    `TrainingInterrupted` is raised (these stages cannot be resumed: the message says where the weights are)."""
     cfg, st = run.cfg, run.state
     before = evaluate()
     run.append_metrics({"step": 0, **before})
     logger.info("before training: %s", _fmt(before))
     started = time.monotonic()
-    bar = tqdm(total=cfg.max_steps, unit="step", dynamic_ncols=True, mininterval=0.5, disable=None)
-    try:
+    saved: Path | None = None
+    stopping = False
+    with stop_on_signals() as stop, progress_bar(cfg.max_steps) as bar:
         while st.step < cfg.max_steps:
             t0 = time.perf_counter()
             metrics = step()
@@ -157,21 +162,31 @@ def run_loop(
             bar.set_postfix({k: f"{metrics[k]:.3f}" for k in list(metrics)[:3]})
             last = st.step >= cfg.max_steps
             out_of_time = cfg.time_limit_s is not None and st.elapsed_s > cfg.time_limit_s
+            stopping = stop.requested
             record: dict[str, Any] = {"step": st.step, **metrics, "step_s": time.perf_counter() - t0}
-            eval_due = bool(cfg.eval_every) and (st.step % cfg.eval_every == 0 or last or out_of_time)
+            eval_due = bool(cfg.eval_every) and not stopping and (st.step % cfg.eval_every == 0 or last or out_of_time)
             if eval_due:
                 record.update(evaluate())
                 bar.write(f"step {st.step}: {_fmt({k: v for k, v in record.items() if k.startswith('val_')})}")
-            if st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or out_of_time or eval_due:
+            if st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or out_of_time or eval_due or stopping:
                 run.append_metrics(record)
-            if st.step % cfg.save_every == 0 or last or out_of_time:
-                save()
-            if out_of_time:
-                logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
+            if st.step % cfg.save_every == 0 or last or out_of_time or stopping:
+                saved = save()
+            if stopping or out_of_time:
+                if out_of_time and not stopping:
+                    logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
                 break
-    finally:
-        bar.close()
+    _plot(run.run_dir)
+    if stopping and stop.signum is not None:
+        raise TrainingInterrupted(stop.signum, st.step, saved, resumable=False)
     return st
+
+
+def _plot(run_dir: Path) -> None:
+    try:
+        plot_run(run_dir)
+    except ImportError as exc:  # matplotlib is optional where only training runs (e.g. a bare GPU box)
+        logger.warning("no loss plot: %s", exc)
 
 
 def _fmt(metrics: dict[str, Any]) -> str:

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,17 @@ class TrainerState:
     loader: dict[str, Any] = field(default_factory=dict)
     best_val_loss: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
+
+
+_REQUIRED_STATE_KEYS = {"step", "loader", "config"}
+_STATE_TYPES: dict[str, type | tuple[type, ...]] = {
+    "step": int,
+    "tokens_seen": int,
+    "elapsed_s": (int, float),
+    "loader": dict,
+    "best_val_loss": (int, float, type(None)),
+    "config": dict,
+}
 
 
 @dataclass
@@ -172,14 +183,63 @@ def run_dir_of(step_path: Path) -> Path:
     return step_path
 
 
-def load_training_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    sd = path / TRAINER_STATE_DIR
+def read_trainer_state(step_path: Path) -> TrainerState:
+    """`trainer_state/state.json` of a step directory, checked key by key; ResumeError names the file."""
+    path = step_path / TRAINER_STATE_DIR / "state.json"
     try:
-        raw = json.loads((sd / "state.json").read_text(encoding="utf-8"))
-        optimizer = torch.load(sd / "optimizer.pt", map_location="cpu", weights_only=True)
-        rng = torch.load(sd / "rng.pt", map_location="cpu", weights_only=True)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise ResumeError(f"{sd}: cannot read the trainer state ({exc})") from exc
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResumeError(f"{path}: cannot read the trainer state ({_one_line(exc)})") from exc
+    except (ValueError, RecursionError) as exc:
+        raise ResumeError(f"{path}: not valid JSON ({_one_line(exc)})") from exc
+    if not isinstance(raw, dict):
+        raise ResumeError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    known = {f.name for f in fields(TrainerState)}
+    unknown, missing = sorted(set(raw) - known), sorted(_REQUIRED_STATE_KEYS - set(raw))
+    if unknown or missing:
+        parts = [f"unknown keys {', '.join(unknown)}"] if unknown else []
+        parts += [f"missing {', '.join(missing)}"] if missing else []
+        raise ResumeError(f"{path}: not a trainer state ({'; '.join(parts)})")
+    for key, kinds in _STATE_TYPES.items():
+        if key in raw and (not isinstance(raw[key], kinds) or isinstance(raw[key], bool)):
+            raise ResumeError(f"{path}: {key!r} has the wrong type ({type(raw[key]).__name__})")
+    loader = raw["loader"]
+    for key in ("epoch", "cursor", "offset"):
+        value = loader.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ResumeError(f"{path}: loader position {key!r} must be a non-negative integer, got {value!r}")
+    if raw["step"] < 0:
+        raise ResumeError(f"{path}: 'step' must be >= 0, got {raw['step']}")
+    return TrainerState(**raw)
+
+
+def _load_tensor_file(path: Path) -> dict[str, Any]:
+    """A trainer-state `.pt` file that loads without unpickling code (weights_only), as a dict."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load fails in many ways (pickle, zip, EOF, weights_only); all mean "unreadable"
+        raise ResumeError(f"{path}: not a plain tensor file ({_one_line(exc)})") from exc
+    if not isinstance(obj, dict):
+        raise ResumeError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception message (torch's weights_only errors run to a dozen lines)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def load_training_checkpoint(path: Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
+    """Weights, tokenizer, state, optimizer and RNG state of a step directory; ResumeError on any bad file."""
+    sd = path / TRAINER_STATE_DIR
+    state = read_trainer_state(path)
+    optimizer = _load_tensor_file(sd / "optimizer.pt")
+    if not isinstance(optimizer.get("state"), dict) or not isinstance(optimizer.get("param_groups"), list):
+        raise ResumeError(f"{sd / 'optimizer.pt'}: not an optimizer state (no 'state' and 'param_groups')")
+    rng = _load_tensor_file(sd / "rng.pt")
+    if not isinstance(rng.get("torch"), torch.Tensor) or not {"python", "numpy", "numpy_pos"} <= set(rng):
+        raise ResumeError(f"{sd / 'rng.pt'}: not an RNG state (needs python, torch, numpy and numpy_pos)")
     model, tokenizer = load_checkpoint(path, device=device)
     model.train()
-    return LoadedCheckpoint(path, model, tokenizer, TrainerState(**raw), optimizer, rng)
+    return LoadedCheckpoint(path, model, tokenizer, state, optimizer, rng)
