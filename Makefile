@@ -1,22 +1,37 @@
-# The command surface of MiniGPT. `make serve` and `make test` work on a fresh machine.
+# The command surface of MiniGPT. `make serve` and `make test` work on a fresh machine (Python 3.11+).
+# `make serve` installs what serving needs; `make test` and `make install` add the dev tools (pytest, ruff,
+# mypy, the openai SDK, transformers, Playwright: about 1.6 GB more).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+TORCH_STAMP := $(VENV)/.torch-installed
+SERVE_STAMP := $(VENV)/.serve-installed
+DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: install serve test lint fmt demo-model bench clean
+.PHONY: install install-serve serve test lint fmt demo-model bench clean
 
-$(STAMP): pyproject.toml
+# The venv and torch: the CPU build unless an NVIDIA GPU is present (scripts/install-torch.sh says how).
+$(TORCH_STAMP): scripts/install-torch.sh
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
+		{ echo "MiniGPT needs Python 3.11 or newer; '$(PY)' is $$($(PY) --version 2>&1). Try: make PY=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# CPU torch first where none is present: an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	scripts/install-torch.sh $(BIN)/python
+	touch $@
+
+$(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml $(TORCH_STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
-serve: install
+install-serve: $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/minigpt-serve
 
 test: install lint
@@ -31,7 +46,7 @@ fmt: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-demo-model: install
+demo-model: $(SERVE_STAMP)
 	$(BIN)/python -m training.demo $(DEMO_ARGS)
 
 bench: install
