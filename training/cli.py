@@ -81,6 +81,7 @@ OVERRIDES = {
     "grpo_epochs": "grpo_epochs",
     "eval_data": "eval_data",
     "eval_prompts": "eval_prompts",
+    "threads": "threads",
 }
 
 
@@ -112,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES)
     p.add_argument("--dtype", choices=DTYPES, help="auto = bf16 autocast on CUDA, fp32 elsewhere")
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--eval-every", type=int, help="validate every N steps")
     p.add_argument("--eval-batches", type=int, help="batches per validation")
@@ -155,6 +162,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         overrides["retrain_tokenizer"] = True
     if args.thinking:
         overrides["thinking"] = True
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
     for flag in ("data", "tokenizer", "reward_model", "eval_data"):
         if flag in overrides and not Path(overrides[flag]).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
@@ -176,6 +185,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         raise UsageError("--resume and --init cannot be combined")
     point = find_resume_point(args.resume)
     saved = dict(read_trainer_state(point).config)
+    saved.pop("threads", None)  # a property of this machine, not of the run
     if saved.get("mode") in STAGE_MODES:
         raise UsageError(f"--resume is not supported for {saved['mode']} runs; start again with --init")
     if args.mode is not None and args.mode != saved.get("mode"):
@@ -216,6 +226,9 @@ def _train_main(argv: list[str]) -> int:
         print(f"{PROG}: --mode {args.mode} is not implemented yet (only pretrain and sft)", file=sys.stderr)
         return 2
     cfg, resume_from = config_from_args(args)
+    from minigpt_core.threads import configure_threads  # imports torch: only once the flags are valid
+
+    cfg = cfg.replace(threads=configure_threads(cfg.threads))  # the count in force lands in run_config.json
     if cfg.mode in STAGE_MODES:
         state = _run_stage(cfg)
     else:

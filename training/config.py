@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    threads: int | None = None  # CPU intra-op threads (None: minigpt_core.threads.default_threads); not resumed
     # preference stages (dpo, reward); batch_size counts pairs
     beta: float = 0.1
     dpo_loss: str = "sigmoid"
@@ -106,6 +107,8 @@ class TrainConfig:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError("time_limit_s must be positive")
         self._check_stage_settings()

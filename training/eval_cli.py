@@ -41,7 +41,17 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _add_threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        help="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
+    )
+
+
 def _add_loss_args(p: argparse.ArgumentParser) -> None:
+    _add_threads_arg(p)
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--data", required=True, help="JSONL file (pretrain text or SFT conversations)")
     p.add_argument("--mode", choices=["auto", "pretrain", "sft"], default="auto", help="format (default: detect)")
@@ -110,6 +120,7 @@ def _report(result: dict[str, float], mode: str, args: argparse.Namespace) -> di
 
 def _add_generation_args(name: str, max_new_tokens: int) -> Callable[[argparse.ArgumentParser], None]:
     def add(p: argparse.ArgumentParser) -> None:
+        _add_threads_arg(p)
         p.add_argument("--model", required=True, help="checkpoint directory")
         p.add_argument("--data", help=f"held-out JSONL (default: the bundled eval_{name}.jsonl)")
         p.add_argument("--limit", type=int, help="evaluate the first N records only")
@@ -271,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         args = build_parser().parse_args(argv)
+        if args.threads is not None and args.threads < 1:
+            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        from minigpt_core.threads import configure_threads  # imports torch: only once the flags are valid
+
+        configure_threads(args.threads)
         return SUBCOMMANDS[args.command][2](args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

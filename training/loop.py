@@ -280,7 +280,7 @@ def fit(tr: Trainer) -> TrainerState:
             if eval_due:
                 record.update(evaluate(tr))
                 if "val_loss" in record and rt.is_main:
-                    bar.write(f"step {st.step}: val_loss {record['val_loss']:.4f}, bpb {record['val_bpb']:.4f}")
+                    logger.info("step %d: val_loss %.4f, bpb %.4f", st.step, record["val_loss"], record["val_bpb"])
                     best = st.best_val_loss
                     st.best_val_loss = record["val_loss"] if best is None else min(best, record["val_loss"])
             if log_due:

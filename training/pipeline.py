@@ -230,7 +230,8 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
     )
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
-        "%s %s: %.2fM parameters, %d train / %d val documents, %d tokens per step on %d rank(s), device %s",
+        "%s %s: %.2fM parameters, %d train / %d val documents, %d tokens per step on %d rank(s), device %s, "
+        "%d CPU thread(s)",
         cfg.mode,
         cfg.config_name,
         n_params / 1e6,
@@ -239,6 +240,7 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
         cfg.tokens_per_step * rt.world_size,
         rt.world_size,
         rt.device,
+        torch.get_num_threads(),
     )
     final = fit(trainer)
     if rt.is_main and loader.truncated:

@@ -167,7 +167,7 @@ def run_loop(
             eval_due = bool(cfg.eval_every) and not stopping and (st.step % cfg.eval_every == 0 or last or out_of_time)
             if eval_due:
                 record.update(evaluate())
-                bar.write(f"step {st.step}: {_fmt({k: v for k, v in record.items() if k.startswith('val_')})}")
+                logger.info("step %d: %s", st.step, _fmt({k: v for k, v in record.items() if k.startswith("val_")}))
             if st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or out_of_time or eval_due or stopping:
                 run.append_metrics(record)
             if st.step % cfg.save_every == 0 or last or out_of_time or stopping:

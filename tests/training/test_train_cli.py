@@ -129,3 +129,32 @@ def test_plot_subcommand_and_eval_usage(pretrained: Path, tmp_path: Path, capsys
     assert (tmp_path / "curve.png").stat().st_size > 1000
     assert eval_cli.main(["--model", str(pretrained)]) == 2
     assert "required" in capsys.readouterr().err
+
+
+def test_threads_flag_reaches_torch_and_zero_is_a_usage_error(
+    pretrained: Path, train_workdir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = tmp_path / "t"
+        args = [*base_args(train_workdir, train_workdir / "data", out), "--max-steps", "1", "--eval-every", "5"]
+        capsys.readouterr()
+        assert cli.main([*args, "--threads", "1"]) == 0
+        assert capsys.readouterr().out == ""  # -q: not even the validation line of the last step
+        assert torch.get_num_threads() == 1
+        assert json.loads((out / "run_config.json").read_text())["threads"] == 1  # recorded with the run
+        torch.set_num_threads(2)
+        data = str(train_workdir / "data" / "pretrain_val.jsonl")
+        assert eval_cli.main(["--model", str(pretrained), "--data", data, "--max-batches", "1", "-t", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    for main, argv in [
+        (cli.main, ["--threads", "0"]),
+        (eval_cli.main, ["--model", str(pretrained), "--data", "x", "--threads", "0"]),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "--threads must be at least 1, got 0" in err and err.count("\n") == 1, err
