@@ -121,7 +121,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     engine, tokenizer = state.require_ready()
     state.check_model(body.model)
     started = time.perf_counter()
-    prep = prepare_chat(
+    # in a worker thread: a long prompt or a new grammar (compiled and tried here, seconds for some schemas)
+    # must not stall every other request and stream on the event loop
+    prep = await asyncio.to_thread(
+        prepare_chat,
         body,
         tokenizer,
         max_model_len=state.max_model_len,
