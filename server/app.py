@@ -2,49 +2,34 @@
 
 The lifespan loads the checkpoint in a worker thread (so /health can answer 503 while it loads), builds and
 starts the engine, warms up the grammar engine (llguidance initialises lazily) and shuts it down on exit.
-A caller that passes its own `engine` (tests, embedding) keeps ownership of it. The gateway middleware is
-plain ASGI (it must not buffer streams): request id, API-key check in constant time (/health stays open), the
-body-size limit (413) and per-request metrics and logging.
-Routes live in `server.routes`; error mapping in `server.errors`.
+A caller that passes its own `engine` (tests, embedding) keeps ownership of it. Every request passes through
+`server.gateway` first (request id, Host check, CORS, API key, body limits, 500s, logging and metrics).
+Routes live in `server.routes`; error mapping in `server.errors`; the OpenAPI document in `server.openapi`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import Tokenizer
-from server.errors import (
-    BodyTooLarge,
-    ModelNotFound,
-    NotReady,
-    Unauthorized,
-    error_response_for,
-    install_error_handlers,
-)
+from server.errors import ModelNotFound, NotReady, install_error_handlers
+from server.gateway import GatewayMiddleware
 from server.metrics import Metrics
+from server.openapi import install_openapi
 from server.settings import Settings
-from server.web import is_page_path
 
 logger = logging.getLogger(__name__)
-
-OPEN_PATHS = frozenset({"/health"})
-KNOWN_ENDPOINTS = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/tokenize", "/detokenize"}
-)
 
 
 @dataclass
@@ -148,8 +133,10 @@ async def _load(state: ServerState) -> None:
     except Exception as exc:  # whatever failed (also torch out of memory), /health must not stay "loading"
         if not isinstance(exc, MiniGPTError | OSError):
             logger.error("unexpected error while loading the model", exc_info=exc)
-        state.load_error = f"model failed to load: {exc}"
-        logger.error("%s", state.load_error)
+        logger.error("model failed to load: %s", exc)
+        # /health is open even under --api-key: tell the world only that it failed, not where the files are
+        public = state.settings.api_key is None
+        state.load_error = f"model failed to load: {exc}" if public else "model failed to load (see the server log)"
         if state.on_load_error is not None:
             state.on_load_error(f"model failed to load: {exc}")
         return
@@ -190,118 +177,6 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
     app.include_router(router)
     app.include_router(web_router)
     app.include_router(apidocs_router)  # /docs without a CDN
-    app.add_middleware(GatewayMiddleware, state=state)
+    app.add_middleware(GatewayMiddleware, settings=settings, metrics=state.metrics)
+    install_openapi(app)
     return app
-
-
-class GatewayMiddleware:
-    """Request id, API key, body-size limit, and the per-request log line and counter (plain ASGI)."""
-
-    def __init__(self, app: ASGIApp, state: ServerState) -> None:
-        self.app = app
-        self.state = state
-        key = state.settings.api_key
-        self._key = key.encode() if key else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v for k, v in scope.get("headers", [])}
-        rid = headers.get("x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        path: str = scope.get("path", "")
-        endpoint = (
-            path if path in KNOWN_ENDPOINTS else ("/v1/models/{id}" if path.startswith("/v1/models/") else "other")
-        )
-        started = time.perf_counter()
-        status_box = [0]
-
-        async def send_wrapper(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status_box[0] = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
-            await send(message)
-
-        try:
-            is_open = path in OPEN_PATHS or is_page_path(path)  # the web page itself asks for the key
-            if self._key is not None and not is_open and not self._authorized(headers):
-                await _send_error(send_wrapper, Unauthorized("Incorrect or missing API key.", None))
-                return
-            if scope.get("method") == "POST" and b"json" not in headers.get("content-type", b""):
-                scope = _as_json(scope)  # `curl -d` sends form encoding; every POST body here is JSON
-            body, receive_next = await self._read_body(headers, receive)
-            if body is None:
-                await _send_error(
-                    send_wrapper, BodyTooLarge(f"request body exceeds {self.state.settings.max_body_bytes} bytes")
-                )
-                return
-            await self.app(scope, _replay(body, receive_next), send_wrapper)
-        finally:
-            elapsed = time.perf_counter() - started
-            self.state.metrics.count_request(endpoint, status_box[0] or 499)
-            logger.info(
-                "%s %s %s -> %s in %.3fs", rid, scope.get("method"), path, status_box[0] or "disconnect", elapsed
-            )
-
-    def _authorized(self, headers: dict[str, bytes]) -> bool:
-        auth = headers.get("authorization", b"")
-        scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer":
-            token = headers.get("x-api-key", b"")
-        assert self._key is not None
-        return hmac.compare_digest(token.strip(), self._key)
-
-    async def _read_body(self, headers: dict[str, bytes], receive: Receive) -> tuple[bytes | None, Receive]:
-        """The whole body, or None when it is over the limit (checked on Content-Length and while reading)."""
-        limit = self.state.settings.max_body_bytes
-        try:
-            declared = int(headers.get("content-length", b"0") or 0)
-        except ValueError:
-            declared = 0
-        if declared > limit:
-            return None, receive
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return None, receive
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        return b"".join(chunks), receive
-
-
-def _as_json(scope: Scope) -> Scope:
-    kept = [(k, v) for k, v in scope.get("headers", []) if k.lower() != b"content-type"]
-    return {**scope, "headers": [*kept, (b"content-type", b"application/json")]}
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
-
-
-async def _send_error(send: Send, exc: BaseException) -> None:
-    status, body, headers = error_response_for(exc)
-    if status == 401:
-        headers["WWW-Authenticate"] = "Bearer"
-    raw = json.dumps(body).encode()
-    header_list = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
-    header_list += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": header_list})
-    await send({"type": "http.response.body", "body": raw})

@@ -8,10 +8,11 @@ It is not the model's shape (`minigpt_core.config`) and not sampling defaults (`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -39,11 +40,49 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         default=None, ge=1, description="CPU threads for torch; None = OMP_NUM_THREADS, else half the usable CPUs"
     )
+    allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="CORS: origins (scheme://host[:port]) whose pages may call the API; '*' = any"
+    )
+    max_connections: int = Field(
+        default=256, ge=1, description="open connections beyond which new requests get 503 (uvicorn's cap)"
+    )
+    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this (408)")
+    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections close after this")
 
     @field_validator("api_key", "served_model_name")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):  # `--allowed-origins a,b` and MINIGPT_ALLOWED_ORIGINS=a,b
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        out = []
+        for origin in value:
+            origin = origin.rstrip("/").lower()
+            parts = urlsplit(origin)
+            if origin != "*" and (parts.scheme not in ("http", "https") or not parts.netloc or parts.path):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] (or '*')")
+            out.append(origin)
+        return tuple(out)
+
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The keyword arguments for `uvicorn.run` / `uvicorn.Config` (besides the app)."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "log_level": self.log_level,
+            "access_log": False,  # the gateway logs one line per request
+            "limit_concurrency": self.max_connections,
+            "timeout_keep_alive": self.keep_alive_timeout_s,
+        }
 
     def resolved_model_dir(self) -> Path:
         """The checkpoint directory to load: `model`, or the demo model bundled with `minigpt_core`."""

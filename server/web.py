@@ -28,6 +28,7 @@ from pydantic import ConfigDict, Field
 
 from minigpt_core.errors import InvalidRequest
 from server.errors import error_body
+from server.openapi import BODY_ERRORS, errors
 from server.protocol import RequestBody
 from tools.base import ToolError, UnknownToolError
 from tools.registry import ToolRegistry, default_registry
@@ -126,13 +127,13 @@ class ToolCallRequest(RequestBody):
     arguments: dict[str, Any] | str = "{}"
 
 
-@router.get("/web/tools")
+@router.get("/web/tools", responses=errors(400, 401))
 async def list_tools() -> dict[str, Any]:
     """The built-in tools as OpenAI `tools` entries, ready to send back in a chat request."""
     return {"object": "list", "data": web_registry().schemas()}
 
 
-@router.post("/web/tools/call")
+@router.post("/web/tools/call", responses=errors(*BODY_ERRORS))
 async def call_tool(body: ToolCallRequest) -> dict[str, Any]:
     """Run one built-in tool; its text result is what the page sends back as a `role: "tool"` message."""
     registry = web_registry()

@@ -65,12 +65,13 @@ def test_malformed_json_and_wrong_shapes_are_400(live: LiveServer) -> None:
         envelope(c.post("/detokenize", json={"tokens": [-1]}), 400)
 
 
-def test_json_without_content_type_is_accepted(live: LiveServer) -> None:
+def test_json_without_json_content_type_is_415(live: LiveServer) -> None:
+    # `curl -d` sends form encoding, a browser on any origin may send text/plain without a preflight: both 415
     raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'
-    with live.client() as c:  # what `curl -d` sends: form encoding
+    with live.client() as c:
         r = c.post("/v1/chat/completions", content=raw, headers={"content-type": "application/x-www-form-urlencoded"})
-        assert r.status_code == 200, r.text
-        envelope(c.post("/v1/chat/completions", content=b"model=tiny", headers={"content-type": "text/plain"}), 400)
+        envelope(r, 415, "unsupported_media_type")
+        envelope(c.post("/v1/chat/completions", content=b"model=tiny", headers={"content-type": "text/plain"}), 415)
 
 
 def test_context_length_exceeded(live: LiveServer) -> None:
@@ -119,7 +120,8 @@ def test_body_too_large_is_413(tiny_checkpoint: Path) -> None:
                 yield b"y" * 1000
             yield b'"}]}'
 
-        envelope(c.post("/v1/chat/completions", content=chunks()), 413)
+        json_type = {"content-type": "application/json"}
+        envelope(c.post("/v1/chat/completions", content=chunks(), headers=json_type), 413)
 
 
 def test_sdk_raises_typed_errors_without_retry(live: LiveServer) -> None:
