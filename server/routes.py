@@ -25,6 +25,7 @@ from minigpt_core.output_parser import OutputParser
 from server.app import ServerState
 from server.chat import prepare_chat, resolve_max_tokens, sampling_params
 from server.generation import ChoiceJob, merge_choices, submit_all
+from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, errors, text_response
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from server.streaming import (
     ResponseMeta,
@@ -115,7 +116,9 @@ async def _until_disconnect(
         _canceller(jobs)()
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)}
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = _state(request)
     engine, tokenizer = state.require_ready()
@@ -190,7 +193,7 @@ def _completion_prompts(body: CompletionRequest, state: ServerState) -> list[tup
     return out
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)})
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
     engine, tokenizer = state.require_ready()
@@ -246,19 +249,19 @@ def _model_card(state: ServerState) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", responses=errors(400, 401))
 async def list_models(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [_model_card(_state(request))]}
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.get("/v1/models/{model_id:path}", responses=errors(400, 401, 404))
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     state = _state(request)
     state.check_model(model_id)
     return _model_card(state)
 
 
-@router.get("/health", response_model=None)
+@router.get("/health", response_model=None, responses=HEALTH_RESPONSES)
 async def health(request: Request) -> Response:
     state = _state(request)
     if state.ready:
@@ -267,7 +270,11 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: text_response("text/plain", "Prometheus text exposition (format 0.0.4)"), **errors(400, 401)},
+)
 async def metrics(request: Request) -> PlainTextResponse:
     state = _state(request)
     stats = state.engine.stats() if state.engine is not None else None
@@ -275,7 +282,7 @@ async def metrics(request: Request) -> PlainTextResponse:
     return PlainTextResponse(state.metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
 
-@router.post("/tokenize")
+@router.post("/tokenize", responses=errors(*BODY_ERRORS, 404, 503))
 async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
     _, tokenizer = state.require_ready()
@@ -289,7 +296,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
 
-@router.post("/detokenize")
+@router.post("/detokenize", responses=errors(*BODY_ERRORS, 404, 503))
 async def detokenize(body: DetokenizeRequest, request: Request) -> dict[str, Any]:
     state = _state(request)
     _, tokenizer = state.require_ready()

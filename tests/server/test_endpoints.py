@@ -280,3 +280,27 @@ def test_completion_logprobs_split_characters_tags_and_stop_strings() -> None:
         assert [o for ch in streamed if ch["logprobs"] for o in ch["logprobs"]["text_offset"]] == choice["logprobs"][
             "text_offset"
         ]
+
+
+def test_openapi_lists_the_real_responses(live: LiveServer) -> None:
+    with live.client() as c:
+        doc = c.get("/openapi.json").json()
+    assert '"422"' not in json.dumps(doc) and "HTTPValidationError" not in doc["components"]["schemas"]
+    envelope = doc["components"]["schemas"]["ErrorResponse"]
+    assert envelope["required"] == ["error"]
+    detail = doc["components"]["schemas"]["ErrorDetail"]
+    assert set(detail["properties"]) == {"message", "type", "param", "code"}
+    error_ref = {"$ref": "#/components/schemas/ErrorResponse"}
+    chat = doc["paths"]["/v1/chat/completions"]["post"]["responses"]
+    assert {"400", "401", "404", "413", "415", "429"} <= set(chat)
+    for status in ("400", "401", "404", "408", "413", "415", "429", "503"):
+        assert chat[status]["content"] == {"application/json": {"schema": error_ref}}, status
+    assert set(chat["200"]["content"]) == {"application/json", "text/event-stream"}
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]
+    assert list(metrics["200"]["content"]) == ["text/plain"]
+    assert metrics["401"]["content"] == {"application/json": {"schema": error_ref}}
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method == "post":
+                assert {"400", "401", "413", "415"} <= set(op["responses"]), path
+                assert list(op["requestBody"]["content"]) == ["application/json"], path
