@@ -16,7 +16,7 @@ $(TORCH_STAMP): scripts/install-torch.sh
 		{ echo "MiniGPT needs Python 3.11 or newer; '$(PY)' is $$($(PY) --version 2>&1). Try: make PY=python3.11 $(MAKECMDGOALS)" >&2; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	scripts/install-torch.sh $(BIN)/python
+	bash scripts/install-torch.sh $(BIN)/python
 	touch $@
 
 $(SERVE_STAMP): pyproject.toml $(TORCH_STAMP)

@@ -42,7 +42,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--max-body-bytes", "max_body_bytes", int, "request bodies above this get 413"),
     ("--default-max-tokens", "default_max_tokens", int, "completion budget when a request sets none"),
     ("--log-level", "log_level", str, "debug | info | warning | error (debug logs prompt text)"),
-    ("--threads", "threads", int, "CPU threads for torch (default: OMP_NUM_THREADS, else half the usable CPUs)"),
+    ("--threads", "threads", int, "CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)"),
 )
 
 
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         "model_arg", nargs="?", metavar="MODEL", default=None, help="checkpoint directory (the same as --model)"
     )
     for flag, dest, type_, help_ in FLAGS:
-        parser.add_argument(flag, dest=dest, type=type_, default=None, help=help_)
+        names = ("-t", flag) if flag == "--threads" else (flag,)  # -t as llama.cpp and minigpt-train
+        parser.add_argument(*names, dest=dest, type=type_, default=None, help=help_)
     return parser
 
 

@@ -72,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ultra-think", action="store_true", help="think before answering (every turn)")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: half the CPUs)")
+    p.add_argument(
+        "-t",
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
+    )
     p.add_argument("--tools", default=None, help="comma-separated built-in tools to offer (or 'all'): agent loop")
     p.add_argument(
         "--tool-choice", choices=("auto", "required", "none"), default="auto", help="first round of each turn"

@@ -3,10 +3,13 @@ configuration reference covers every CLI flag and every `MINIGPT_*` variable.
 
 What it is: a harness that extracts the fenced blocks of the docs, starts ONE live server on the bundled demo
 model (uvicorn in a thread, a free port), rewrites `localhost:8000` / `127.0.0.1:8000` to it, and runs
-```bash / ```sh blocks with `bash -euo pipefail` and ```python blocks with this interpreter, each file's blocks in
-document order in one temporary working directory (so a tutorial can build on its earlier blocks), with the venv's
-bin on PATH and `ROOT` exported. Each block is one test, named by file:line. It also renders the reference tables
-(`python -m tests.test_docs` prints them for docs/guide.md) and checks the guide against the parsers.
+```bash / ```sh blocks with `bash -euo pipefail` and ```python blocks with `.venv/bin/python`, each file's blocks in
+document order in one temporary working directory (so a tutorial can build on its earlier blocks). That directory
+stands in for a fresh shell in the checkout after `make install`: the repository's files and `.venv` are linked
+into it, the virtualenv is NOT on PATH and nothing else is exported, so a command written `minigpt-train ...`
+instead of `.venv/bin/minigpt-train ...` fails here as it would for a reader. Each block is one test, named by
+file:line. It also renders the reference tables (`python -m tests.test_docs` prints them for docs/guide.md) and
+checks the guide against the parsers.
 What it is not: a place for doc-only exceptions. Blocks that cannot run here (GPU, vLLM, llama.cpp, Ollama,
 docker) are fenced ```text in the docs with a one-line "Not run by the doc test: ..." note before them; the only
 lines skipped inside runnable blocks are the long-running commands in SKIPPED_COMMANDS.
@@ -41,7 +44,39 @@ RUN_LANGS = {"bash": "bash", "sh": "bash", "shell": "bash", "python": "python", 
 # itself runs; `make serve` and `minigpt-serve` serve forever, and this harness already runs that server
 # (a skipped `minigpt-serve` line still has its flags parsed into Settings, so a wrong flag fails here).
 SKIPPED_COMMANDS = (("make", "serve"), ("make", "test"), ("minigpt-serve",))
-COMMAND_WORDS = ("minigpt-", "python", "pip", "curl", "make", "torchrun", "vllm", "llama-", "ollama", "docker")
+COMMAND_WORDS = (
+    "minigpt-",
+    ".venv/bin/",
+    "python",
+    "pip",
+    "curl",
+    "make",
+    "torchrun",
+    "vllm",
+    "llama-",
+    "ollama",
+    "docker",
+)
+VENV_BIN = ".venv/bin/"
+# What a doc block's working directory links from the checkout (outputs such as runs/ or checkpoints/ are not).
+CHECKOUT_ENTRIES = (
+    "minigpt_core",
+    "training",
+    "server",
+    "tools",
+    "tests",
+    "docs",
+    "docker",
+    "scripts",
+    "Makefile",
+    "pyproject.toml",
+    "README.md",
+    "Dockerfile",
+)
+# The project's console scripts and the venv's tools: in the docs they are always called through .venv/bin/.
+VENV_COMMAND = re.compile(
+    r"(?<![\w./-])(minigpt-(?:info|train|eval|serve|generate|bench|export)|python3?|pip3?|torchrun)(?=\s|$|\))"
+)
 BLOCK_TIMEOUT_S = 150
 NOTE = "not run by the doc test"
 # What a flag without argparse help means, for the reference tables.
@@ -123,6 +158,8 @@ def _logical_lines(body: str) -> list[str]:
 def _skipped(words: list[str]) -> tuple[str, ...] | None:
     while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):  # leading VAR=value assignments
         words = words[1:]
+    if words:
+        words = [words[0].removeprefix(VENV_BIN), *words[1:]]
     for cmd in SKIPPED_COMMANDS:
         # `minigpt-serve` with any flags; the `make` targets exactly.
         if (cmd == ("minigpt-serve",) and words[:1] == list(cmd)) or tuple(words) == cmd:
@@ -144,7 +181,8 @@ def prepare_bash(body: str) -> tuple[str, list[list[str]]]:
             script.append(line)
             continue
         if cmd == ("minigpt-serve",):
-            serve_argvs.append(words[words.index("minigpt-serve") + 1 :])
+            at = next(i for i, w in enumerate(words) if w.removeprefix(VENV_BIN) == "minigpt-serve")
+            serve_argvs.append(words[at + 1 :])
         script.append(f": skipped by the doc test: {' '.join(cmd)}")
     return "\n".join(script) + "\n", serve_argvs
 
@@ -158,11 +196,27 @@ class DocRunner:
     results: dict[str, subprocess.CompletedProcess[str]] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGPT_")}
-        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-        env.update(ROOT=str(ROOT), MINIGPT_CACHE_DIR=str(self.workdir / "cache"), MPLBACKEND="Agg")
+        """A fresh shell's environment: no virtualenv on PATH (nor VIRTUAL_ENV), no MINIGPT_* settings."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MINIGPT_") and k != "VIRTUAL_ENV"}
+        venv_bins = {Path(sys.executable).parent.resolve(), Path(sys.prefix, "bin").resolve()}
+        if os.environ.get("VIRTUAL_ENV"):
+            venv_bins.add(Path(os.environ["VIRTUAL_ENV"], "bin").resolve())
+        kept = [d for d in env.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() not in venv_bins]
+        env["PATH"] = os.pathsep.join(kept)
+        env.update(MINIGPT_CACHE_DIR=str(self.workdir / "cache"), MPLBACKEND="Agg")
         env.update(PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", NO_COLOR="1")
         return env
+
+    def checkout(self, block: Block) -> Path:
+        """The block file's working directory: the checkout's files and `.venv` linked in, outputs kept here."""
+        cwd = self.workdir / block.path.replace("/", "_")
+        if not cwd.exists():
+            cwd.mkdir(parents=True)
+            for name in CHECKOUT_ENTRIES:
+                if (ROOT / name).exists():
+                    (cwd / name).symlink_to(ROOT / name)
+            (cwd / ".venv").symlink_to(Path(sys.prefix))  # the virtualenv these tests run in = `make install`'s
+        return cwd
 
     def rewrite(self, text: str) -> str:
         port = self.base_url.rsplit(":", 1)[1]
@@ -175,11 +229,10 @@ class DocRunner:
         return self.results.get(block.id) or self._run_one(block)
 
     def _run_one(self, block: Block) -> subprocess.CompletedProcess[str]:
-        cwd = self.workdir / block.path.replace("/", "_")
-        cwd.mkdir(parents=True, exist_ok=True)
+        cwd = self.checkout(block)
         body = self.rewrite(block.body)
         if RUN_LANGS[block.lang] == "python":
-            argv, stdin = [sys.executable, "-"], body
+            argv, stdin = [str(cwd / VENV_BIN / "python"), "-"], body
         else:
             script, serve_argvs = prepare_bash(body)
             for args in serve_argvs:
@@ -275,13 +328,48 @@ def test_not_run_command_blocks_say_why() -> None:
 
 def test_skip_list_is_exact() -> None:
     script, serve = prepare_bash(
-        "make serve   # comment\nmake test\nmake lint\nMINIGPT_PORT=1 minigpt-serve --port 9\n"
+        "make serve   # comment\nmake test\nmake lint\nMINIGPT_PORT=1 .venv/bin/minigpt-serve --port 9\n"
+        ".venv/bin/minigpt-serve runs/sft\n"
     )
     assert script.splitlines()[2] == "make lint"
-    assert sum(line.startswith(": skipped") for line in script.splitlines()) == 3
-    assert serve == [["--port", "9"]]
+    assert sum(line.startswith(": skipped") for line in script.splitlines()) == 4
+    assert serve == [["--port", "9"], ["runs/sft"]]
     with pytest.raises(AssertionError):
         _check_serve_flags(["--no-such-flag"])
+
+
+def test_commands_are_written_for_a_fresh_shell() -> None:
+    """Console scripts, python, pip and torchrun go through `.venv/bin/`; `$ROOT` is nothing a reader has.
+
+    The runnable blocks would fail anyway (no venv on PATH here), but skipped `minigpt-serve` lines and ```text
+    blocks are not run, so this holds them to the same convention.
+    """
+    bad = []
+    for b in ALL_BLOCKS:
+        if b.lang not in ("bash", "sh", "shell", "text", "") or b.path in NOT_RUN_FILES:
+            continue
+        for line in _logical_lines(b.body):
+            code = line.split(" #", 1)[0]
+            if "$ROOT" in code or "${ROOT}" in code:
+                bad.append(f"{b.id}: $ROOT: {line.strip()}")
+            if b.lang in ("text", "") and NOTE not in b.before.lower():
+                continue  # a text block that is output or a file, not commands
+            for m in VENV_COMMAND.finditer(code):
+                if code[m.end() :].startswith(" -m venv") or _quoted(code, m.start()):
+                    continue  # the system Python making another venv; or words inside a string
+                bad.append(f"{b.id}: {m.group(1)} without {VENV_BIN}: {line.strip()}")
+    assert not bad, "\n".join(bad)
+
+
+def _quoted(line: str, at: int) -> bool:
+    """True when position `at` is inside a '...' or "..." string of a shell line (not inside $(...))."""
+    quote = ""
+    for ch in line[:at]:
+        if quote and ch == quote:
+            quote = ""
+        elif not quote and ch in "'\"":
+            quote = ch
+    return quote == "'" or (quote == '"' and "$(" not in line[:at].rsplit('"', 1)[-1])
 
 
 # ---- configuration reference -------------------------------------------------------------------------------
