@@ -50,6 +50,7 @@ PROG = "minigpt-train"
 # flag dest -> TrainConfig field, for flags that override a preset only when given.
 OVERRIDES = {
     "data": "data",
+    "val_data": "val_data",
     "out": "out_dir",
     "init": "init",
     "tokenizer": "tokenizer",
@@ -98,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a MiniGPT model (pretrain, sft, dpo, reward, rlhf).")
     p.add_argument("--mode", choices=[*MODES, *UNIMPLEMENTED_MODES], help="training stage (default: pretrain)")
     p.add_argument("--config", default="tiny", help=f"model preset ({', '.join(PRESETS)}) or a JSON file")
-    p.add_argument("--data", help="JSONL file or folder (default: the bundled synthetic corpus)")
+    p.add_argument(
+        "--data", help="JSONL file or folder; pretraining also reads plain .txt (default: the bundled corpus)"
+    )
+    p.add_argument("--val-data", help="validation file or folder (default: *_val files beside --data, else 1 in 50)")
     p.add_argument("--out", help="run folder (default: checkpoints/<mode>_<config>/)")
     p.add_argument("--resume", help="continue a run (its folder or one of its checkpoints/step_N)")
     p.add_argument("--init", help="start from a checkpoint's weights and tokenizer (e.g. SFT from pretrain)")
@@ -164,7 +168,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         overrides["thinking"] = True
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
-    for flag in ("data", "tokenizer", "reward_model", "eval_data"):
+    for flag in ("data", "val_data", "tokenizer", "reward_model", "eval_data"):
         if flag in overrides and not Path(overrides[flag]).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
     if args.init is not None and not (Path(args.init) / "config.json").is_file():

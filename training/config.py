@@ -36,6 +36,7 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     # data and directories
     data: str | None = None
+    val_data: str | None = None  # validation file or folder (default: *_val files beside the data, or a holdout)
     out_dir: str = "checkpoints/run"
     init: str | None = None
     tokenizer: str | None = None

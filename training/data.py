@@ -1,9 +1,10 @@
 """Readers for the minimind JSONL formats and the tokenized memmap shard cache.
 
 What it is: parsing of one JSONL line per format (pretrain `{"text"}`, SFT `{"conversations"}`, DPO
-`{"chosen", "rejected"}`), their tokenization (pretrain: document + `<|endoftext|>`; SFT: the chat template with its
-assistant-only loss mask), and `open_shard(path, ...)`, which tokenizes a file once into uint16/uint32 memmaps
-cached next to the data (keyed by tokenizer fingerprint, template, file size and mtime) and then reads lazily.
+`{"chosen", "rejected"}`; pretraining also reads plain `.txt` files, see training.plaintext), their tokenization
+(pretrain: document + `<|endoftext|>`; SFT: the chat template with its assistant-only loss mask), and
+`open_shard(path, ...)`, which tokenizes a file once into uint16/uint32 memmaps cached next to the data (keyed by
+tokenizer fingerprint, template, file size and mtime) and then reads lazily.
 Bad lines are counted and reported as `file:line: reason`; only more than `max_bad_fraction` of them is fatal.
 What it is not: batching, packing or shuffling (`training.dataset`), nor the loss.
 """
@@ -28,6 +29,7 @@ from minigpt_core import chat_template
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import EOT_ID, Tokenizer
 from training.errors import DataError
+from training.plaintext import is_text_file, iter_text_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,12 @@ class BadRecord(ValueError):
 
 
 def detect_format(path: Path, max_lines: int = 50) -> str | None:
-    """The format ("pretrain", "sft" or "dpo") of the first parsable lines of `path`, or None."""
+    """The format ("pretrain", "sft" or "dpo") of the first parsable lines of `path`, or None.
+
+    A plain-text file (`.txt`) is pretraining text.
+    """
+    if is_text_file(path):
+        return "pretrain"
     with open(path, encoding="utf-8", errors="replace") as fh:
         for i, line in enumerate(fh):
             if i >= max_lines:
@@ -255,29 +262,51 @@ def open_shard(path: str | Path, mode: str, tokenizer: Tokenizer, max_bad_fracti
     raise DataError(f"{src}: no writable cache directory (tried {', '.join(map(str, roots))})")
 
 
+Encoded = tuple[list[int], list[bool] | None]
+
+
+def _encoded_records(src: Path, mode: str, tokenizer: Tokenizer) -> Iterator[tuple[int, int, Encoded | BadRecord]]:
+    """(line, lines it accounts for, token ids and mask or the reason it is bad) for each record of `src`."""
+    if is_text_file(src):
+        if mode != "pretrain":
+            raise DataError(f"{src}: a plain-text file is pretraining data; --mode {mode} reads JSONL")
+        for piece in iter_text_pieces(src):
+            if piece.text is None:
+                yield piece.line, piece.n_lines, BadRecord(piece.error or "unreadable line")
+            else:
+                ids = tokenizer.encode(piece.text) if piece.text.strip() else []
+                yield piece.line, piece.n_lines, ([*ids, EOT_ID] if piece.ends_document else ids, None)
+        return
+    encode = _ENCODERS[mode]
+    for lineno, obj, error in iter_lines(src):
+        try:
+            if obj is None:
+                raise BadRecord(error or "unreadable line")
+            try:
+                result: Encoded | BadRecord = encode(obj, tokenizer)
+            except RecursionError as exc:  # parsable, yet too deep for the renderer (e.g. nested tool args)
+                raise BadRecord("nested too deeply") from exc
+        except BadRecord as exc:
+            result = exc
+        yield lineno, 1, result
+
+
 def _build_shard(src: Path, mode: str, tokenizer: Tokenizer, out: Path, max_bad_fraction: float) -> None:
     if mode not in _ENCODERS:
         raise DataError(f"cannot tokenize {mode!r} data (only {', '.join(_ENCODERS)})")
-    encode = _ENCODERS[mode]
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
     offsets, bad, total = array("q", [0]), [], 0
     tok_buf: list[int] = []
     mask_buf: list[bool] = []
     with open(out / "tokens.bin", "wb") as tok_fh, open(out / "mask.bin", "wb") as mask_fh:
-        for lineno, obj, error in iter_lines(src):
-            total += 1
-            try:
-                if obj is None:
-                    raise BadRecord(error or "unreadable line")
-                try:
-                    ids, mask = encode(obj, tokenizer)
-                except RecursionError as exc:  # parsable, yet too deep for the renderer (e.g. nested tool args)
-                    raise BadRecord("nested too deeply") from exc
-            except BadRecord as exc:
-                bad.append({"line": lineno, "reason": str(exc)})
+        for lineno, n_lines, result in _encoded_records(src, mode, tokenizer):
+            total += n_lines
+            if isinstance(result, BadRecord):
+                bad.append({"line": lineno, "reason": str(result)})
                 if len(bad) <= MAX_REPORTED_BAD_LINES:
-                    logger.warning("%s:%d: skipped: %s", src, lineno, exc)
+                    logger.warning("%s:%d: skipped: %s", src, lineno, result)
                 continue
+            ids, mask = result
             tok_buf.extend(ids)
             mask_buf.extend(mask if mask is not None else [True] * len(ids))
             offsets.append(offsets[-1] + len(ids))

@@ -27,6 +27,7 @@ import torch
 from minigpt_core.tokenizer import EOT_ID, NUM_SPECIAL, Tokenizer
 from training.data import TokenShard, detect_format, open_shard
 from training.errors import DataError
+from training.plaintext import TEXT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -75,34 +76,62 @@ def is_val_file(path: Path) -> bool:
 
 
 def training_files(folder: Path) -> list[Path]:
-    """Every JSONL file of `folder` that is not held out (pretrain, SFT, DPO): what a tokenizer learns from."""
-    return sorted(p for p in folder.glob("*.jsonl") if not is_val_file(p))
+    """Every data file of `folder` that is not held out (pretrain, SFT, DPO, plain text): what a tokenizer learns
+    from."""
+    return sorted(p for p in _data_files(folder, "pretrain") if not is_val_file(p))
 
 
-def resolve_data_files(data: str | Path | None, mode: str) -> DataFiles:
-    """Train and validation JSONL files for `mode`; `data` is a file, a folder, or None (bundled corpus)."""
+def _data_files(folder: Path, mode: str) -> list[Path]:
+    """JSONL files of a folder, and for pretraining its plain-text files too."""
+    patterns = ("*.jsonl", *(f"*{s}" for s in TEXT_SUFFIXES)) if mode == "pretrain" else ("*.jsonl",)
+    return sorted(p for pattern in patterns for p in folder.glob(pattern) if p.is_file())
+
+
+def _folder_files(root: Path, mode: str) -> list[Path]:
+    """This mode's files of a folder: those named after the mode (pretrain_*.jsonl) if any, else by content."""
+    found = _data_files(root, mode)
+    mine = [p for p in found if p.name.lower().startswith(mode)]
+    return mine if mine else [p for p in found if detect_format(p) == mode]
+
+
+def resolve_data_files(data: str | Path | None, mode: str, val_data: str | Path | None = None) -> DataFiles:
+    """Train and validation files for `mode`; `data` is a file, a folder, or None (bundled corpus).
+
+    `val_data` (a file or a folder) replaces the validation files found next to the training data.
+    """
     root = bundled_data_dir() if data is None else Path(data)
     if root.is_file():
         sibling = root.with_name(root.name.replace("train", "val"))
         val = [sibling] if sibling != root and sibling.is_file() else []
         files = DataFiles([root], val)
     elif root.is_dir():
-        found = sorted(p for p in root.glob("*.jsonl") if p.is_file())
-        mine = [p for p in found if p.name.lower().startswith(mode)]
-        if mine:
-            found = mine
-        else:  # a folder of mixed files: keep those whose first lines are in this mode's format
-            found = [p for p in found if detect_format(p) == mode]
+        found = _folder_files(root, mode)
         files = DataFiles([p for p in found if not is_val_file(p)], [p for p in found if is_val_file(p)])
         if not files.train:
-            raise DataError(f"{root}: no {mode} training files (*.jsonl) in this folder")
+            raise DataError(f"{root}: no {mode} training files (*.jsonl{', *.txt' if mode == 'pretrain' else ''})")
     else:
         raise DataError(f"{root}: data file or folder not found")
+    if val_data is not None:
+        files = DataFiles(files.train, _val_files(Path(val_data), mode))
+        overlap = {p.resolve() for p in files.val} & {p.resolve() for p in files.train}
+        if overlap:
+            raise DataError(f"--val-data {sorted(overlap)[0]} is also a training file")
     for path in files.train + files.val:
         fmt = detect_format(path)
         if fmt is not None and fmt != mode:
             raise DataError(f"{path}: looks like {fmt} data, but --mode is {mode}")
     return files
+
+
+def _val_files(path: Path, mode: str) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: validation file or folder not found")
+    found = _folder_files(path, mode)
+    if not found:
+        raise DataError(f"{path}: no {mode} validation files in this folder")
+    return found
 
 
 class DocumentSet:

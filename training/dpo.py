@@ -135,7 +135,7 @@ def run_dpo(cfg: TrainConfig) -> TrainerState:
     policy, tokenizer, cfg = load_init(cfg, required=True)
     run = StageRun.create(cfg, rt)
     cfg.save(run.run_dir / "run_config.json")
-    files = resolve_data_files(cfg.data, "dpo")
+    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
     train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
     policy.to(rt.device)
     reference = frozen_copy(policy)

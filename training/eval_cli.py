@@ -55,7 +55,9 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint directory")
     p.add_argument("--data", required=True, help="JSONL file (pretrain text or SFT conversations)")
     p.add_argument("--mode", choices=["auto", "pretrain", "sft"], default="auto", help="format (default: detect)")
-    p.add_argument("--seq-len", type=int, help="row length (default: min(1024, the model's context))")
+    p.add_argument(
+        "--seq-len", type=int, help="row length (default: the one it was trained with, else min(1024, its context))"
+    )
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, help="stop after this many batches")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
@@ -70,6 +72,7 @@ def run_loss(args: argparse.Namespace) -> int:
     from training.loop import evaluate_docs
     from training.pipeline import PACKING
     from training.runtime import setup_runtime
+    from training.state import trained_seq_len
 
     data = Path(args.data)
     if not data.is_file():
@@ -79,7 +82,7 @@ def run_loss(args: argparse.Namespace) -> int:
         raise UsageError(f"--data {data}: cannot tell pretrain from SFT data ({mode or 'no valid lines'})")
     rt = setup_runtime(args.device, "auto")
     model, tokenizer = load_checkpoint(args.model, device=rt.device)
-    seq_len = args.seq_len or min(1024, model.config.max_seq_len)
+    seq_len = args.seq_len or min(trained_seq_len(args.model) or 1024, model.config.max_seq_len)
     if not 0 < seq_len <= model.config.max_seq_len:
         raise UsageError(f"--seq-len must lie in [1, {model.config.max_seq_len}]")
     shard = open_shard(data, mode, tokenizer, args.max_bad_fraction)
@@ -95,6 +98,7 @@ def run_loss(args: argparse.Namespace) -> int:
         max_batches=args.max_batches,
     )
     report = _report(result, mode, args)
+    report["seq_len"] = seq_len
     if args.json:
         print(json.dumps(report))
     else:

@@ -37,6 +37,7 @@ from training.dataset import (
 from training.errors import DataError, ResumeError
 from training.interrupt import TrainingInterrupted
 from training.loop import Trainer, build_optimizer, fit
+from training.plaintext import is_text_file, iter_text_pieces
 from training.plot import plot_run
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
 from training.state import (
@@ -54,8 +55,12 @@ PACKING = {"pretrain": "stream", "sft": "docs"}  # pretrain packs a token stream
 
 
 def tokenizer_texts(files: list[Path]) -> Iterator[str]:
-    """Every text a tokenizer should learn from: pretrain `text`, SFT message contents and reasoning."""
+    """Every text a tokenizer should learn from: pretrain `text` and plain-text files, SFT message contents and
+    reasoning."""
     for path in files:
+        if is_text_file(path):
+            yield from (piece.text for piece in iter_text_pieces(path) if piece.text)
+            continue
         for _, obj, _err in iter_lines(path):
             if obj is None:
                 continue
@@ -181,7 +186,7 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
         run_dir.mkdir(parents=True, exist_ok=True)
         clean_stale(run_dir)
     rt.barrier()
-    files = resolve_data_files(cfg.data, cfg.mode)
+    files = resolve_data_files(cfg.data, cfg.mode, cfg.val_data)
     loaded = load_training_checkpoint(resume_from) if resume_from is not None else None
     if loaded is not None:
         model, tokenizer = loaded.model, loaded.tokenizer

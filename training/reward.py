@@ -162,7 +162,7 @@ def run_reward(cfg: TrainConfig) -> TrainerState:
     lm, tokenizer, cfg = load_init(cfg, required=False)
     run = StageRun.create(cfg, rt)
     cfg.save(run.run_dir / "run_config.json")
-    files = resolve_data_files(cfg.data, "dpo")
+    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
     train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
     rm = RewardModel(lm, cfg.reward_features).to(rt.device).train()
     optimizer = build_optimizer(rm, cfg, rt.device)

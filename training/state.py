@@ -176,6 +176,25 @@ def find_resume_point(path: str | Path) -> Path:
     return found[-1][1]
 
 
+def trained_seq_len(model_dir: str | Path) -> int | None:
+    """The row length a checkpoint written by minigpt-train was trained with, or None when it does not say.
+
+    A step directory records it in trainer_state/state.json, a run folder in run_config.json.
+    """
+    root = Path(model_dir)
+    for path, pick in (
+        (root / TRAINER_STATE_DIR / "state.json", lambda d: d.get("config", {}).get("seq_len")),
+        (root / "run_config.json", lambda d: d.get("seq_len")),
+    ):
+        try:
+            value = pick(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, RecursionError, AttributeError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 def run_dir_of(step_path: Path) -> Path:
     """RUN for RUN/checkpoints/step_N."""
     if step_path.parent.name == CHECKPOINTS_DIR:

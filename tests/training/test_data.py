@@ -14,6 +14,7 @@ from tests.training.helpers import pretrain_lines, sft_lines, write_jsonl
 from training.data import detect_format, normalize_conversation, open_shard, sft_tokens
 from training.dataset import IGNORE_INDEX, PackedLoader, documents_of, load_datasets, resolve_data_files
 from training.errors import DataError
+from training.plaintext import iter_text_pieces
 
 CONVERSATION = [
     {"role": "system", "content": "You are MiniGPT."},
@@ -178,3 +179,38 @@ def test_hostile_lines_are_bad_lines_not_crashes(
     with pytest.raises(DataError, match=r"3 of 43 lines are bad.*again\.jsonl:1: invalid JSON"):
         open_shard(write_jsonl(tmp_path / "again.jsonl", [], HOSTILE_LINES + ('{"text": "ok"}',) * 40), "pretrain",
                    tiny_tokenizer, max_bad_fraction=0.05)  # fmt: skip
+
+
+def test_plain_text_files_are_pretraining_documents(tmp_path: Path, tiny_tokenizer: Tokenizer) -> None:
+    story = "the cat sat on a mat.\n\nthe dog ran in the park.\n"
+    path = tmp_path / "stories.txt"
+    path.write_bytes(f"{story}<|endoftext|>\n{story * 3}".encode() + b"\xff\xfe not utf-8\n" + b"<|endoftext|>\n")
+    assert detect_format(path) == "pretrain"
+    shard = open_shard(path, "pretrain", tiny_tokenizer, max_bad_fraction=0.1)
+    assert (
+        shard.n_docs == 2
+        and shard.meta["lines"] == 15
+        and shard.meta["bad_examples"] == [{"line": 14, "reason": "not valid UTF-8"}]
+    )
+    first, second = (list(shard.doc(i)[0]) for i in range(2))
+    assert first == [*tiny_tokenizer.encode(story), EOT_ID]
+    assert second == [*tiny_tokenizer.encode(story * 3), EOT_ID]
+    # A long document is cut into pieces (after blank lines); only its last piece ends with <|endoftext|>.
+    pieces = list(iter_text_pieces(path, piece_chars=30))
+    assert [p.ends_document for p in pieces if p.text is not None] == [True, False, False, True]
+    assert "".join(p.text or "" for p in pieces) == story + story * 3
+    with pytest.raises(DataError, match="plain-text file is pretraining data"):
+        open_shard(path, "sft", tiny_tokenizer)
+
+
+def test_val_data_replaces_the_validation_files(train_workdir: Path, tmp_path: Path) -> None:
+    val = write_jsonl(tmp_path / "held.jsonl", pretrain_lines(5))
+    files = resolve_data_files(train_workdir / "data", "pretrain", val)
+    assert files.val == [val] and files.train == [train_workdir / "data" / "pretrain_train.jsonl"]
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt" / "book.txt").write_text("some text\n")
+    (tmp_path / "txt" / "notes_val.txt").write_text("other text\n")
+    folder = resolve_data_files(tmp_path / "txt", "pretrain")  # a folder of plain-text files
+    assert folder.train == [tmp_path / "txt" / "book.txt"] and folder.val == [tmp_path / "txt" / "notes_val.txt"]
+    with pytest.raises(DataError, match="also a training file"):
+        resolve_data_files(tmp_path / "txt" / "book.txt", "pretrain", tmp_path / "txt" / "book.txt")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from minigpt_core.checkpoint import load_checkpoint
-from tests.training.helpers import base_args
+from tests.training.helpers import base_args, pretrain_lines
 from training import cli, eval_cli
 from training.state import list_checkpoints
 
@@ -158,3 +158,29 @@ def test_threads_flag_reaches_torch_and_zero_is_a_usage_error(
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "--threads must be at least 1, got 0" in err and err.count("\n") == 1, err
+
+
+def test_eval_loss_uses_the_trained_row_length(
+    pretrained: Path, train_workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = str(train_workdir / "data" / "pretrain_val.jsonl")
+    reports = {}
+    for name, model in [("run", pretrained), ("step", list_checkpoints(pretrained)[-1][1])]:
+        capsys.readouterr()
+        assert eval_cli.main(["--model", str(model), "--data", data, "--json"]) == 0
+        reports[name] = json.loads(capsys.readouterr().out)
+    assert reports["run"]["seq_len"] == reports["step"]["seq_len"] == 64  # base_args trains with --seq-len 64
+    assert eval_cli.main(["--model", str(pretrained), "--data", data, "--json", "--seq-len", "64"]) == 0
+    assert json.loads(capsys.readouterr().out)["loss"] == reports["run"]["loss"]
+
+
+def test_pretrain_on_plain_text_with_val_data(train_workdir: Path, tmp_path: Path) -> None:
+    book = "\n".join(r["text"] + "." for r in pretrain_lines(300, seed=1))
+    (tmp_path / "input.txt").write_text(book.replace(". ", ".\n\n", 40))
+    (tmp_path / "held.txt").write_text("\n".join(r["text"] for r in pretrain_lines(30, seed=2)))
+    out = tmp_path / "run"
+    args = base_args(train_workdir, tmp_path / "input.txt", out)
+    assert cli.main([*args, "--val-data", str(tmp_path / "held.txt"), "--max-steps", "6", "--eval-every", "3"]) == 0
+    records = _metrics(out)
+    assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
+    assert json.loads((out / "run_config.json").read_text())["val_data"] == str(tmp_path / "held.txt")
