@@ -236,7 +236,7 @@ def test_tools_with_response_format_give_calls_or_json(client: openai.OpenAI) ->
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"not": {"type": "string"}}}}]},
-            "tools",
+            "tools[0].function.parameters",
         ),
         (
             {
