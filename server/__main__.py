@@ -43,6 +43,9 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--default-max-tokens", "default_max_tokens", int, "completion budget when a request sets none"),
     ("--log-level", "log_level", str, "debug | info | warning | error (debug logs prompt text)"),
     ("--threads", "threads", int, "CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)"),
+    ("--allowed-origins", "allowed_origins", str, "CORS: comma-separated origins whose web pages may call the API"),
+    ("--max-connections", "max_connections", int, "open connections beyond which requests get 503 (default 256)"),
+    ("--body-timeout", "body_timeout_s", float, "seconds within which a request body must arrive (default 30)"),
 )
 
 
@@ -103,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    return serve(
-        settings, {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "access_log": False}
-    )
+    return serve(settings, settings.uvicorn_options())
 
 
 def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
