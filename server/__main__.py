@@ -111,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
     """Bind, serve while the model loads, stop when it cannot be loaded; the exit status."""
+    try:  # first, before torch is even imported: a busy port fails within a second
+        sock = listen(settings.host, settings.port)
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+        return fail(f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another --port)")
     import torch
     import uvicorn
 
@@ -118,11 +123,6 @@ def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
     from server.app import create_app
 
     configure_threads(settings.threads)  # before the engine's thread exists; Settings already checked >= 1
-    try:
-        sock = listen(settings.host, settings.port)
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-        return fail(f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another --port)")
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options))
     failures: list[str] = []
