@@ -5,6 +5,7 @@ Not a test of the answers (see test_cli.py): only that a chat line typed at a te
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pty
 import select
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal")
+pytestmark = [
+    pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pseudo-terminal"),
+    pytest.mark.skipif(importlib.util.find_spec("readline") is None, reason="this Python was built without readline"),
+]
 
 UP = "\x1b[A"
 LEFT = "\x1b[D"
