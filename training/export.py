@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from minigpt_core.checkpoint import load_checkpoint, replace_dir
+from minigpt_core.checkpoint import load_checkpoint, load_config, replace_dir
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, IM_START_ID, NUM_SPECIAL, TOKENIZER_CONFIG_FILE, Tokenizer
@@ -279,8 +279,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    print(path)
+    print(describe_output(path, args.format, args.dtype, args.model))
     return 0
+
+
+def describe_output(path: Path, fmt: str, dtype: str, model_dir: str) -> str:
+    """The line `minigpt-export` prints: what it wrote, where, and how big."""
+    if fmt == "gguf":
+        arch = gguf_arch(load_config(model_dir))
+        return f"wrote {path}: GGUF for llama.cpp / Ollama ({arch}, {dtype}), {_size(path.stat().st_size)}"
+    files = sorted(p for p in path.iterdir() if p.is_file())
+    total = sum(p.stat().st_size for p in files)
+    names = ", ".join(p.name for p in files)
+    return f"wrote {path}: Hugging Face checkpoint directory ({names}), {_size(total)}"
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB" if n_bytes >= 100_000 else f"{n_bytes / 1e3:.1f} kB"
 
 
 if __name__ == "__main__":

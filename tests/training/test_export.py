@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -210,9 +211,18 @@ def test_cli_writes_atomically_and_reports_bad_input(
 ) -> None:
     out = tmp_path / "cli.gguf"
     assert main(["--model", str(tiny_checkpoint), "--format", "gguf", "--out", str(out)]) == 0
-    assert out.is_file() and capsys.readouterr().out.strip() == str(out)
+    said = capsys.readouterr().out
+    assert out.is_file() and said.startswith(f"wrote {out}: GGUF for llama.cpp / Ollama (llama, f32), ")
+    assert said.strip().endswith(" MB") and said.count("\n") == 1
     assert [p.name for p in tmp_path.iterdir()] == ["cli.gguf"]  # no temp file left behind
     assert os.stat(out).st_mode & 0o777 == 0o644
+    hf = tmp_path / "hf"
+    assert main(["--model", str(tiny_checkpoint), "--format", "hf", "--out", str(hf)]) == 0
+    assert capsys.readouterr().out.startswith(
+        f"wrote {hf}: Hugging Face checkpoint directory (config.json, generation_config.json, model.safetensors, "
+        "tokenizer.json, tokenizer_config.json), "
+    )
+    shutil.rmtree(hf)
 
     cases = [
         ["--model", str(tmp_path / "missing"), "--format", "gguf", "--out", str(tmp_path / "x.gguf")],
