@@ -24,6 +24,10 @@ import torch
 from minigpt_core.errors import InvalidRequest, MiniGPTError
 
 MAX_TOP_LOGPROBS = 20
+# Temperatures below this sample greedily: float32 logits divided by ~1e-38 overflow to inf, and softmax then
+# gives NaN. At 1e-5 the gap between the two best logits is already multiplied by 1e5, so nothing else would
+# ever be drawn anyway.
+GREEDY_BELOW_TEMPERATURE = 1e-5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,9 +35,9 @@ class SamplingParams:
     """How to pick tokens for one request. Internal names; server/protocol.py maps the OpenAI wire names."""
 
     max_new_tokens: int = 256
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or anything below GREEDY_BELOW_TEMPERATURE) = greedy
     top_p: float = 1.0
-    top_k: int = 0  # 0 = off
+    top_k: int = 0  # 0 = off; a value at or past the vocabulary keeps every token, so it is off too
     min_p: float = 0.0
     repetition_penalty: float = 1.0  # HF semantics, over prompt + generated ids
     presence_penalty: float = 0.0  # OpenAI semantics, over generated ids only
@@ -50,7 +54,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
     def validate(self, vocab_size: int) -> None:
         """Raise `InvalidRequest` (with `param` in OpenAI wire terms) for any out-of-range value."""
@@ -145,7 +149,7 @@ class RequestSampler:
         if allowed is not None:
             logits = logits.masked_fill(~allowed.to(device=logits.device, dtype=torch.bool), -math.inf)
         if not bool(torch.isfinite(logits).any()):
-            raise MiniGPTError("no token is allowed: the constraint mask excludes every finite logit")
+            raise MiniGPTError("no token can be sampled: the logits are not finite or the mask excludes every token")
         if self.params.greedy:
             token_id = int(torch.argmax(logits).item())  # ties -> first (lowest) index
         else:
@@ -228,8 +232,9 @@ def is_simple(params: SamplingParams) -> bool:
 def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
     """Sample one token per row of `logits` (n, V) in a few batched kernels; returns ids (n,) on the device.
 
-    Greedy rows (temperature 0) take the argmax; the others temperature, top-k, top-p and min-p, then one
-    `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds.
+    Greedy rows (`SamplingParams.greedy`) take the argmax; the others temperature, top-k, top-p and min-p, then
+    one `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds. One bad
+    row (NaN logits, say) makes the whole call raise: the caller then samples the rows one by one.
     """
     device = logits.device
     banned = [(row, t) for row, p in enumerate(params) for t in p.banned_token_ids]
@@ -238,14 +243,16 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
         logits = logits.clone()
         logits[list(rows), list(cols)] = float("-inf")
     greedy = logits.argmax(dim=-1)
-    if all(p.temperature == 0.0 for p in params):
+    if all(p.greedy for p in params):
         return greedy
-    temps = torch.tensor([p.temperature for p in params], device=device, dtype=torch.float32)
-    x = logits.float() / torch.where(temps > 0, temps, torch.ones_like(temps))[:, None]
-    top_ks = [p.top_k for p in params]
+    sampled_rows = torch.tensor([not p.greedy for p in params], device=device)
+    temps = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device, dtype=torch.float32)
+    x = logits.float() / temps[:, None]
+    vocab = x.shape[-1]
+    top_ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]  # k >= V keeps everything: off
     if any(k > 0 for k in top_ks):
         k_max = max(top_ks)
-        kth = x.topk(min(k_max, x.shape[-1]), dim=-1).values  # (n, k_max) sorted descending
+        kth = x.topk(k_max, dim=-1).values  # (n, k_max) sorted descending
         idx = torch.tensor([(k if k > 0 else k_max) - 1 for k in top_ks], device=device)
         thresh = kth.gather(1, idx[:, None])
         no_k = torch.tensor([k <= 0 for k in top_ks], device=device)[:, None]
@@ -261,4 +268,4 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
         min_ps = torch.tensor([p.min_p for p in params], device=device)[:, None]
         probs = probs.masked_fill(probs < min_ps * probs.max(dim=-1, keepdim=True).values, 0.0)
     sampled = torch.multinomial(probs, 1).squeeze(1)
-    return torch.where(temps > 0, sampled, greedy)
+    return torch.where(sampled_rows, sampled, greedy)

@@ -216,17 +216,28 @@ class Scheduler:
             seq.num_cached += 1
         simple = [seq for seq in seqs if seq.constraint is None and is_simple(seq.params)]
         if len(simple) == len(seqs):  # one batched sample and one host transfer for the whole step
-            tokens = sample_simple_batch(logits, [seq.params for seq in seqs])
-            logprobs = logits.float().log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
-            pairs_dev = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1)
-            if pairs_dev.is_cuda:  # wait with the GIL released, so the server's event loop runs meanwhile
-                torch.cuda.synchronize(pairs_dev.device)
-            pairs = pairs_dev.tolist()  # one host transfer
-            for seq, (token_id, logprob) in zip(seqs, pairs, strict=True):
-                self._record(seq, SampledToken(int(token_id), logprob, []))
-            return
+            try:
+                pairs = self._sample_batched(logits, seqs)
+            except Exception as exc:
+                # One bad row fails the batched call for every row: sample them one by one instead, so the
+                # failure ends only the request that caused it (`_accept` isolates each row's error).
+                logger.warning("batched sampling of %d rows failed, sampling row by row: %s", len(seqs), exc)
+            else:
+                for seq, (token_id, logprob) in zip(seqs, pairs, strict=True):
+                    self._record(seq, SampledToken(int(token_id), logprob, []))
+                return
         for i, seq in enumerate(seqs):
             self._accept(seq, logits[i])
+
+    def _sample_batched(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[float]]:
+        """(token id, logprob) per row of `logits` (n, V) from the batched sampler; raises if any row fails."""
+        tokens = sample_simple_batch(logits, [seq.params for seq in seqs])
+        logprobs = logits.float().log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
+        pairs_dev = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1)
+        if pairs_dev.is_cuda:  # wait with the GIL released, so the server's event loop runs meanwhile
+            torch.cuda.synchronize(pairs_dev.device)
+        pairs: list[list[float]] = pairs_dev.tolist()  # one host transfer
+        return pairs
 
     def _gathered_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         n = len(seqs)

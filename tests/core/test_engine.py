@@ -13,8 +13,10 @@ from minigpt_core.config import ModelConfig
 from minigpt_core.constraints import AllOf, ThinkBudget, prompt_ends_inside_think
 from minigpt_core.engine import Engine, RequestHandle, TokenEvent
 from minigpt_core.errors import ContextLengthExceeded, EngineClosed, EngineOverloaded, InvalidRequest
+from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
-from minigpt_core.sampling import SamplingParams
+from minigpt_core.sampling import RequestSampler, SamplingParams
+from minigpt_core.scheduler import Scheduler, Sequence
 from minigpt_core.tokenizer import IM_END_ID, THINK_END_ID, THINK_ID
 
 V = 256
@@ -178,6 +180,26 @@ def test_queue_bound_raises_overloaded(model: MiniGPT) -> None:
         eng.shutdown()
     with pytest.raises(EngineClosed):
         eng.submit([10, 11], GREEDY)
+
+
+def test_a_full_queue_drops_cancelled_requests_before_refusing(model: MiniGPT) -> None:
+    """Requests whose client has gone leave the queue on the next submit, whatever the engine thread is doing."""
+    eng = Engine(model, max_num_seqs=1, max_queued=3)  # not started: nothing but submit() can clear the queue
+    try:
+        dead = [eng.submit([10, 11], GREEDY) for _ in range(3)]
+        for handle in dead:
+            handle.cancel()
+        alive = eng.submit([10, 11], GREEDY)  # was EngineOverloaded: three cancelled requests held every place
+        others = [eng.submit([10, 11], GREEDY) for _ in range(2)]
+        with pytest.raises(EngineOverloaded):  # live requests still count
+            eng.submit([10, 11], GREEDY)
+        eng.start()
+        for handle in (alive, *others):
+            events = list(handle)
+            assert len(events) == GREEDY.max_new_tokens and events[-1].finish_reason == "length"
+        assert all(list(handle) == [] for handle in dead)
+    finally:
+        eng.shutdown()
 
 
 # --- cancellation --------------------------------------------------------------------------------------
@@ -357,3 +379,53 @@ def test_dense_decode_path_gives_the_same_greedy_tokens() -> None:
             return [[ev.token_id for ev in s if ev.token_id is not None] for s in streams]
 
     assert run(True) == run(False)
+
+
+def test_one_failing_row_does_not_fail_its_decode_batch(model: MiniGPT) -> None:
+    """A row whose sampling raises inside the batched sampler ends alone; the rest of its batch goes on.
+
+    The scheduler runs on this thread, so the poisoned row is known to share every decode step with the six
+    healthy ones. Its slot's cache is filled with NaN (what a numerical blow-up confined to one sequence gives):
+    its logits become NaN, the batched `torch.multinomial` raises for the whole batch, and only the row-by-row
+    retry can tell that one row from the others.
+    """
+    long = SamplingParams(temperature=0.0, max_new_tokens=30, ignore_eos=True)
+    hot = SamplingParams(temperature=1.0, max_new_tokens=30, ignore_eos=True)
+    sched = Scheduler(
+        model,
+        KVCache(model.config, 8, 128),
+        max_model_len=128,
+        prefill_chunk=64,
+        eos_token_ids=(),
+        device=torch.device("cpu"),
+    )
+    events: dict[str, list[TokenEvent]] = {}
+
+    def admit(name: str, prompt: list[int], params: SamplingParams) -> Sequence:
+        seq = Sequence(
+            name,
+            prompt,
+            params,
+            RequestSampler(params, prompt),
+            None,
+            events.setdefault(name, []).append,
+            lambda: False,
+        )
+        sched.admit(seq)
+        return seq
+
+    healthy = [admit(f"healthy-{i}", p, long) for i, p in enumerate(prompts(6))]
+    poisoned = admit("poisoned", [10, 11, 12], hot)
+    with torch.inference_mode():
+        while not all(seq.prefilled for seq in sched.running):  # one prefill per step, decoding the others
+            sched.step()
+        assert poisoned.num_generated == 1 and not poisoned.finished
+        for layer_k in sched.cache.k:
+            layer_k[poisoned.slot] = float("nan")
+        while sched.running:
+            sched.step()
+    assert [ev.finish_reason for ev in events["poisoned"]] == [None, "error"]
+    for seq, prompt in zip(healthy, prompts(6), strict=True):
+        got = events[seq.request_id]
+        assert [ev.finish_reason for ev in got] == [None] * 29 + ["length"], seq.request_id
+        assert tokens_of(got) == naive_greedy(model, prompt, 30)

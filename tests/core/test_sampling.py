@@ -219,3 +219,46 @@ def test_banned_tokens_are_never_sampled_on_either_path() -> None:
     assert top not in sampled.tolist()
     with pytest.raises(InvalidRequest):
         SamplingParams(banned_token_ids=(V,)).validate(V)
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 5e-324, 1e-6])
+def test_vanishing_temperature_is_greedy_on_both_paths(temperature: float) -> None:
+    """logits / 1e-38 overflows float32 to inf and softmax to NaN; below 1e-5 the argmax is taken instead."""
+    from minigpt_core.sampling import sample_simple_batch
+
+    params = SamplingParams(temperature=temperature)
+    params.validate(V)
+    assert params.greedy and not SamplingParams(temperature=1e-5).greedy
+    rows = torch.stack([_logits(seed) * 30 for seed in range(4)])  # (4, V), wide logits
+    assert [_run(params, steps=2, logits=row) for row in rows] == [[int(row.argmax())] * 2 for row in rows]
+    mixed = [params, SamplingParams(temperature=1.0, top_k=1), params, SamplingParams(temperature=0.0)]
+    assert torch.equal(sample_simple_batch(rows, mixed), rows.argmax(-1))
+
+
+def test_top_k_past_the_vocabulary_keeps_every_token_on_both_paths() -> None:
+    from minigpt_core.sampling import sample_simple_batch
+
+    rows = torch.stack([_logits(seed) for seed in range(3)])
+    wide = SamplingParams(temperature=1.0, top_k=V + 1)
+    SamplingParams(top_k=10**40).validate(V)  # an int: valid, and must never reach torch.topk as k
+    batch = [wide, SamplingParams(temperature=1.0, top_k=2), SamplingParams(temperature=1.0, top_k=10**40)]
+    torch.manual_seed(0)
+    draws = torch.stack([sample_simple_batch(rows, batch) for _ in range(400)])  # (400, 3)
+    assert len(set(draws[:, 0].tolist())) > 2 and len(set(draws[:, 2].tolist())) > 2  # not cut to a top-k
+    assert set(draws[:, 1].tolist()) <= set(rows[1].topk(2).indices.tolist())
+    assert len(set(_run(wide, steps=200, logits=rows[0]))) > 2
+
+
+def test_batched_sampler_raises_on_a_nan_row_and_the_row_sampler_names_it() -> None:
+    """The batched sampler fails as a whole on one bad row (the scheduler then retries row by row, see
+    tests/core/test_engine.py); the per-row sampler raises a MiniGPTError for that row alone."""
+    from minigpt_core.sampling import sample_simple_batch
+
+    rows = torch.stack([_logits(seed) for seed in range(3)])
+    rows[1] = float("nan")
+    hot = SamplingParams(temperature=1.0)
+    with pytest.raises(RuntimeError):
+        sample_simple_batch(rows, [hot] * 3)
+    with pytest.raises(MiniGPTError, match="not finite"):
+        RequestSampler(hot).sample(rows[1])
+    assert RequestSampler(SamplingParams(temperature=0.0)).sample(rows[0]).token_id == int(rows[0].argmax())
