@@ -359,6 +359,10 @@ class Engine:
             if self._closed:
                 raise EngineClosed("the engine has been shut down")
             if len(self._waiting) >= self.max_queued:
+                # Cancelled requests (their client has gone) leave now, not at the engine thread's next turn,
+                # which a long step or a busy interpreter can put off while new requests are turned away.
+                self._drop_cancelled_waiting()
+            if len(self._waiting) >= self.max_queued:
                 raise EngineOverloaded(f"the waiting queue is full ({self.max_queued} requests)")
             self._waiting.append((seq, handle))
             self._cond.notify_all()

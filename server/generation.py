@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from minigpt_core import output_parser as op
-from minigpt_core.errors import EngineClosed, MiniGPTError
+from minigpt_core.errors import EngineClosed, EngineOverloaded, InvalidRequest, MiniGPTError
 from server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -202,7 +202,15 @@ async def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> A
             job.handle.cancel()
 
 
-def submit_all(
+# A submission that finds the queue full first lets the event loop turn this many times, retrying after each:
+# clients that hung up just before (a burst of abandoned streams) are noticed a few turns after their
+# connections close (uvicorn's disconnect -> the response's watcher wakes -> its engine requests are cancelled),
+# and until then their dead requests fill the queue. Turns, not a timed wait: a truly full queue still gets its
+# 429 within microseconds.
+OVERLOAD_RETRY_TURNS = 8
+
+
+async def submit_all(
     engine: Any,
     prompts: Sequence[tuple[int, list[int], Any]],
     request_id: str,
@@ -211,11 +219,41 @@ def submit_all(
     make_constraint: Callable[[], Any] | None = None,
     thinking: bool = False,
     single_tool_call: bool = False,
+    param: str = "n",
 ) -> list[ChoiceJob]:
     """Submit (index, prompt_ids, params) triples before the first byte, so errors are still plain 4xx.
 
-    If one submission fails (queue full, bad params) the ones already made are cancelled.
+    All or nothing: if one submission fails (queue full, bad params) the ones already made are cancelled. More
+    choices than the engine's waiting queue holds can never be taken at once: that is an InvalidRequest (400,
+    naming `param`), not a 429 to retry. A full queue is retried for a few event-loop turns before the 429.
     """
+    capacity = getattr(engine, "max_queued", None)
+    if isinstance(capacity, int) and len(prompts) > capacity:
+        raise InvalidRequest(
+            f"this request asks for {len(prompts)} completions, more than the server can queue at once "
+            f"({capacity}); send at most {capacity} completions (prompts x n) per request",
+            param,
+        )
+    turns = 0
+    while True:
+        try:
+            return _submit_once(engine, prompts, request_id, make_parser, make_constraint, thinking, single_tool_call)
+        except EngineOverloaded:
+            if turns >= OVERLOAD_RETRY_TURNS:
+                raise
+        turns += 1
+        await asyncio.sleep(0)  # one loop turn: pending disconnects cancel their requests
+
+
+def _submit_once(
+    engine: Any,
+    prompts: Sequence[tuple[int, list[int], Any]],
+    request_id: str,
+    make_parser: Callable[[], op.OutputParser],
+    make_constraint: Callable[[], Any] | None,
+    thinking: bool,
+    single_tool_call: bool,
+) -> list[ChoiceJob]:
     jobs: list[ChoiceJob] = []
     try:
         for index, prompt_ids, params in prompts:

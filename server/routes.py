@@ -110,10 +110,10 @@ async def _until_disconnect(
         logger.info("%s client disconnected; generation cancelled", _request_id(request))
         return Response(status_code=499)
     finally:
+        _canceller(jobs)()  # first: the engine drops the requests now, not after the tasks have unwound
         for t in (watcher, task):
             t.cancel()
         await asyncio.gather(watcher, task, return_exceptions=True)
-        _canceller(jobs)()
 
 
 @router.post(
@@ -140,7 +140,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     def make_parser() -> OutputParser:
         return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
 
-    jobs = submit_all(
+    jobs = await submit_all(
         engine,
         [(i, prep.prompt_ids, p) for i, p in enumerate(prep.params)],
         rid,
@@ -218,7 +218,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     def make_parser() -> OutputParser:  # plain text: every token's text, tags dropped (logprobs line up with it)
         return OutputParser(tokenizer, thinking=False, parse_tools=False, stops=stops, swallow_think=False)
 
-    jobs = submit_all(engine, triples, rid, make_parser)
+    jobs = await submit_all(engine, triples, rid, make_parser, param="prompt" if len(prompts) > 1 else "n")
     prompt_tokens = sum(len(ids) for ids, _ in prompts)
     meta = ResponseMeta(
         id=f"cmpl-{rid}",
