@@ -28,6 +28,9 @@ MAX_TOP_LOGPROBS = 20
 # gives NaN. At 1e-5 the gap between the two best logits is already multiplied by 1e5, so nothing else would
 # ever be drawn anyway.
 GREEDY_BELOW_TEMPERATURE = 1e-5
+# A repetition penalty divides (or multiplies) logits: 1e-45 turns a positive logit into inf and softmax into NaN.
+# [1/100, 100] already moves any logit the model produces past every other, so nothing is lost by the bound.
+REPETITION_PENALTY_RANGE = (0.01, 100.0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,11 +70,7 @@ class SamplingParams:
         _check_float(self.min_p, "min_p", 0.0, 1.0)
         _check_float(self.presence_penalty, "presence_penalty", -2.0, 2.0)
         _check_float(self.frequency_penalty, "frequency_penalty", -2.0, 2.0)
-        _check_float(self.repetition_penalty, "repetition_penalty", 0.0, math.inf)
-        if self.repetition_penalty <= 0.0:
-            raise InvalidRequest(
-                f"repetition_penalty must be > 0, got {self.repetition_penalty}", param="repetition_penalty"
-            )
+        _check_float(self.repetition_penalty, "repetition_penalty", *REPETITION_PENALTY_RANGE)
         _check_int(self.top_logprobs, "top_logprobs", low=0, high=MAX_TOP_LOGPROBS)
         if self.top_logprobs > 0 and not self.logprobs:
             raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
@@ -188,7 +187,8 @@ class RequestSampler:
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True, stable=True)
             before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs  # mass strictly above each token
-            drop_sorted = before >= p.top_p  # keeps the smallest prefix reaching top_p (always the first)
+            drop_sorted = before >= p.top_p  # keeps the smallest prefix reaching top_p
+            drop_sorted[0] = False  # the best token always stays (a top_p of 1e-300 is 0 in float32)
             drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
             probs = probs.masked_fill(drop, 0.0)
         if p.min_p > 0.0:
@@ -262,6 +262,7 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
         top_ps = torch.tensor([p.top_p for p in params], device=device)[:, None]
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) > top_ps  # keep the smallest prefix reaching top_p
+        drop_sorted[:, 0] = False  # the best token always stays (a top_p of 1e-300 is 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if any(p.min_p > 0.0 for p in params):

@@ -63,6 +63,8 @@ def test_top_k_1_and_tiny_top_p_equal_greedy() -> None:
         best = int(row.argmax())
         assert set(_run(SamplingParams(top_k=1, seed=seed), steps=20, logits=row)) == {best}
         assert set(_run(SamplingParams(top_p=1e-6, seed=seed), steps=20, logits=row)) == {best}
+        # 1e-300 is 0.0 once compared with a float32 tensor: the best token must still be kept
+        assert set(_run(SamplingParams(top_p=1e-300, seed=seed), steps=5, logits=row)) == {best}
 
 
 def test_top_k_restricts_to_k_best() -> None:
@@ -157,6 +159,8 @@ def test_sample_batch_is_independent_of_neighbours() -> None:
         ({"presence_penalty": 2.5}, "presence_penalty"),
         ({"frequency_penalty": -2.5}, "frequency_penalty"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"repetition_penalty": 1e-45}, "repetition_penalty"),  # logits / 1e-45 = inf, softmax NaN
+        ({"repetition_penalty": 1e3}, "repetition_penalty"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logit_bias": ((V, 1.0),)}, "logit_bias"),

@@ -108,6 +108,25 @@ def test_vanishing_temperature_answers_greedily(wide: LiveServer, temperature: f
     assert text == expected
 
 
+@pytest.mark.parametrize("extra", [{"top_p": 1e-300}, {"top_p": 1e-300, "seed": 7}, {"min_p": 1e-300}])
+def test_vanishing_top_p_keeps_the_best_token(wide: LiveServer, extra: dict[str, Any]) -> None:
+    """A top_p of 1e-300 is 0.0 in float32: it once dropped every token (500); now it keeps the best one."""
+    body = chat("hello there", max_tokens=8, ignore_eos=True)
+    with wide.client() as c:
+        greedy = c.post(CHAT, json={**body, "temperature": 0})
+        r = c.post(CHAT, json={**body, "temperature": 1.0, **extra})
+    assert r.status_code == 200, r.text
+    if "top_p" in extra:
+        assert r.json()["choices"][0]["message"] == greedy.json()["choices"][0]["message"]
+
+
+@pytest.mark.parametrize("penalty", [1e-45, 5e-324, 1e9])
+def test_repetition_penalty_that_overflows_is_400(wide: LiveServer, penalty: float) -> None:
+    with wide.client() as c:
+        r = c.post(CHAT, json=chat("hello hello hello", max_tokens=4, repetition_penalty=penalty))
+    assert_envelope(r, 400, "repetition_penalty")
+
+
 def test_more_prompts_than_the_queue_holds_is_400(wide: LiveServer) -> None:
     """A request the queue can never take whole is the client's error (400 that says why), not a 429 to retry."""
     capacity = wide.engine.max_queued
