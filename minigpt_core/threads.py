@@ -6,7 +6,7 @@ What it is not: a process or device policy; GPU runs are unaffected apart from t
 
 Why a default other than torch's: torch starts one OpenMP thread per logical CPU. When any other work shares
 those CPUs (the server's event loop, a second process, a busy desktop), spinning OpenMP workers wait on each
-other and a small model's step becomes several times slower than with one thread (measured in docs/guide.md,
+other and a small model's step becomes several times slower than with one thread (measured in docs/training.md,
 "CPU threads"). Half the usable CPUs (at least one) leaves room for that other work and, on machines with
 SMT, matches the physical cores, which is where torch's CPU kernels scale to.
 """
