@@ -172,6 +172,7 @@ def test_ultra_think_shows_a_reasoning_block_and_screenshot(page: Any) -> None:
     from playwright.sync_api import expect
 
     _set_max_tokens(page, 24)
+    _set_extra(page, '{"seed": 5}')  # unseeded, a random model's thought is sometimes empty
     _send(page, "what is two plus three")
     _wait_idle(page)
     think = page.locator("#think")
@@ -253,7 +254,8 @@ def test_stop_ends_the_stream_mid_way(page: Any, how: str) -> None:
     from playwright.sync_api import expect
 
     _set_max_tokens(page, 400)
-    _set_extra(page, '{"ignore_eos": true}')
+    # seeded: an unseeded random model sometimes opens a <think> it never closes, and the answer shows no text
+    _set_extra(page, '{"ignore_eos": true, "seed": 5}')
     _throttle(page, 1_500)
     _send(page, "tell me a long story")
     expect(page.locator(".msg.assistant.streaming .content")).not_to_be_empty()
