@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     )
     max_num_seqs: int = Field(default=8, ge=1, le=1024)
     max_model_len: int | None = Field(default=None, ge=16, description="None = the model's max_seq_len")
-    max_queued: int = Field(default=64, ge=0)
+    max_queued: int = Field(default=64, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
     default_max_tokens: int = Field(default=256, ge=1, description="when the request sets no max_tokens")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After header on 429")
