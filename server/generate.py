@@ -38,11 +38,13 @@ from minigpt_core.output_parser import (
     Content,
     OutputParser,
     Reasoning,
+    Segment,
     ToolCallEnd,
     ToolCallStart,
     parse_tool_call,
 )
 from minigpt_core.sampling import SamplingParams
+from minigpt_core.scheduler import TokenEvent
 from minigpt_core.tokenizer import THINK_END_ID, THINK_ID, TOOL_CALL_ID
 from server.generation import tool_call_id
 from tools.base import ToolError
@@ -136,19 +138,9 @@ class Generator:
         """Continue `text` without the chat template; yields ('content', text) pieces."""
         ids, params = self.raw_prompt(text)
         parser = OutputParser(self.tokenizer, thinking=False, parse_tools=False)
-        stream = self.engine.generate(ids, params)
-        try:
-            for event in stream:
-                segments = parser.push(event.token_id) if event.token_id is not None else []
-                if event.finish_reason is not None:
-                    segments += parser.finish()
-                for seg in segments:
-                    if isinstance(seg, Content):
-                        yield "content", seg.text
-                if event.finish_reason is not None:
-                    return
-        finally:
-            stream.close()
+        for seg in _segments(self.engine.generate(ids, params), parser):
+            if isinstance(seg, Content):
+                yield "content", seg.text
 
     def _constraint(self, ids: list[int], tool_choice: Choice) -> Any:
         if self.registry is None:
@@ -171,27 +163,32 @@ class Generator:
         parser = OutputParser(self.tokenizer, thinking=thinking, parse_tools=parse_tools)
         stream = self.engine.generate(ids, params, self._constraint(ids, tool_choice))
         names: dict[int, str] = {}
-        try:
-            for event in stream:
-                segments = parser.push(event.token_id) if event.token_id is not None else []
-                if event.finish_reason is not None:
-                    segments += parser.finish()
-                for seg in segments:
-                    if isinstance(seg, Reasoning):
-                        yield "reasoning", seg.text
-                    elif isinstance(seg, Content):
-                        yield "content", seg.text
-                    elif isinstance(seg, ToolCallStart):
-                        names[seg.index] = seg.name
-                    elif isinstance(seg, ToolCallEnd):
-                        name = json.dumps(names[seg.index], ensure_ascii=False)
-                        text = f'{{"name": {name}, "arguments": {seg.arguments_json}}}'
-                        # a call cut short (max tokens) is shown as text, not run
-                        yield ("call" if parse_tool_call(text) is not None else "content"), text
-                if event.finish_reason is not None:
-                    return
-        finally:
-            stream.close()
+        for seg in _segments(stream, parser):
+            if isinstance(seg, Reasoning):
+                yield "reasoning", seg.text
+            elif isinstance(seg, Content):
+                yield "content", seg.text
+            elif isinstance(seg, ToolCallStart):
+                names[seg.index] = seg.name
+            elif isinstance(seg, ToolCallEnd):
+                name = json.dumps(names[seg.index], ensure_ascii=False)
+                text = f'{{"name": {name}, "arguments": {seg.arguments_json}}}'
+                # a call cut short (max tokens) is shown as text, not run
+                yield ("call" if parse_tool_call(text) is not None else "content"), text
+
+
+def _segments(stream: Iterator[TokenEvent], parser: OutputParser) -> Iterator[Segment]:
+    """The parser's segments for a stream of engine events, up to the finish; the stream is closed at the end."""
+    try:
+        for event in stream:
+            yield from parser.push(event.token_id) if event.token_id is not None else []
+            if event.finish_reason is not None:
+                yield from parser.finish()
+                return
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _show(pieces: Iterator[tuple[str, str]], out: TextIO, calls: list[dict[str, Any]] | None = None) -> str:
