@@ -119,20 +119,21 @@ class Generator:
         ids = render(
             messages, tools, add_generation_prompt=True, enable_thinking=thinking, tokenizer=self.tokenizer
         ).ids
-        room = self.engine.max_model_len - len(ids)
-        if room < 1:
-            raise MiniGPTError(f"the conversation ({len(ids)} tokens) fills the context; start a new one")
-        return ids, replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
+        return ids, self._budget(ids, f"the conversation ({len(ids)} tokens) fills the context; start a new one")
 
     def raw_prompt(self, text: str) -> tuple[list[int], SamplingParams]:
         """Plain text -> ids, no template (as /v1/completions encodes a prompt), and the budget that fits."""
         ids = self.tokenizer.encode(text)
         if not ids:
             raise MiniGPTError("--raw needs a non-empty prompt")
+        return ids, self._budget(ids, f"the prompt ({len(ids)} tokens) fills the context")
+
+    def _budget(self, ids: list[int], full: str) -> SamplingParams:
+        """The sampling params with max_new_tokens cut to the room left after `ids`; `full` when none is left."""
         room = self.engine.max_model_len - len(ids)
         if room < 1:
-            raise MiniGPTError(f"the prompt ({len(ids)} tokens) fills the context")
-        return ids, replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
+            raise MiniGPTError(full)
+        return replace(self.params, max_new_tokens=min(self.params.max_new_tokens, room))
 
     def complete(self, text: str) -> Iterator[tuple[str, str]]:
         """Continue `text` without the chat template; yields ('content', text) pieces."""
@@ -355,12 +356,7 @@ def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO, *
         ids, params = gen.raw_prompt(prompt) if raw else gen._prompt([{"role": "user", "content": prompt}], thinking)
         streams.append((prompt, ids, gen.engine.generate(ids, params)))
     for prompt, _, stream in streams:
-        parser = OutputParser(gen.tokenizer, thinking=thinking, parse_tools=False)
-        segments = []
-        for event in stream:
-            if event.token_id is not None:
-                segments += parser.push(event.token_id)
-        segments += parser.finish()
+        segments = list(_segments(stream, OutputParser(gen.tokenizer, thinking=thinking, parse_tools=False)))
         reasoning = "".join(s.text for s in segments if isinstance(s, Reasoning))
         content = "".join(s.text for s in segments if isinstance(s, Content))
         row = {"prompt": prompt, "output": content} | ({"reasoning": reasoning} if thinking else {})
