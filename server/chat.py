@@ -242,8 +242,7 @@ def sampling_params(
         except ValueError:
             raise InvalidRequest(f"logit_bias keys must be token ids, got {key!r}", "logit_bias") from None
         bias.append((token_id, float(value)))
-    # top_k at or past the vocabulary keeps every token: the same as off (and 10**40 never reaches torch)
-    top_k = req.top_k if req.top_k is not None and 0 < req.top_k < vocab_size else 0
+    top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0  # past the vocabulary: off (sampling.py)
     base = SamplingParams(
         max_new_tokens=max_new_tokens,
         temperature=req.temperature if req.temperature is not None else float(defaults.get("temperature", 1.0)),
