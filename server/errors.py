@@ -56,6 +56,23 @@ class NotReady(ServerError):
     status, type, code = 503, "server_error", "model_loading"
 
 
+# The gateway's own refusals (server.gateway), before any route runs.
+class MisdirectedHost(ServerError):
+    status, type, code = 400, "invalid_request_error", "invalid_host"
+
+
+class UnsupportedMediaType(ServerError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class BodyTimeout(ServerError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
+class OriginNotAllowed(ServerError):
+    status, type, code = 403, "invalid_request_error", "origin_not_allowed"
+
+
 class BadRequest(ServerError):
     """Bad input found by a pydantic validator of a request body (`server.protocol.check_json_text`).
 

@@ -24,7 +24,16 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import BodyTooLarge, ServerError, Unauthorized, error_body, error_response_for
+from server.errors import (
+    BodyTimeout,
+    BodyTooLarge,
+    MisdirectedHost,
+    OriginNotAllowed,
+    Unauthorized,
+    UnsupportedMediaType,
+    error_body,
+    error_response_for,
+)
 from server.metrics import Metrics
 from server.settings import Settings
 from server.web import is_page_path
@@ -50,22 +59,6 @@ CORS_EXPOSED = "X-Request-Id, Retry-After"
 CORS_MAX_AGE_S = 600
 _REQUEST_ID_RE = re.compile(r"[!-~]{1,64}")  # printable ASCII, no spaces: safe to log and to echo
 _HEADER_LIST_RE = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+(\s*,\s*[A-Za-z0-9!#$%&'*+.^_`|~-]+)*")
-
-
-class MisdirectedHost(ServerError):
-    status, type, code = 400, "invalid_request_error", "invalid_host"
-
-
-class UnsupportedMediaType(ServerError):
-    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
-
-
-class BodyTimeout(ServerError):
-    status, type, code = 408, "invalid_request_error", "request_timeout"
-
-
-class OriginNotAllowed(ServerError):
-    status, type, code = 403, "invalid_request_error", "origin_not_allowed"
 
 
 def printable(text: str, limit: int = 300) -> str:
