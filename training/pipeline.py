@@ -38,7 +38,7 @@ from training.errors import DataError, ResumeError
 from training.interrupt import TrainingInterrupted
 from training.loop import Trainer, build_optimizer, fit
 from training.plaintext import is_text_file, iter_text_pieces
-from training.plot import plot_run
+from training.plot import plot_after_run
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
 from training.state import (
     TRAINER_STATE_DIR,
@@ -251,10 +251,7 @@ def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerStat
     if rt.is_main and loader.truncated:
         logger.warning("%d conversations were longer than --seq-len and were truncated", loader.truncated)
     if rt.is_main:
-        try:
-            plot_run(run_dir)
-        except ImportError as exc:  # matplotlib is optional where only training runs (e.g. a bare GPU box)
-            logger.warning("no loss plot: %s", exc)
+        plot_after_run(run_dir)
     if trainer.stopped_by is not None:
         raise TrainingInterrupted(trainer.stopped_by, final.step, step_dir(run_dir, final.step), resumable=True)
     return final

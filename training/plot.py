@@ -32,6 +32,14 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+def plot_after_run(run_dir: str | Path) -> None:
+    """The loss plot at the end of a training run; without matplotlib (a bare GPU box) a warning, not a failure."""
+    try:
+        plot_run(run_dir)
+    except ImportError as exc:
+        logger.warning("no loss plot: %s", exc)
+
+
 def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     """Write the loss curve; returns its path, or None when there is nothing to plot."""
     records = read_metrics(run_dir) if (Path(run_dir) / "metrics.jsonl").is_file() else []

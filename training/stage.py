@@ -32,7 +32,7 @@ from training.config import TrainConfig
 from training.errors import TrainingDiverged, TrainingError
 from training.interrupt import TrainingInterrupted, stop_on_signals
 from training.loop import lr_at, progress_bar
-from training.plot import plot_run
+from training.plot import plot_after_run
 from training.runtime import Runtime, rng_state, seed_everything
 from training.state import SERVABLE_FILES, TRAINER_STATE_DIR, TrainerState, clean_stale, prune, publish, step_dir
 
@@ -176,17 +176,10 @@ def run_loop(
                 if out_of_time and not stopping:
                     logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
                 break
-    _plot(run.run_dir)
+    plot_after_run(run.run_dir)
     if stopping and stop.signum is not None:
         raise TrainingInterrupted(stop.signum, st.step, saved, resumable=False)
     return st
-
-
-def _plot(run_dir: Path) -> None:
-    try:
-        plot_run(run_dir)
-    except ImportError as exc:  # matplotlib is optional where only training runs (e.g. a bare GPU box)
-        logger.warning("no loss plot: %s", exc)
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
