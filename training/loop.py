@@ -243,7 +243,8 @@ def fit(tr: Trainer) -> TrainerState:
     """Train until max_steps, the time limit or a SIGINT/SIGTERM, evaluating and saving on schedule.
 
     The time limit counts this invocation only (a resumed run gets the full limit again); `elapsed_s` in the
-    state and metrics keeps the total. After a signal the step in flight finishes, is logged and saved, and
+    state and metrics keeps the total. After a signal the step in flight (under torchrun without a time limit: the
+    steps up to the next logging step) finishes, is logged and saved, and
     `tr.stopped_by` holds the signal number (the caller plots and raises `TrainingInterrupted`).
     """
     cfg, rt, st = tr.cfg, tr.rt, tr.state
@@ -260,10 +261,14 @@ def fit(tr: Trainer) -> TrainerState:
             st.elapsed_s = base_elapsed + run_s
             bar.update(1)
             last = st.step >= cfg.max_steps
-            # One collective for both flags: every rank stops at the same step even if only one got the signal.
-            over, signalled = rt.all_reduce_sum(
-                [float(cfg.time_limit_s is not None and run_s > cfg.time_limit_s), float(stop.requested)]
-            )
+            # One collective for both flags, so every rank stops at the same step even if only one got the signal.
+            # A collective is a host sync: under torchrun it runs every step only with a time limit (as it always
+            # has); otherwise a signal is agreed on at the next logging step, where the loop syncs anyway.
+            if rt.distributed and cfg.time_limit_s is None and not (last or st.step % max(cfg.log_every, 1) == 0):
+                over = signalled = 0.0
+            else:
+                flags = [float(cfg.time_limit_s is not None and run_s > cfg.time_limit_s), float(stop.requested)]
+                over, signalled = rt.all_reduce_sum(flags)
             out_of_time, stopping = over > 0, signalled > 0
             checkpoint_due = st.step % cfg.save_every == 0 or last or out_of_time or stopping
             eval_due = bool(cfg.eval_every) and not stopping and (st.step % cfg.eval_every == 0 or last or out_of_time)
