@@ -262,7 +262,6 @@ def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) 
         top_ps = torch.tensor([p.top_p for p in params], device=device)[:, None]
         sorted_p, order = probs.sort(dim=-1, descending=True)
         drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) > top_ps  # keep the smallest prefix reaching top_p
-        drop_sorted[:, 0] = False  # the best token always stays (a top_p of 1e-300 is 0 in float32)
         drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
         probs = probs.masked_fill(drop, 0.0)
     if any(p.min_p > 0.0 for p in params):
