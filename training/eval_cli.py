@@ -5,13 +5,15 @@
     minigpt-eval think --model DIR [--data FILE] [--limit N] [--budget 8] [--json OUT]
     minigpt-eval tools --model DIR [--data FILE] [--limit N] [--json OUT]
     minigpt-eval identity --model DIR [--data FILE] [--limit N] [--json OUT]
+    minigpt-eval bfcl (--model DIR | --base-url URL) [--data DIR] [--categories a,b] [--limit N] [--out FILE]
 
 What it is: a subcommand-shaped CLI. `loss` reports the loss (nats per target token), perplexity and
 bits-per-byte of a model on a minimind-format JSONL file (pretrain text: every token; SFT conversations:
 assistant tokens only), using the same tokenized cache and loader as training. `think`, `tools` and `identity`
 generate greedy answers to held-out prompts (default: the bundled corpus's eval_*.jsonl) on one batching
 `Engine` and score them (training/evals.py); each prints a table and, with `--json OUT`, writes the metrics
-and every sample to OUT. `SUBCOMMANDS` is the registry.
+and every sample to OUT. `bfcl` scores function calling on the Berkeley Function Calling Leaderboard's data
+(training/bfcl.py) for a checkpoint or any OpenAI-compatible server. `SUBCOMMANDS` is the registry.
 What it is not: a benchmark suite for speed (minigpt-bench) or a data generator.
 """
 
@@ -21,6 +23,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -232,10 +235,19 @@ def _finish(name: str, args: argparse.Namespace, rows: list[tuple[str, str]], re
     if args.json:
         report = {"eval": name, "model": str(args.model), "data": str(args.data), "limit": args.limit}
         report["result"] = result
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(_nan_to_none(report), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(args.json), report)
     return 0
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write `report` atomically: a temporary file beside `path`, then one rename (no half-written report)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(_nan_to_none(report), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _nan_to_none(value: Any) -> Any:
@@ -247,6 +259,78 @@ def _nan_to_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_to_none(v) for v in value]
     return value
+
+
+def _add_bfcl_args(p: argparse.ArgumentParser) -> None:
+    from training.bfcl import CATEGORIES, DATA_ENV
+
+    _add_threads_arg(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--model", help="checkpoint directory (generates in-process, as minigpt-serve would)")
+    target.add_argument("--base-url", help="an OpenAI-compatible API, e.g. http://localhost:8000/v1")
+    p.add_argument("--api-key", help="API key for --base-url (default: $OPENAI_API_KEY)")
+    p.add_argument("--model-name", help="model to ask at --base-url (default: the first one it lists)")
+    p.add_argument("--data", help=f"folder of BFCL_v4_*.json files (default: ${DATA_ENV})")
+    p.add_argument("--categories", default=",".join(CATEGORIES), help="comma-separated BFCL categories")
+    p.add_argument("--limit", type=int, help="evaluate the first N cases of each category only")
+    p.add_argument("--out", metavar="FILE", help="write the scores and every sample to this JSON file")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-num-seqs", type=int, default=32, help="engine batch slots (--model)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (--base-url)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+
+
+def run_bfcl(args: argparse.Namespace) -> int:
+    from training import bfcl
+
+    for flag in ("limit", "max_new_tokens", "max_num_seqs", "concurrency"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be positive")
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    unknown = [c for c in categories if c not in bfcl.CATEGORIES]
+    if unknown or not categories:
+        raise UsageError(f"--categories: unknown {unknown or 'empty'} (choose from {', '.join(bfcl.CATEGORIES)})")
+    data = args.data or os.environ.get(bfcl.DATA_ENV)
+    if not data:
+        raise UsageError(f"--data DIR is required (or set {bfcl.DATA_ENV})")
+    if not Path(data).is_dir():
+        raise UsageError(f"--data {data}: no such folder")
+    cases = [case for c in categories for case in bfcl.load_cases(Path(data), c, args.limit)]
+    if args.base_url:
+        api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
+        target, answers = bfcl.generate_openai(
+            cases,
+            base_url=args.base_url,
+            api_key=api_key,
+            model=args.model_name,
+            max_tokens=args.max_new_tokens,
+            concurrency=args.concurrency,
+        )
+        target = f"{target} at {args.base_url}"
+    else:
+        from minigpt_core.checkpoint import load_checkpoint, resolve_device
+        from minigpt_core.engine import Engine
+
+        if not Path(args.model).is_dir():
+            raise UsageError(f"--model {args.model}: no such folder")
+        model, tok = load_checkpoint(args.model, device=resolve_device(args.device))
+        engine = Engine(
+            model, max_num_seqs=args.max_num_seqs, max_queued=max(256, len(cases)), output_vocab=tok.vocab_size
+        )
+        with engine:
+            answers = bfcl.generate_in_process(engine, tok, cases, max_new_tokens=args.max_new_tokens)
+        target = str(args.model)
+    result = bfcl.score(cases, answers)
+    print(f"minigpt-eval bfcl: {target} on {data}")
+    print(f"  {'category':<14} {'n':>5}  accuracy")
+    rows = [*result["categories"].items(), ("total", result["total"])]
+    for name, stats in rows:
+        print(f"  {name:<14} {stats['n']:>5}  {_pct(stats['accuracy'])}")
+    if args.out:
+        report = {"eval": "bfcl", "target": target, "data": str(data), "limit": args.limit}
+        write_json(Path(args.out), report | {"max_new_tokens": args.max_new_tokens, "result": result})
+    return 0
 
 
 # name -> (help, add arguments, run).
@@ -266,6 +350,11 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
         "identity: answers that contain the expected name/maker",
         _add_generation_args("identity", 96),
         run_identity,
+    ),
+    "bfcl": (
+        "function calling on BFCL data (simple, multiple, parallel, irrelevance) for a checkpoint or an API",
+        _add_bfcl_args,
+        run_bfcl,
     ),
 }
 DEFAULT_SUBCOMMAND = "loss"
