@@ -18,6 +18,10 @@ Choices:
 - Integers without a bound of their own are bounded to I-JSON's interoperable range, +-(2**53 - 1) (RFC 7493:
   larger ones lose precision in JavaScript clients): a small model that starts repeating a digit then stops
   after 16 digits instead of running to `max_tokens` with JSON that never closes.
+- Strings without a bound of their own get `maxLength` `DEFAULT_MAX_STRING_LENGTH` (256 characters; the schema's
+  own `maxLength` wins, and strings with `enum`, `const`, `pattern`, `format` or a larger `minLength` are left
+  as they are): a small model looping inside a free string then has to close it, and the JSON, instead of
+  running to `max_tokens`. A client that wants longer strings says so with `maxLength`.
 - llguidance compiles lazily: a schema can pass its checks and fail only at a mask or a token later (a `$ref`
   that only refers to itself admits no value; `"pattern": "^(a{1000}){1000}$"` exhausts the lexer at the
   string's first character). So a new grammar is tried once before it is used: its first mask, then the
@@ -69,6 +73,8 @@ def _engine_error(matcher: llguidance.LLMatcher) -> str:
 
 
 MAX_SAFE_INTEGER = 2**53 - 1
+DEFAULT_MAX_STRING_LENGTH = 256
+_STRING_BOUNDED_BY = ("maxLength", "enum", "const", "pattern", "format")
 
 
 def _is_integer_type(schema: dict[str, Any]) -> bool:
@@ -76,9 +82,15 @@ def _is_integer_type(schema: dict[str, Any]) -> bool:
     return kind == "integer" or (isinstance(kind, list) and "integer" in kind)
 
 
+def _is_string_type(schema: dict[str, Any]) -> bool:
+    kind = schema.get("type")
+    return kind == "string" or (isinstance(kind, list) and "string" in kind)
+
+
 def tighten_schema(schema: Any) -> Any:
-    """A copy of `schema` where objects with `properties` default to `additionalProperties: false` and
-    unbounded integers to the range +-MAX_SAFE_INTEGER (a bound the schema sets itself is kept)."""
+    """A copy of `schema` where objects with `properties` default to `additionalProperties: false`, unbounded
+    integers to the range +-MAX_SAFE_INTEGER and free strings to `maxLength` DEFAULT_MAX_STRING_LENGTH (a bound
+    the schema sets itself is kept)."""
     if isinstance(schema, list):
         return [tighten_schema(s) for s in schema]
     if not isinstance(schema, dict):
@@ -100,6 +112,10 @@ def tighten_schema(schema: Any) -> Any:
             out["minimum"] = -MAX_SAFE_INTEGER
         if "maximum" not in out and "exclusiveMaximum" not in out:
             out["maximum"] = MAX_SAFE_INTEGER
+    if _is_string_type(out) and not any(key in out for key in _STRING_BOUNDED_BY):
+        min_length = out.get("minLength", 0)
+        if not isinstance(min_length, int) or min_length <= DEFAULT_MAX_STRING_LENGTH:
+            out["maxLength"] = DEFAULT_MAX_STRING_LENGTH
     return out
 
 

@@ -16,7 +16,7 @@ from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.constraints import AllOf, Constraint, ThinkBudget
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.grammar import JsonConstraint, ToolCallConstraint, measure_overhead, warm_up
-from minigpt_core.grammar_backend import backend_for, json_rule, tighten_schema
+from minigpt_core.grammar_backend import DEFAULT_MAX_STRING_LENGTH, backend_for, json_rule, tighten_schema
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import (
@@ -377,3 +377,29 @@ def test_mask_overhead_is_small(tiny_tokenizer: Tokenizer) -> None:
     stats = measure_overhead(tiny_tokenizer, TOOLS, n_tokens=200)
     print(f"\ngrammar mask overhead per token: {stats}")
     assert stats["median_us"] < 2000  # generous: ~30-60 µs measured on a 2-core CPU
+
+
+def test_free_strings_are_bounded_so_constrained_json_closes(model_and_tok: tuple[MiniGPT, Tokenizer]) -> None:
+    """A model stuck repeating one letter inside a free string (a strong bias stands in for the loop) must still
+    close the string and the JSON within max_tokens: free strings get DEFAULT_MAX_STRING_LENGTH; a schema's own
+    `maxLength` wins, both lower and higher."""
+    model, tok = model_and_tok
+    (letter,) = tok.encode("a")
+    budget = DEFAULT_MAX_STRING_LENGTH + 40
+
+    def answer(note: dict[str, Any]) -> tuple[str, list[int]]:
+        schema = {"type": "object", "properties": {"note": note}, "required": ["note"]}
+        out = generate(model, JsonConstraint(tok, schema), seed=0, max_new_tokens=budget, bias={letter: 50.0})
+        return tok.decode([t for t in out if t != IM_END_ID]), out
+
+    text, out = answer({"type": "string"})
+    assert out[-1] == IM_END_ID and len(out) < budget
+    assert json.loads(text) == {"note": "a" * DEFAULT_MAX_STRING_LENGTH}
+    text, out = answer({"type": "string", "maxLength": 7})
+    assert out[-1] == IM_END_ID and json.loads(text) == {"note": "a" * 7}
+    text, out = answer({"type": "string", "maxLength": 10_000})  # the client asked for long strings: no cut
+    assert len(out) == budget and out[-1] != IM_END_ID and text.endswith("a" * 100)
+    assert tighten_schema({"type": "string", "enum": ["x"]}) == {"type": "string", "enum": ["x"]}
+    assert "maxLength" not in tighten_schema({"type": "string", "format": "date"})
+    assert tighten_schema({"type": ["string", "null"]})["maxLength"] == DEFAULT_MAX_STRING_LENGTH
+    assert "maxLength" not in tighten_schema({"type": "string", "minLength": DEFAULT_MAX_STRING_LENGTH + 1})
