@@ -2,6 +2,7 @@
 
     minigpt-train --mode pretrain --config tiny --max-steps 50
     minigpt-train --mode sft --config tiny --init checkpoints/pretrain_tiny --max-steps 50
+    minigpt-train --mode sft --init checkpoints/sft_tiny --lora-rank 8 --data identity.jsonl --max-steps 100
     minigpt-train --mode dpo --config tiny --init checkpoints/sft_tiny --loss sigmoid --beta 0.1 --max-steps 100
     minigpt-train --mode reward --config tiny --init checkpoints/sft_tiny --max-steps 150
     minigpt-train --mode rlhf --config tiny --init checkpoints/dpo_tiny --reward arithmetic --group-size 8
@@ -83,6 +84,9 @@ OVERRIDES = {
     "eval_data": "eval_data",
     "eval_prompts": "eval_prompts",
     "threads": "threads",
+    "lora_rank": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_targets": "lora_targets",
 }
 
 
@@ -151,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--grpo-epochs", type=int, help="optimizer steps per rollout batch (default 1)")
     g.add_argument("--eval-data", help="held-out prompt JSONL (default: the bundled eval_think.jsonl)")
     g.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation (default 64)")
+    g = p.add_argument_group("LoRA (with --mode sft --init BASE): train only adapter weights, saved in PEFT's layout")
+    g.add_argument("--lora-rank", type=int, metavar="R", help="adapter rank; 0 = full fine-tuning (default)")
+    g.add_argument("--lora-alpha", type=float, metavar="A", help="scaling alpha / rank (default alpha = rank)")
+    g.add_argument(
+        "--lora-targets",
+        metavar="NAMES",
+        help="comma-separated projections (default all: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
 
@@ -173,12 +185,15 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
             raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
     if args.init is not None and not (Path(args.init) / "config.json").is_file():
         raise UsageError(f"--init {args.init}: not a checkpoint folder (no config.json)")
+    if args.lora_rank and (args.resume is not None or args.init is None):
+        raise UsageError("--lora-rank needs --init <base checkpoint folder> and cannot be resumed")
     if args.resume is None and args.mode in ("dpo", "rlhf") and args.init is None:
         raise UsageError(f"--mode {args.mode} needs --init <checkpoint folder> (the policy and its reference)")
     if args.resume is None:
         mode = args.mode or "pretrain"
         settings = train_preset(args.config, mode)
-        overrides.setdefault("out_dir", str(Path("checkpoints") / f"{mode}_{Path(args.config).stem}"))
+        kind = f"{mode}_lora" if args.lora_rank else mode
+        overrides.setdefault("out_dir", str(Path("checkpoints") / f"{kind}_{Path(args.config).stem}"))
         settings.update(overrides)
         return resolve_config(settings), None
     if args.mode in STAGE_MODES:
@@ -235,6 +250,10 @@ def _train_main(argv: list[str]) -> int:
     cfg = cfg.replace(threads=configure_threads(cfg.threads))  # the count in force lands in run_config.json
     if cfg.mode in STAGE_MODES:
         state = _run_stage(cfg)
+    elif cfg.lora_rank:
+        from training.lora_train import run_lora_sft
+
+        state = run_lora_sft(cfg)
     else:
         from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
 

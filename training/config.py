@@ -83,6 +83,10 @@ class TrainConfig:
     grpo_epochs: int = 1
     eval_data: str | None = None
     eval_prompts: int = 64
+    # LoRA (SFT only): rank 0 = full fine-tuning; alpha None = the rank (scaling 1); comma-separated targets
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -113,6 +117,19 @@ class TrainConfig:
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError("time_limit_s must be positive")
         self._check_stage_settings()
+        self._check_lora_settings()
+
+    def _check_lora_settings(self) -> None:
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
+            raise ConfigError(f"lora_rank must be a non-negative integer, got {self.lora_rank!r}")
+        if self.lora_alpha is not None and not self.lora_alpha > 0:
+            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if self.lora_rank and self.mode != "sft":
+            raise ConfigError(f"LoRA (--lora-rank) trains with --mode sft only, not {self.mode}")
+        if self.lora_rank:
+            from minigpt_core.lora import parse_targets
+
+            parse_targets(self.lora_targets)
 
     def _check_stage_settings(self) -> None:
         if not self.beta > 0:

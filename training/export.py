@@ -5,6 +5,9 @@ models) with the full tokenizer (byte-level BPE, Qwen2 split regex -> `tokenizer
 special tokens as CONTROL tokens and the Jinja chat template; `--format hf` copies the servable files of the
 checkpoint (already transformers / vLLM loadable) without the trainer state.
 
+`--merge-lora ADAPTER` first folds a PEFT LoRA adapter (minigpt-train --lora-rank, or HF PEFT's) into the weights,
+W + (alpha / r) B A, so the output is a plain checkpoint that needs no adapter support (llama.cpp, Ollama, vLLM).
+
 What it is not: a quantiser (use llama.cpp's `llama-quantize` on the f32/f16 output) or an importer.
 
 Weight layout: our q/k projections follow HF's rotate-half RoPE. llama.cpp's LLM_ARCH_LLAMA applies RoPE to
@@ -30,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from minigpt_core.checkpoint import load_checkpoint, load_config, replace_dir
+from minigpt_core.checkpoint import load_checkpoint, load_config, replace_dir, write_checkpoint_files
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import MiniGPTError
+from minigpt_core.lora import merge_lora, read_adapter
+from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, IM_START_ID, NUM_SPECIAL, TOKENIZER_CONFIG_FILE, Tokenizer
 from training.errors import TrainingError
 
@@ -192,7 +197,17 @@ def _write_tokenizer(writer: Any, tokenizer: Tokenizer, vocab_size: int, chat_te
     writer.add_chat_template(chat_template)
 
 
-def export_gguf(model_dir: str | Path, out_path: str | Path, *, dtype: str = "f32") -> Path:
+def _load_merged(model_dir: Path, lora: str | Path | None) -> tuple[MiniGPT, Tokenizer]:
+    """The checkpoint in float32, with the adapter at `lora` merged into its weights when one is given."""
+    model, tokenizer = load_checkpoint(model_dir, device="cpu", dtype=torch.float32)
+    if lora is not None:
+        merge_lora(model, read_adapter(lora))
+    return model, tokenizer
+
+
+def export_gguf(
+    model_dir: str | Path, out_path: str | Path, *, dtype: str = "f32", lora: str | Path | None = None
+) -> Path:
     """Write `out_path` (atomically: temp file + rename) from the checkpoint in `model_dir`; returns the path."""
     try:
         import gguf
@@ -203,7 +218,7 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, dtype: str = "f3
     src, out = Path(model_dir), Path(out_path)
     if out.is_dir():
         raise ExportError(f"{out}: is a directory; --out must name the .gguf file to write")
-    model, tokenizer = load_checkpoint(src, device="cpu", dtype=torch.float32)
+    model, tokenizer = _load_merged(src, lora)
     config = model.config
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
@@ -230,10 +245,13 @@ def export_gguf(model_dir: str | Path, out_path: str | Path, *, dtype: str = "f3
     return out
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Copy the servable files of a checkpoint (no trainer state) into `out_dir`, atomically."""
+def export_hf(model_dir: str | Path, out_dir: str | Path, *, lora: str | Path | None = None) -> Path:
+    """Copy the servable files of a checkpoint (no trainer state) into `out_dir`, atomically; with `lora`, the
+    weights are the checkpoint's with that adapter merged (in float32, written in the checkpoint's dtype)."""
     src, out = Path(model_dir), Path(out_dir)
-    load_checkpoint(src)  # validates the directory (files, names, shapes) before anything is written
+    merged = _load_merged(src, lora) if lora is not None else None  # also validates the directory
+    if merged is None:
+        load_checkpoint(src)  # validates the directory (files, names, shapes) before anything is written
     if out.resolve() == src.resolve():
         raise ExportError(f"{out}: --out must differ from --model")
     if out.exists() and not (out / "config.json").is_file():
@@ -241,8 +259,12 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        if merged is not None:
+            model, tokenizer = merged
+            model.to(_checkpoint_dtype(src))
+            write_checkpoint_files(tmp, model, tokenizer)
         for name in HF_FILES:
-            if (src / name).is_file():
+            if (src / name).is_file() and not (merged is not None and name in ("config.json", "model.safetensors")):
                 shutil.copy2(src / name, tmp / name)
         tmp.chmod(0o755)
         replace_dir(tmp, out)
@@ -250,6 +272,15 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _checkpoint_dtype(model_dir: Path) -> torch.dtype:
+    """The weight dtype a checkpoint's config.json records (float32 when it says nothing we know)."""
+    try:
+        name = json.loads((model_dir / "config.json").read_text(encoding="utf-8")).get("torch_dtype")
+    except (OSError, ValueError, AttributeError):
+        name = None
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(str(name), torch.float32)
 
 
 # ----- CLI -----
@@ -261,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=("gguf", "hf"), help="gguf file or HF directory")
     p.add_argument("--out", required=True, help="the .gguf file (gguf) or the directory (hf) to write")
     p.add_argument("--dtype", default="f32", choices=DTYPES, help="gguf weight type (norms stay f32)")
+    p.add_argument(
+        "--merge-lora", metavar="ADAPTER", help="a PEFT LoRA adapter directory to merge into the weights first"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log progress")
     return p
 
@@ -270,9 +304,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         if args.format == "gguf":
-            path = export_gguf(args.model, args.out, dtype=args.dtype)
+            path = export_gguf(args.model, args.out, dtype=args.dtype, lora=args.merge_lora)
         else:
-            path = export_hf(args.model, args.out)
+            path = export_hf(args.model, args.out, lora=args.merge_lora)
     except (MiniGPTError, OSError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
