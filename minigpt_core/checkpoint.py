@@ -192,15 +192,18 @@ def _check_tensors(weights: Path, state: dict[str, torch.Tensor], config: ModelC
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """auto → cuda, then mps, then cpu."""
+    """auto → cuda, then mps, then cpu. The one device check of training and serving alike."""
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if mps:
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but CUDA is not available")
+    if name == "mps" and not mps:
+        raise ConfigError("--device mps was requested but MPS (Apple-silicon GPU) is not available on this machine")
     if name not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
     return torch.device(name)

@@ -1,23 +1,34 @@
 """`minigpt-serve [MODEL]`: command-line flags -> `Settings` -> `create_app` -> uvicorn.
 
 Flags override `MINIGPT_*` environment variables, which override the defaults in `server.settings`. This is
-the only place that configures logging handlers and torch's CPU threads for the server. It binds the port
-before anything is loaded (a busy port fails at once), then serves while the model loads behind /health; a
-model that cannot be loaded stops the server. Every failure ends with one `minigpt-serve: error: ...` line
-and a non-zero exit status, as vLLM and llama.cpp's server do. It holds no server logic.
+the only place that configures logging handlers and torch's CPU threads for the server. It checks a
+`--chat-template` and binds the port before anything is loaded (a busy port fails at once), checks the device,
+then serves while the model loads behind /health; a model that cannot be loaded stops the server. Every failure
+ends with one `minigpt-serve: error: ...` line and a non-zero exit status, as vLLM and llama.cpp's server do.
+
+SIGTERM drains (what a load balancer or Kubernetes expects): /ready and every new request answer 503 while the
+requests in flight run to their end (at most `--drain-timeout` seconds), then the server closes and exits 0.
+A second SIGTERM, or Ctrl-C, stops at once as uvicorn does. It holds no server logic.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
-from typing import Any
+import time
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
+import uvicorn
 from pydantic import ValidationError
 
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.app import ServerState
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +39,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--port", "port", int, "port (default 8000)"),
     ("--api-key", "api_key", str, "require `Authorization: Bearer KEY` on every route but /health"),
     ("--served-model-name", "served_model_name", str, "the model id clients send"),
-    ("--device", "device", str, "auto | cpu | cuda"),
+    ("--device", "device", str, "auto | cpu | cuda | mps"),
     ("--dtype", "dtype", str, "auto | float32 | bfloat16 | float16"),
     (
         "--compile-decode",
@@ -46,6 +57,13 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--allowed-origins", "allowed_origins", str, "CORS: comma-separated origins whose web pages may call the API"),
     ("--max-connections", "max_connections", int, "open connections beyond which requests get 503 (default 256)"),
     ("--body-timeout", "body_timeout_s", float, "seconds within which a request body must arrive (default 30)"),
+    ("--chat-template", "chat_template", str, "a Jinja chat template file used instead of the built-in one"),
+    (
+        "--drain-timeout",
+        "drain_timeout_s",
+        float,
+        "after SIGTERM, seconds in-flight requests may take before the server exits anyway (default 30)",
+    ),
 )
 
 
@@ -115,21 +133,40 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
-    """Bind, serve while the model loads, stop when it cannot be loaded; the exit status."""
+    """Check the template, bind, check the device, serve while the model loads; the exit status."""
+    from minigpt_core.errors import ConfigError
+
+    if settings.chat_template is not None:  # before the port and torch: a typo in the file fails at once
+        from minigpt_core.custom_template import load_chat_template
+
+        try:
+            load_chat_template(settings.chat_template)
+        except ConfigError as exc:
+            return fail(str(exc), 2)
     try:  # first, before torch is even imported: a busy port fails within a second
         sock = listen(settings.host, settings.port)
     except OSError as exc:
         reason = (exc.strerror or str(exc)).lower()
         return fail(f"cannot listen on {settings.host}:{settings.port}: {reason} (choose another --port)")
-    import torch
-    import uvicorn
+    with sock:
+        return _serve_on(sock, settings, uvicorn_options)
 
+
+def _serve_on(sock: socket.socket, settings: Settings, uvicorn_options: dict[str, Any]) -> int:
+    import torch
+
+    from minigpt_core.checkpoint import resolve_device
+    from minigpt_core.errors import ConfigError
     from minigpt_core.threads import configure_threads
     from server.app import create_app
 
+    try:  # the same check training makes (`--device mps` where there is no MPS, `cuda` without CUDA)
+        resolve_device(settings.device)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
     configure_threads(settings.threads)  # before the engine's thread exists; Settings already checked >= 1
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, **uvicorn_options))
+    server = DrainingServer(uvicorn.Config(app, **uvicorn_options), app.state.server, settings.drain_timeout_s)
     failures: list[str] = []
 
     def on_load_error(reason: str) -> None:  # on the event loop, from the lifespan's loader task
@@ -145,8 +182,7 @@ def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
         torch.get_num_threads(),
     )
     try:
-        with sock:
-            server.run(sockets=[sock])
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down gracefully: no traceback
         return 130
     if failures:
@@ -154,6 +190,53 @@ def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
     if not server.started:
         return fail("the server did not start (see the log above)")
     return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server whose first SIGTERM drains instead of closing the listening socket at once.
+
+    While draining, the socket stays open so that a client that still reaches this replica gets a 503 in
+    OpenAI's envelope (the SDK retries it) rather than a refused connection; `on_tick` (every 0.1 s) ends the
+    drain when no request is running, or when the drain timeout is up (the rest are then cancelled after 1 s).
+    The signal is not re-raised afterwards (uvicorn re-raises those it handled), so the exit status is 0.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServerState, drain_timeout_s: float) -> None:
+        super().__init__(config)
+        self.app_state = state
+        self.drain_timeout_s = drain_timeout_s
+        self.drain_started: float | None = None
+        self._drain_logged = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # in the signal handler: only flags here, the logging happens in on_tick
+        if sig == signal.SIGTERM and self.started and not self.should_exit and self.drain_started is None:
+            self.app_state.draining = True
+            self.drain_started = time.monotonic()
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_started is not None and not self.should_exit:
+            self._drain_step(time.monotonic() - self.drain_started)
+        return await super().on_tick(counter)
+
+    def _drain_step(self, waited_s: float) -> None:
+        running = len(self.server_state.tasks)
+        if not self._drain_logged:
+            self._drain_logged = True
+            logger.info(
+                "SIGTERM: draining: %d request(s) in flight finish, new ones get 503 (at most %g s)",
+                running,
+                self.drain_timeout_s,
+            )
+        if running == 0:
+            logger.info("drained: no request in flight, shutting down")
+            self.should_exit = True
+        elif waited_s >= self.drain_timeout_s:
+            logger.warning("drain timeout: %d request(s) still in flight are cancelled", running)
+            self.config.timeout_graceful_shutdown = 1
+            self.should_exit = True
 
 
 if __name__ == "__main__":

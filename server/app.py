@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import json
 import logging
 import time
@@ -21,9 +22,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from minigpt_core.custom_template import CustomTemplate, load_chat_template
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import Tokenizer
-from server.errors import ModelNotFound, NotReady, install_error_handlers
+from server.errors import Draining, ModelNotFound, NotReady, install_error_handlers
 from server.gateway import GatewayMiddleware
 from server.metrics import Metrics
 from server.openapi import install_openapi
@@ -48,12 +50,16 @@ class ServerState:
     # called on the event loop with the one-line reason when the model cannot be loaded (minigpt-serve exits)
     on_load_error: Callable[[str], None] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    chat_template: CustomTemplate | None = None  # --chat-template; None = the built-in template
+    draining: bool = False  # set on SIGTERM (server.__main__): new work gets 503, /ready 503, in-flight work runs on
 
     @property
     def ready(self) -> bool:
         return self.engine is not None and self.tokenizer is not None
 
     def require_ready(self) -> tuple[Any, Tokenizer]:
+        if self.draining:
+            raise Draining("this server is shutting down and takes no new requests; retry (another replica)")
         if self.engine is None or self.tokenizer is None:
             raise NotReady(self.load_error or "the model is still loading; retry shortly")
         return self.engine, self.tokenizer
@@ -85,6 +91,14 @@ def _generation_defaults(model_dir: Path | None) -> dict[str, float]:
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = float(value)
     return out
+
+
+def package_version() -> str:
+    """The installed minigpt package's version (GET /version, the OpenAPI document)."""
+    try:
+        return importlib.metadata.version("minigpt")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
@@ -150,6 +164,8 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
     from server.web import router as web_router
 
     state = ServerState(settings=settings, metrics=Metrics(settings.model_name()), model_name=settings.model_name())
+    if settings.chat_template is not None:  # ConfigError on a bad template (minigpt-serve checks it before binding)
+        state.chat_template = load_chat_template(settings.chat_template)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -171,7 +187,7 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
                 if state.engine is not None:
                     await asyncio.to_thread(state.engine.shutdown)
 
-    app = FastAPI(title="MiniGPT", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="MiniGPT", version=package_version(), lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = state
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)

@@ -1,10 +1,11 @@
 """Request preparation: OpenAI wire request -> prompt token ids, per-choice `SamplingParams`, parser options.
 
 The boundary where wire names (`max_tokens`, `logit_bias`, `reasoning_effort`, ...) become internal ones.
-It renders chat messages through `minigpt_core.chat_template.render` (the one template training also uses),
-checks the context length before anything is queued (never silent truncation), and builds the grammar
-`Constraint` factory from `tools` / `tool_choice` / `parallel_tool_calls` / `response_format` (llguidance, see
-`minigpt_core.grammar`). It does not run the engine or format responses: that is `server.streaming`.
+It renders chat messages through `minigpt_core.chat_template.render` (the one template training also uses; a
+`--chat-template` replaces it through `minigpt_core.custom_template`), checks the context length before anything
+is queued (never silent truncation), and builds the grammar `Constraint` factory from `tools` / `tool_choice` /
+`parallel_tool_calls` / `response_format` (llguidance, see `minigpt_core.grammar`). It does not run the engine
+or format responses: that is `server.streaming`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import torch
 
-from minigpt_core.chat_template import render
 from minigpt_core.constraints import Constraint, prompt_ends_inside_think
+from minigpt_core.custom_template import CustomTemplate, render_prompt
 from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
 from minigpt_core.grammar import JsonConstraint, ToolCallConstraint, ToolChoice
 from minigpt_core.sampling import SamplingParams
@@ -280,16 +281,20 @@ def prepare_chat(
     default_max_tokens: int,
     defaults: Mapping[str, float],
     vocab_size: int,
+    chat_template: CustomTemplate | None = None,
 ) -> PreparedRequest:
-    """Messages -> template -> ids; context check; SamplingParams; parser options. Raises InvalidRequest."""
+    """Messages -> template (`chat_template`, else the built-in one) -> ids; context check; SamplingParams; parser
+    options. Raises InvalidRequest."""
     thinking, budget = resolve_thinking(req)
     tools = _offered_tools(req)
-    rendered = render(
+    rendered = render_prompt(
         _template_messages(req),
         tools,
         add_generation_prompt=True,
         enable_thinking=thinking,
         tokenizer=tokenizer,
+        custom=chat_template,
+        template_kwargs=req.chat_template_kwargs,
     )
     prompt_ids = list(rendered.ids)
     max_new = resolve_max_tokens(req.requested_max_tokens(), len(prompt_ids), max_model_len, default_max_tokens)

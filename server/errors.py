@@ -56,6 +56,12 @@ class NotReady(ServerError):
     status, type, code = 503, "server_error", "model_loading"
 
 
+class Draining(ServerError):
+    """After SIGTERM: requests in flight finish, new ones get this (a load balancer sends them elsewhere)."""
+
+    status, type, code = 503, "server_error", "server_draining"
+
+
 # The gateway's own refusals (server.gateway), before any route runs.
 class MisdirectedHost(ServerError):
     status, type, code = 400, "invalid_request_error", "invalid_host"

@@ -2,11 +2,11 @@
 
 Plain ASGI (it must not buffer streams). In order: a request id (echoed as `X-Request-Id` on every response),
 the Host check that defeats DNS rebinding on a loopback-bound server, CORS (preflights answered here, before
-the API key, since browsers never send credentials on them), the API key in constant time (/health and the web
-page stay open), `Content-Type: application/json` on every POST (415 otherwise: a browser may send `text/plain`
-cross-origin without a preflight), the body-size limit (413) and the body-read deadline (408). An exception that
-escapes the routes becomes a 500 in OpenAI's envelope here, with its request id, counted and logged once.
-Then one log line and one counter per request.
+the API key, since browsers never send credentials on them), the API key in constant time (/health, /ready,
+/version and the web page stay open), `Content-Type: application/json` on every POST (415 otherwise: a browser
+may send `text/plain` cross-origin without a preflight), the body-size limit (413) and the body-read deadline
+(408). An exception that escapes the routes becomes a 500 in OpenAI's envelope here, with its request id, counted
+and logged once. Then one log line and one counter per request.
 
 This module does not map library errors to HTTP (`server.errors` does) and holds no route logic.
 """
@@ -40,13 +40,15 @@ from server.web import is_page_path
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/health"})
+OPEN_PATHS = frozenset({"/health", "/ready", "/version"})  # load balancers and probes send no API key
 KNOWN_ENDPOINTS = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
         "/v1/models",
         "/health",
+        "/ready",
+        "/version",
         "/metrics",
         "/tokenize",
         "/detokenize",

@@ -1,4 +1,4 @@
-"""HTTP routes: chat and legacy completions, models, health, metrics, tokenize / detokenize.
+"""HTTP routes: chat and legacy completions, models, health / readiness / version, metrics, tokenize / detokenize.
 
 Each handler validates (pydantic wire model, model name, context length), submits every choice to the engine
 before the first byte, then hands the merged deltas to `server.streaming` for either SSE or one JSON body.
@@ -19,13 +19,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from minigpt_core.chat_template import render
+from minigpt_core.custom_template import render_prompt
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.output_parser import OutputParser
-from server.app import ServerState
+from server.app import ServerState, package_version
 from server.chat import prepare_chat, resolve_max_tokens, sampling_params
 from server.generation import ChoiceJob, merge_choices, submit_all
-from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, errors, text_response
+from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, HealthStatus, errors, text_response
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
 from server.streaming import (
     ResponseMeta,
@@ -134,6 +134,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         default_max_tokens=state.settings.default_max_tokens,
         defaults=state.defaults,
         vocab_size=state.vocab_size,
+        chat_template=state.chat_template,
     )
     rid = _request_id(request)
 
@@ -270,6 +271,33 @@ async def health(request: Request) -> Response:
     return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
 
 
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": HealthStatus, "description": "The model is loaded and new requests are accepted"},
+    503: {
+        "model": HealthStatus,
+        "description": "Not taking new requests: the model is loading (`loading`), failed (`error`), or the server "
+        "got SIGTERM and is finishing the requests in flight (`draining`)",
+    },
+    400: HEALTH_RESPONSES[400],
+}
+
+
+@router.get("/ready", response_model=None, responses=READY_RESPONSES)
+async def ready(request: Request) -> Response:
+    """Readiness for a load balancer: 200 only while new requests are served (/health stays 200 while draining)."""
+    state = _state(request)
+    if state.ready and not state.draining:
+        return JSONResponse({"status": "ok", "model": state.model_name})
+    status = "draining" if state.draining else "error" if state.load_error else "loading"
+    return JSONResponse({"status": status, "detail": state.load_error}, status_code=503)
+
+
+@router.get("/version", responses=errors(400))
+async def version() -> dict[str, str]:
+    """The server's package version (as vLLM's /version)."""
+    return {"version": package_version()}
+
+
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
@@ -292,7 +320,9 @@ async def tokenize(body: TokenizeRequest, request: Request) -> dict[str, Any]:
     else:
         assert body.messages is not None
         messages = [m.model_dump(exclude_none=True) for m in body.messages]
-        ids = render(messages, add_generation_prompt=body.add_generation_prompt, tokenizer=tokenizer).ids
+        ids = render_prompt(
+            messages, add_generation_prompt=body.add_generation_prompt, tokenizer=tokenizer, custom=state.chat_template
+        ).ids
     return {"tokens": ids, "count": len(ids), "max_model_len": state.max_model_len}
 
 

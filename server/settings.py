@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     api_key: str | None = Field(default=None, description="if set, every route but /health needs it")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     compile_decode: bool = Field(
         default=True, description="CUDA only: torch.compile the decode step before capturing it (2x faster steps)"
@@ -48,8 +48,14 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this (408)")
     keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections close after this")
+    chat_template: str | None = Field(
+        default=None, description="a Jinja chat template file (or the template itself) in place of the built-in one"
+    )
+    drain_timeout_s: float = Field(
+        default=30.0, ge=0, description="after SIGTERM, how long in-flight requests may run before the server exits"
+    )
 
-    @field_validator("api_key", "served_model_name")
+    @field_validator("api_key", "served_model_name", "chat_template")
     @classmethod
     def _empty_is_none(cls, value: str | None) -> str | None:
         return value or None
