@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from training.datagen import identity, math_dialogues, smalltalk, tool_dialogues
+from training.datagen import api_tools, identity, math_dialogues, smalltalk, tool_dialogues
 from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, decorate, make_rng
 from training.datagen.preference import preference_pair
 from training.datagen.pretrain import pretrain_document
@@ -37,10 +37,12 @@ BASE_COUNTS: dict[str, int] = {
 
 SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]]] = {
     "identity": (0.12, identity.identity_conversation),
-    "math_think": (0.20, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
-    "math_direct": (0.14, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
-    "tools": (0.42, tool_dialogues.tool_conversation),
-    "smalltalk": (0.12, smalltalk.smalltalk_conversation),
+    "math_think": (0.18, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
+    "math_direct": (0.12, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
+    "tools": (0.28, tool_dialogues.tool_conversation),
+    # realistic API schemas: reading names, descriptions and parameter types of tools written by others (issue 18)
+    "api_tools": (0.20, api_tools.api_conversation),
+    "smalltalk": (0.10, smalltalk.smalltalk_conversation),
 }
 
 
