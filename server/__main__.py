@@ -57,6 +57,7 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--allowed-origins", "allowed_origins", str, "CORS: comma-separated origins whose web pages may call the API"),
     ("--max-connections", "max_connections", int, "open connections beyond which requests get 503 (default 256)"),
     ("--body-timeout", "body_timeout_s", float, "seconds within which a request body must arrive (default 30)"),
+    ("--lora-modules", "lora_modules", str, "LoRA adapters to serve, NAME=PATH ...; a request's model picks one"),
     ("--chat-template", "chat_template", str, "a Jinja chat template file used instead of the built-in one"),
     (
         "--drain-timeout",
@@ -78,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for flag, dest, type_, help_ in FLAGS:
         names = ("-t", flag) if flag == "--threads" else (flag,)  # -t as llama.cpp and minigpt-train
-        parser.add_argument(*names, dest=dest, type=type_, default=None, help=help_)
+        nargs = "+" if dest == "lora_modules" else None  # NAME=PATH [NAME=PATH ...], as vLLM
+        parser.add_argument(*names, dest=dest, type=type_, default=None, help=help_, nargs=nargs)
     return parser
 
 
@@ -103,8 +105,8 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         flags = {dest: flag for flag, dest, _, _ in FLAGS}
-        where = ".".join(str(p) for p in first["loc"])
-        sys.exit(fail(f"{flags.get(where, where)}: {first['msg']}", 2))
+        where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
+        sys.exit(fail(f"{flags.get(where, where)}: {first['msg']}" if where else first["msg"], 2))
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import inspect
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from fastapi import FastAPI
 from minigpt_core.custom_template import CustomTemplate, load_chat_template
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import Tokenizer
-from server.errors import Draining, ModelNotFound, NotReady, install_error_handlers
+from server.errors import Draining, ModelNotFound, NotReady, ServerError, install_error_handlers
 from server.gateway import GatewayMiddleware
 from server.metrics import Metrics
 from server.openapi import install_openapi
@@ -50,6 +51,7 @@ class ServerState:
     # called on the event loop with the one-line reason when the model cannot be loaded (minigpt-serve exits)
     on_load_error: Callable[[str], None] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    adapters: dict[str, Path] = field(default_factory=dict)  # --lora-modules: name -> directory, in index order
     chat_template: CustomTemplate | None = None  # --chat-template; None = the built-in template
     draining: bool = False  # set on SIGTERM (server.__main__): new work gets 503, /ready 503, in-flight work runs on
 
@@ -65,14 +67,54 @@ class ServerState:
         return self.engine, self.tokenizer
 
     def check_model(self, name: str | None) -> None:
-        if name is not None and name != self.model_name:
-            raise ModelNotFound(f"The model `{name}` does not exist. This server serves `{self.model_name}`.", "model")
+        if name is not None and name != self.model_name and name not in self.adapters:
+            served = ", ".join(f"`{n}`" for n in [self.model_name, *self.adapters])
+            raise ModelNotFound(f"The model `{name}` does not exist. This server serves {served}.", "model")
+
+    def served_name(self, name: str | None) -> str:
+        """The model id a response names: the adapter asked for, else the base model."""
+        return name if name is not None and name in self.adapters else self.model_name
+
+    def engine_for(self, name: str | None) -> Any:
+        """What to submit a request for model `name` to: the engine for the base model, else a view of it that
+        passes the adapter's index (1-based, in --lora-modules order; 0 is the base) as `submit(..., adapter=k)`."""
+        if name is None or name not in self.adapters:
+            return self.engine
+        return AdapterEngine(self.engine, list(self.adapters).index(name) + 1)
 
     def attach(self, engine: Any, tokenizer: Tokenizer, model_dir: Path | None) -> None:
         self.engine, self.tokenizer = engine, tokenizer
         self.max_model_len = int(engine.max_model_len)
         self.vocab_size = int(engine.vocab_size)
         self.defaults = _generation_defaults(model_dir)
+
+
+class AdapterNotSupported(ServerError):
+    status, type, code = 501, "server_error", "adapter_not_supported"
+
+
+class AdapterEngine:
+    """The engine as seen by the requests for one LoRA adapter: `submit` adds `adapter=index`, the rest is the
+    engine's own. An engine whose `submit` takes no `adapter` cannot serve adapters: 501, never base output."""
+
+    def __init__(self, engine: Any, adapter: int) -> None:
+        if "adapter" not in inspect.signature(engine.submit).parameters:
+            raise AdapterNotSupported("this engine cannot run LoRA adapters yet; ask for the base model")
+        self._engine, self.adapter = engine, adapter
+
+    def submit(self, prompt_ids: Any, params: Any, constraint: Any = None, request_id: str | None = None) -> Any:
+        return self._engine.submit(
+            prompt_ids, params, constraint=constraint, request_id=request_id, adapter=self.adapter
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def lora_rows(max_num_seqs: int) -> int:
+    """Rows of `model.lora_index`: a power of two above max_num_seqs, so that padded batch buckets and the
+    scratch row fit."""
+    return 1 << max_num_seqs.bit_length()
 
 
 def _generation_defaults(model_dir: Path | None) -> dict[str, float]:
@@ -113,6 +155,12 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     dtype = dtypes.get(settings.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     model, tokenizer = load_checkpoint(model_dir, device, dtype)
+    if settings.lora_modules:  # before the engine exists: it may capture the forward
+        from minigpt_core.lora import attach_adapters, read_adapter
+
+        adapters = [(name, read_adapter(path)) for name, path in settings.lora_modules]
+        attach_adapters(model, adapters, max_rows=lora_rows(settings.max_num_seqs))
+        logger.info("LoRA adapters: %s", ", ".join(f"{name} (r={w.rank})" for name, w in adapters))
     max_len = min(settings.max_model_len or model.config.max_seq_len, model.config.max_seq_len)
     engine = Engine(
         model,
@@ -164,6 +212,7 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
     from server.web import router as web_router
 
     state = ServerState(settings=settings, metrics=Metrics(settings.model_name()), model_name=settings.model_name())
+    state.adapters = dict(settings.lora_modules)  # a caller-owned engine's model must carry them, in this order
     if settings.chat_template is not None:  # ConfigError on a bad template (minigpt-serve checks it before binding)
         state.chat_template = load_chat_template(settings.chat_template)
 

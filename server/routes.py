@@ -121,8 +121,9 @@ async def _until_disconnect(
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     state = _state(request)
-    engine, tokenizer = state.require_ready()
+    _, tokenizer = state.require_ready()
     state.check_model(body.model)
+    engine = state.engine_for(body.model)
     started = time.perf_counter()
     # in a worker thread: a long prompt or a new grammar (compiled and tried here, seconds for some schemas)
     # must not stall every other request and stream on the event loop
@@ -153,7 +154,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     meta = ResponseMeta(
         id=f"chatcmpl-{rid}",
         created=int(time.time()),
-        model=state.model_name,
+        model=state.served_name(body.model),
         prompt_tokens=len(prep.prompt_ids),
         n_choices=len(jobs),
         token_bytes=tokenizer.token_bytes,
@@ -197,8 +198,9 @@ def _completion_prompts(body: CompletionRequest, state: ServerState) -> list[tup
 @router.post("/v1/completions", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)})
 async def completions(body: CompletionRequest, request: Request) -> Response:
     state = _state(request)
-    engine, tokenizer = state.require_ready()
+    _, tokenizer = state.require_ready()
     state.check_model(body.model)
+    engine = state.engine_for(body.model)
     started = time.perf_counter()
     prompts = _completion_prompts(body, state)
     longest = max(len(ids) for ids, _ in prompts)
@@ -224,7 +226,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     meta = ResponseMeta(
         id=f"cmpl-{rid}",
         created=int(time.time()),
-        model=state.model_name,
+        model=state.served_name(body.model),
         prompt_tokens=prompt_tokens,
         n_choices=len(jobs),
         token_bytes=tokenizer.token_bytes,
@@ -239,27 +241,32 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _until_disconnect(request, completion_response(meta, deltas), jobs)
 
 
-def _model_card(state: ServerState) -> dict[str, Any]:
-    return {
-        "id": state.model_name,
+def _model_card(state: ServerState, name: str | None = None) -> dict[str, Any]:
+    """The base model's card, or an adapter's (as vLLM: `root` its directory, `parent` the base model)."""
+    card = {
+        "id": name or state.model_name,
         "object": "model",
         "created": state.created,
         "owned_by": "minigpt",
         "root": state.model_name,
         "max_model_len": state.max_model_len or None,
     }
+    if name is not None:
+        card.update(root=str(state.adapters[name]), parent=state.model_name)
+    return card
 
 
 @router.get("/v1/models", responses=errors(400, 401))
 async def list_models(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_model_card(_state(request))]}
+    state = _state(request)
+    return {"object": "list", "data": [_model_card(state), *(_model_card(state, name) for name in state.adapters)]}
 
 
 @router.get("/v1/models/{model_id:path}", responses=errors(400, 401, 404))
 async def get_model(model_id: str, request: Request) -> dict[str, Any]:
     state = _state(request)
     state.check_model(model_id)
-    return _model_card(state)
+    return _model_card(state, model_id if model_id in state.adapters else None)
 
 
 @router.get("/health", response_model=None, responses=HEALTH_RESPONSES)

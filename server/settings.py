@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     )
     body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this (408)")
     keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections close after this")
+    lora_modules: Annotated[tuple[tuple[str, Path], ...], NoDecode] = Field(
+        default=(),
+        description="LoRA adapters served beside the base model, NAME=PATH each (PEFT adapter directories); "
+        "a request's `model` picks one",
+    )
     chat_template: str | None = Field(
         default=None, description="a Jinja chat template file (or the template itself) in place of the built-in one"
     )
@@ -78,6 +83,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] (or '*')")
             out.append(origin)
         return tuple(out)
+
+    @field_validator("lora_modules", mode="before")
+    @classmethod
+    def _split_lora_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):  # MINIGPT_LORA_MODULES="a=/path/a b=/path/b" (space or comma separated)
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list | tuple):
+            return value
+        out = []
+        for item in value:
+            if isinstance(item, str):
+                name, sep, path = item.partition("=")
+                if not sep or not name.strip() or not path.strip():
+                    raise ValueError(f"{item!r} is not NAME=PATH")
+                item = (name.strip(), path.strip())
+            out.append(item)
+        return tuple(out)
+
+    @field_validator("lora_modules")
+    @classmethod
+    def _check_lora_modules(cls, value: tuple[tuple[str, Path], ...]) -> tuple[tuple[str, Path], ...]:
+        names = [name for name, _ in value]
+        for name, path in value:
+            if names.count(name) > 1:
+                raise ValueError(f"the adapter name {name!r} is given twice")
+            if not (path / "adapter_config.json").is_file():
+                raise ValueError(f"{name}={path}: not a LoRA adapter directory (no adapter_config.json)")
+        return value
+
+    @model_validator(mode="after")
+    def _adapter_names_differ_from_the_model(self) -> Settings:
+        if any(name == self.model_name() for name, _ in self.lora_modules):
+            raise ValueError(f"--lora-modules: the adapter name {self.model_name()!r} is the base model's name")
+        return self
 
     def uvicorn_options(self) -> dict[str, Any]:
         """The keyword arguments for `uvicorn.run` / `uvicorn.Config` (besides the app)."""
