@@ -280,6 +280,31 @@ def _add_bfcl_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
 
 
+def _bfcl_answers(args: argparse.Namespace, cases: list[Any]) -> tuple[str, list[Any]]:
+    """(what was asked, its answers): the server at --base-url, else the checkpoint in-process."""
+    from training import bfcl
+
+    if args.base_url:
+        name, answers = bfcl.generate_openai(
+            cases,
+            base_url=args.base_url,
+            api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+            model=args.model_name,
+            max_tokens=args.max_new_tokens,
+            concurrency=args.concurrency,
+        )
+        return f"{name} at {args.base_url}", answers
+    from minigpt_core.checkpoint import load_checkpoint, resolve_device
+    from minigpt_core.engine import Engine
+
+    if not Path(args.model).is_dir():
+        raise UsageError(f"--model {args.model}: no such folder")
+    model, tok = load_checkpoint(args.model, device=resolve_device(args.device))
+    engine = Engine(model, max_num_seqs=args.max_num_seqs, max_queued=max(256, len(cases)), output_vocab=tok.vocab_size)
+    with engine:
+        return str(args.model), bfcl.generate_in_process(engine, tok, cases, max_new_tokens=args.max_new_tokens)
+
+
 def run_bfcl(args: argparse.Namespace) -> int:
     from training import bfcl
 
@@ -297,30 +322,7 @@ def run_bfcl(args: argparse.Namespace) -> int:
     if not Path(data).is_dir():
         raise UsageError(f"--data {data}: no such folder")
     cases = [case for c in categories for case in bfcl.load_cases(Path(data), c, args.limit)]
-    if args.base_url:
-        api_key = args.api_key or os.environ.get("OPENAI_API_KEY")
-        target, answers = bfcl.generate_openai(
-            cases,
-            base_url=args.base_url,
-            api_key=api_key,
-            model=args.model_name,
-            max_tokens=args.max_new_tokens,
-            concurrency=args.concurrency,
-        )
-        target = f"{target} at {args.base_url}"
-    else:
-        from minigpt_core.checkpoint import load_checkpoint, resolve_device
-        from minigpt_core.engine import Engine
-
-        if not Path(args.model).is_dir():
-            raise UsageError(f"--model {args.model}: no such folder")
-        model, tok = load_checkpoint(args.model, device=resolve_device(args.device))
-        engine = Engine(
-            model, max_num_seqs=args.max_num_seqs, max_queued=max(256, len(cases)), output_vocab=tok.vocab_size
-        )
-        with engine:
-            answers = bfcl.generate_in_process(engine, tok, cases, max_new_tokens=args.max_new_tokens)
-        target = str(args.model)
+    target, answers = _bfcl_answers(args, cases)
     result = bfcl.score(cases, answers)
     print(f"minigpt-eval bfcl: {target} on {data}")
     print(f"  {'category':<14} {'n':>5}  accuracy")
