@@ -145,6 +145,9 @@ def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
             load_chat_template(settings.chat_template)
         except ConfigError as exc:
             return fail(str(exc), 2)
+    for name, path in settings.lora_modules:  # like the template: a wrong path fails before the port is taken
+        if not (path / "adapter_config.json").is_file():
+            return fail(f"--lora-modules {name}={path}: not a LoRA adapter directory (no adapter_config.json)", 2)
     try:  # first, before torch is even imported: a busy port fails within a second
         sock = listen(settings.host, settings.port)
     except OSError as exc:

@@ -105,11 +105,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_lora_modules(cls, value: tuple[tuple[str, Path], ...]) -> tuple[tuple[str, Path], ...]:
         names = [name for name, _ in value]
-        for name, path in value:
+        for name in names:
             if names.count(name) > 1:
                 raise ValueError(f"the adapter name {name!r} is given twice")
-            if not (path / "adapter_config.json").is_file():
-                raise ValueError(f"{name}={path}: not a LoRA adapter directory (no adapter_config.json)")
         return value
 
     @model_validator(mode="after")
