@@ -668,7 +668,8 @@ def no_fitting_tool(rng: random.Random, split: Split) -> Conversation:
     _, request = arguments_and_request(rng, split, declare(rng, wanted), zh, ask)
     abilities = [o.spec.does.rstrip(".").lower() for o in offered]
     if zh:
-        answer = rng.choice(NO_TOOL_ANSWERS_ZH).format(abilities="；".join(abilities))
+        names = "、".join(o.tool["function"]["name"] for o in offered)  # English descriptions stay out of Chinese
+        answer = rng.choice(NO_TOOL_ANSWERS_ZH).format(abilities=f"调用{names}")
     else:
         answer = rng.choice(NO_TOOL_ANSWERS).format(abilities="; ".join(abilities))
     return [system_message(rng, split, [o.tool for o in offered]), user(request), assistant(answer)]
