@@ -208,6 +208,7 @@ async def _load(state: ServerState) -> None:
 def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | None = None) -> FastAPI:
     """The FastAPI app. With `engine` given, the caller owns it and the tokenizer comes from `settings.model`."""
     from server.apidocs import router as apidocs_router
+    from server.responses_route import router as responses_router
     from server.routes import router
     from server.web import router as web_router
 
@@ -240,6 +241,7 @@ def create_app(settings: Settings, engine: Any = None, tokenizer: Tokenizer | No
     app.state.server = state
     install_error_handlers(app, settings.retry_after_s)
     app.include_router(router)
+    app.include_router(responses_router)  # /v1/responses
     app.include_router(web_router)
     app.include_router(apidocs_router)  # /docs without a CDN
     app.add_middleware(GatewayMiddleware, settings=settings, metrics=state.metrics)

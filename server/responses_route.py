@@ -1,0 +1,100 @@
+"""The `POST /v1/responses` route: a Responses request run through the chat endpoint's machinery.
+
+The request is mapped onto a chat request (`server.responses.to_chat`) and prepared by `server.chat.prepare_chat`
+in a worker thread, submitted with `server.generation.submit_all` before the first byte (so bad input is a 400 and
+a full queue a 429 exactly as on /v1/chat/completions), and its deltas are written by `server.responses_stream`.
+A client that disconnects cancels its engine request, streaming or not (the chat route's helpers). One output
+per request: Responses has no `n`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from minigpt_core.errors import InvalidRequest
+from minigpt_core.output_parser import OutputParser
+from server.chat import prepare_chat
+from server.generation import merge_choices, submit_all
+from server.openapi import BODY_ERRORS, STREAMING_OK, errors
+from server.responses import ResponsesRequest, echo_tools, to_chat
+from server.responses_stream import ResponsesMeta, responses_body, responses_stream
+from server.routes import SSEResponse, _canceller, _on_done, _request_id, _state, _until_disconnect
+
+router = APIRouter()
+
+
+def _echo(body: ResponsesRequest, defaults: dict[str, float]) -> dict[str, Any]:
+    """The request's settings as the response object repeats them."""
+    fmt = body.text.format if body.text is not None else None
+    choice = body.tool_choice if body.tool_choice is not None else "auto"
+    effort = (body.reasoning.effort or "medium") if body.reasoning is not None else None
+    return {
+        "instructions": body.instructions,
+        "max_output_tokens": body.max_output_tokens,
+        "max_tool_calls": body.max_tool_calls,
+        "metadata": body.metadata or {},
+        "parallel_tool_calls": body.parallel_tool_calls,
+        "reasoning": {"effort": effort, "summary": body.reasoning.summary} if body.reasoning is not None else None,
+        "temperature": body.temperature if body.temperature is not None else defaults.get("temperature", 1.0),
+        "top_p": body.top_p if body.top_p is not None else defaults.get("top_p", 1.0),
+        "text": {"format": fmt.model_dump(by_alias=True, exclude_none=True) if fmt else {"type": "text"}},
+        "tool_choice": choice,
+        "tools": echo_tools(body),
+        "user": body.user,
+    }
+
+
+@router.post("/v1/responses", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)})
+async def create_response(body: ResponsesRequest, request: Request) -> Response:
+    """OpenAI's Responses API, stateless: text, function tools, reasoning, JSON schema output, streaming."""
+    state = _state(request)
+    engine, tokenizer = state.require_ready()
+    state.check_model(body.model)
+    started = time.perf_counter()
+    chat = to_chat(body)
+    try:
+        prep = await asyncio.to_thread(
+            prepare_chat,
+            chat,
+            tokenizer,
+            max_model_len=state.max_model_len,
+            default_max_tokens=state.settings.default_max_tokens,
+            defaults=state.defaults,
+            vocab_size=state.vocab_size,
+            chat_template=state.chat_template,
+        )
+    except InvalidRequest as exc:  # the chat request's `messages` are this request's `input`
+        if exc.param is not None and exc.param.startswith("messages"):
+            exc.param = "input"
+        raise
+    rid = _request_id(request)
+
+    def make_parser() -> OutputParser:
+        return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
+
+    jobs = await submit_all(
+        engine,
+        [(0, prep.prompt_ids, prep.params[0])],
+        rid,
+        make_parser,
+        make_constraint=prep.make_constraint,
+        thinking=prep.thinking,
+        single_tool_call=prep.single_tool_call,
+    )
+    meta = ResponsesMeta(
+        id=f"resp_{rid}",
+        created_at=int(time.time()),
+        model=state.model_name,
+        prompt_tokens=len(prep.prompt_ids),
+        echo=_echo(body, state.defaults),
+        on_done=_on_done(state, rid, len(prep.prompt_ids), started),
+    )
+    deltas = merge_choices(jobs, state.metrics)
+    if body.stream:
+        return SSEResponse(responses_stream(meta, deltas), _canceller(jobs))
+    return await _until_disconnect(request, responses_body(meta, deltas), jobs)
