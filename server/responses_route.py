@@ -53,8 +53,9 @@ def _echo(body: ResponsesRequest, defaults: dict[str, float]) -> dict[str, Any]:
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     """OpenAI's Responses API, stateless: text, function tools, reasoning, JSON schema output, streaming."""
     state = _state(request)
-    engine, tokenizer = state.require_ready()
+    _, tokenizer = state.require_ready()
     state.check_model(body.model)
+    engine = state.engine_for(body.model)  # the base model or a --lora-modules adapter, as on the chat route
     started = time.perf_counter()
     chat = to_chat(body)
     try:
@@ -89,7 +90,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     meta = ResponsesMeta(
         id=f"resp_{rid}",
         created_at=int(time.time()),
-        model=state.model_name,
+        model=state.served_name(body.model),
         prompt_tokens=len(prep.prompt_ids),
         echo=_echo(body, state.defaults),
         on_done=_on_done(state, rid, len(prep.prompt_ids), started),
