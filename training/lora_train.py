@@ -78,6 +78,7 @@ def run_lora_sft(cfg: TrainConfig) -> TrainerState:
 
     def step() -> dict[str, float]:
         m = train_step(trainer)
+        run.state.tokens_seen += int(m["tokens"])
         loss, grad_norm = (float(torch.as_tensor(m[key]).detach().cpu()) for key in ("loss", "grad_norm"))
         return {"loss": loss, "grad_norm": grad_norm, "lr": m["lr"]}
 
