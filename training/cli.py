@@ -56,6 +56,11 @@ OVERRIDES = {
     "init": "init",
     "tokenizer": "tokenizer",
     "max_steps": "max_steps",
+    "epochs": "epochs",
+    "weight_decay": "weight_decay",
+    "grad_clip": "grad_clip",
+    "log_every": "log_every",
+    "tensorboard": "tensorboard",
     "learning_rate": "learning_rate",
     "warmup_steps": "warmup_steps",
     "batch_size": "batch_size",
@@ -113,13 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the bundled tokenizer)")
     p.add_argument("--retrain-tokenizer", action="store_true", help="train a new tokenizer on the training data")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=float, help="passes over the training data (instead of --max-steps)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of matrices (default 0.1; norms get none)")
+    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1.0; 0 = no clipping)")
     p.add_argument("--batch-size", type=int, help="rows per micro-batch per process")
     p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
     p.add_argument("--seq-len", type=int)
     p.add_argument("--device", choices=DEVICES)
-    p.add_argument("--dtype", choices=DTYPES, help="auto = bf16 autocast on CUDA, fp32 elsewhere")
+    p.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        help="auto = bf16 autocast on CUDA, fp32 elsewhere; float16 = fp16 autocast + loss scaling (no-bf16 GPUs)",
+    )
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     p.add_argument(
         "-t",
@@ -128,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
     )
     p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", type=int, help="a metrics.jsonl row every N steps (default 10)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard events into DIR")
     p.add_argument("--eval-every", type=int, help="validate every N steps")
     p.add_argument("--eval-batches", type=int, help="batches per validation")
     p.add_argument("--save-every", type=int, help="checkpoint every N steps")
@@ -180,6 +194,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         overrides["thinking"] = True
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.epochs is not None and args.max_steps is not None:
+        raise UsageError("--epochs and --max-steps both set the length of the run; give one")
+    if args.tensorboard is not None:
+        _require_tensorboard()
     for flag in ("data", "val_data", "tokenizer", "reward_model", "eval_data"):
         if flag in overrides and not Path(overrides[flag]).exists():
             raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
@@ -215,6 +233,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         return TrainConfig.from_dict(saved), point
     except (MiniGPTError, TypeError, ValueError) as exc:
         raise ResumeError(f"{point / TRAINER_STATE_DIR / 'state.json'}: its run config is not usable ({exc})") from exc
+
+
+def _require_tensorboard() -> None:
+    """Fail before any work when `--tensorboard` is asked for and the optional package is missing."""
+    try:
+        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
 
 
 def _setup_logging(quiet: bool) -> None:

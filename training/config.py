@@ -24,7 +24,7 @@ UNIMPLEMENTED_MODES: tuple[str, ...] = ()
 DPO_LOSSES: tuple[str, ...] = ("sigmoid", "ipo")
 REWARD_FEATURES: tuple[str, ...] = ("last", "last+loglik")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16")
+DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # float16: autocast + loss scaling
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,6 +50,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
     warmup_steps: int = 50
     max_steps: int = 1000
+    epochs: float | None = None  # passes over the training data; sets max_steps once the data is loaded (loop.fit)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -60,6 +61,7 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 3
     log_every: int = 10
+    tensorboard: str | None = None  # also write the metrics.jsonl scalars as TensorBoard events into this folder
     time_limit_s: float | None = None  # stop (and save) once this much wall time has passed
     # runtime
     seed: int = 0
@@ -116,6 +118,16 @@ class TrainConfig:
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.time_limit_s is not None and self.time_limit_s <= 0:
             raise ConfigError("time_limit_s must be positive")
+        if self.epochs is not None and not (isinstance(self.epochs, int | float) and self.epochs > 0):
+            raise ConfigError(f"epochs must be a positive number, got {self.epochs!r}")
+        if self.mode in STAGE_MODES:
+            for name, value, why in (
+                ("--dtype float16", self.dtype == "float16", "use bfloat16 or float32"),
+                ("--epochs", self.epochs is not None, "use --max-steps"),
+                ("--tensorboard", self.tensorboard is not None, "metrics.jsonl has the same numbers"),
+            ):
+                if value:
+                    raise ConfigError(f"{name} is supported for --mode pretrain and sft, not {self.mode}; {why}")
         self._check_stage_settings()
         self._check_lora_settings()
 

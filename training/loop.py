@@ -2,9 +2,10 @@
 
 What it is: `Trainer` (everything the loop touches), `lr_at` (linear warmup, cosine decay to `min_lr_ratio` of the
 peak), `build_optimizer` (AdamW, fused on CUDA, no decay on norms), `train_step` (gradient accumulation over
-micro-batches normalised by the number of target tokens across all ranks, clipping, NaN/inf guard), `evaluate`
-(validation loss and bits-per-byte), `save`, `progress_bar` and `fit` (metrics.jsonl, eval/save cadence, time limit,
-a clean stop on SIGINT/SIGTERM).
+micro-batches normalised by the number of target tokens across all ranks, float16 loss scaling, clipping, NaN/inf
+guard), `evaluate` (validation loss and bits-per-byte), `save`, `progress_bar`, `steps_per_epoch` (for `--epochs`)
+and `fit` (metrics.jsonl and optional TensorBoard events, eval/save cadence, time limit, a clean stop on
+SIGINT/SIGTERM).
 What it is not: building the run (tokenizer, model, data: `training.pipeline`) or parsing flags (`training.cli`).
 """
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from minigpt_core.errors import ConfigError
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
@@ -79,10 +81,25 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> torch.Tensor:
-    """Clip gradients (grad_clip <= 0: measure only), step, clear; returns the pre-clip norm as a device tensor."""
+def clip_and_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    grad_clip: float,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """Clip gradients (grad_clip <= 0: measure only), step, clear; returns the pre-clip norm as a device tensor.
+
+    With a float16 `scaler` the gradients are unscaled first (so the clip and the norm are in true units), and a
+    step whose gradients overflowed is skipped by the scaler, which lowers its scale; its norm is inf.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip if grad_clip > 0 else float("inf"))
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return grad_norm
 
@@ -116,13 +133,14 @@ def train_step(tr: Trainer) -> dict[str, Any]:
             loss = F.cross_entropy(
                 logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
             )
-            (loss * scale).backward()
+            scaled = loss * scale
+            (rt.scaler.scale(scaled) if rt.scaler is not None else scaled).backward()
         loss_sum += loss.detach()
     if rt.distributed:
         dist_loss = torch.stack([loss_sum.double()])
         torch.distributed.all_reduce(dist_loss)
         loss_sum = dist_loss[0]
-    grad_norm = clip_and_step(tr.model, tr.optimizer, cfg.grad_clip)
+    grad_norm = clip_and_step(tr.model, tr.optimizer, cfg.grad_clip, rt.scaler)
     # Device tensors: reading them is a host sync, so `fit` does it only every log_every steps on a GPU.
     return {"loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 
@@ -131,10 +149,17 @@ def read_metrics(tr: Trainer, m: dict[str, Any]) -> dict[str, float]:
     """Turn a step's tensors into floats (one host sync) and stop the run if the loss or gradient blew up.
 
     Checked before every save, so a non-finite step is never written; on a GPU up to log_every - 1 steps may
-    run between the blow-up and the check (their updates are discarded with the run).
+    run between the blow-up and the check (their updates are discarded with the run). Under float16 loss scaling
+    an overflowing gradient is not a divergence: the scaler skipped that step (grad_norm is logged as null and
+    `loss_scale` shows the lowered scale).
     """
     values = torch.stack([torch.as_tensor(m["loss"]).double().cpu(), torch.as_tensor(m["grad_norm"]).double().cpu()])
     loss_value, grad_norm = values.tolist()
+    scaler = tr.rt.scaler
+    if scaler is not None:
+        out = {**m, "loss": loss_value, "grad_norm": grad_norm if math.isfinite(grad_norm) else None}
+        if math.isfinite(loss_value):
+            return {**out, "loss_scale": float(scaler.get_scale())}
     if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
         tr.optimizer.zero_grad(set_to_none=True)
         saved = list_checkpoints(tr.run_dir)
@@ -218,10 +243,61 @@ def save(tr: Trainer) -> Path | None:
     return path
 
 
-def append_metrics(tr: Trainer, record: dict[str, Any]) -> None:
+def append_metrics(tr: Trainer, record: dict[str, Any], tensorboard: Any = None) -> None:
+    """One metrics.jsonl line (rank 0), and the same numbers as TensorBoard scalars when `--tensorboard` is on."""
     if tr.rt.is_main:
         with open(tr.run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
+    if tensorboard is not None:
+        for key, value in record.items():
+            if key != "step" and isinstance(value, int | float) and not isinstance(value, bool):
+                tensorboard.add_scalar(key, value, record["step"])
+
+
+def open_tensorboard(cfg: TrainConfig, rt: Runtime) -> Any:
+    """A `SummaryWriter` on `cfg.tensorboard` (rank 0), else None; a missing package is a ConfigError."""
+    if cfg.tensorboard is None or not rt.is_main:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:  # torch's wrapper needs the tensorboard package, an optional dependency
+        raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+    return SummaryWriter(log_dir=cfg.tensorboard)
+
+
+def steps_per_epoch(loader: PackedLoader, grad_accum: int) -> int:
+    """Optimizer steps in one pass over this rank's share of the data, counted from document lengths only.
+
+    Rows are counted the way `PackedLoader` fills them: a token stream cut every seq_len + 1 tokens (pretrain),
+    or whole conversations packed greedily in the current epoch's order, a longer one truncated (SFT).
+    """
+    docs, need = loader.docs, loader.seq_len + 1
+    lengths = [docs.length(int(i)) for i in loader.order()]
+    if loader.pack == "stream":
+        rows = math.ceil(sum(lengths) / need)
+    else:
+        rows = filled = 0
+        for length in lengths:
+            if filled and length > need - filled:
+                rows, filled = rows + 1, 0
+            filled += min(length, need)
+            if filled == need:
+                rows, filled = rows + 1, 0
+        rows += filled > 0
+    return max(1, math.ceil(math.ceil(rows / loader.batch_size) / grad_accum))
+
+
+def apply_epochs(tr: Trainer) -> TrainConfig:
+    """`cfg` with max_steps = epochs x steps per epoch (averaged over ranks); a warmup as long as the run shrinks."""
+    cfg, rt = tr.cfg, tr.rt
+    assert cfg.epochs is not None
+    per_epoch = math.ceil(rt.all_reduce_sum([float(steps_per_epoch(tr.train_loader, cfg.grad_accum))])[0])
+    per_epoch = max(1, math.ceil(per_epoch / rt.world_size))
+    max_steps = max(1, math.ceil(cfg.epochs * per_epoch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps < max_steps else max(1, max_steps // 10)
+    if rt.is_main:
+        logger.info("--epochs %g: %d steps per epoch, %d steps (warmup %d)", cfg.epochs, per_epoch, max_steps, warmup)
+    return cfg.replace(max_steps=max_steps, warmup_steps=warmup)
 
 
 @contextlib.contextmanager
@@ -245,14 +321,22 @@ def fit(tr: Trainer) -> TrainerState:
     The time limit counts this invocation only (a resumed run gets the full limit again); `elapsed_s` in the
     state and metrics keeps the total. After a signal the step in flight (under torchrun without a time limit: the
     steps up to the next logging step) finishes, is logged and saved, and
-    `tr.stopped_by` holds the signal number (the caller plots and raises `TrainingInterrupted`).
+    `tr.stopped_by` holds the signal number (the caller plots and raises `TrainingInterrupted`). With `epochs` set,
+    max_steps is derived from the data first (`apply_epochs`).
     """
+    if tr.cfg.epochs is not None:
+        tr.cfg = apply_epochs(tr)
     cfg, rt, st = tr.cfg, tr.rt, tr.state
     tokens_per_step = cfg.tokens_per_step * rt.world_size
     started, base_elapsed = time.monotonic(), st.elapsed_s
     tok_rate = 0.0
     last_t, last_step = time.perf_counter(), st.step
-    with stop_on_signals() as stop, progress_bar(cfg.max_steps, st.step, enabled=rt.is_main) as bar:
+    tensorboard = open_tensorboard(cfg, rt)
+    with (
+        stop_on_signals() as stop,
+        progress_bar(cfg.max_steps, st.step, enabled=rt.is_main) as bar,
+        contextlib.closing(tensorboard) if tensorboard is not None else contextlib.nullcontext(),
+    ):
         while st.step < cfg.max_steps:
             m = train_step(tr)
             st.step += 1
@@ -289,7 +373,7 @@ def fit(tr: Trainer) -> TrainerState:
                     best = st.best_val_loss
                     st.best_val_loss = record["val_loss"] if best is None else min(best, record["val_loss"])
             if log_due:
-                append_metrics(tr, record)
+                append_metrics(tr, record, tensorboard)
             if checkpoint_due:
                 save(tr)
             if stopping:

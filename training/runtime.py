@@ -1,8 +1,9 @@
 """Where a run executes: device and precision choice, torchrun/DDP detection, RNG state capture.
 
-What it is: `Runtime` (rank, world size, device, autocast settings) built from the environment that `torchrun`
-sets (WORLD_SIZE, RANK, LOCAL_RANK), with gloo on CPU and nccl on CUDA, plus small collective helpers that are
-no-ops in a single process, and the RNG snapshot that goes into `trainer_state/`.
+What it is: `Runtime` (rank, world size, device, autocast settings, and for float16 the loss scaler) built from
+the environment that `torchrun` sets (WORLD_SIZE, RANK, LOCAL_RANK), with gloo on CPU and nccl on CUDA, plus small
+collective helpers that are no-ops in a single process, and the RNG snapshot that goes into `trainer_state/`.
+The device is resolved by `minigpt_core.checkpoint.resolve_device`, the same check `minigpt-serve` makes.
 What it is not: the training loop or any model code; no home-made distribution, only torch.distributed.
 """
 
@@ -32,6 +33,8 @@ class Runtime:
     local_rank: int = 0
     world_size: int = 1
     autocast_dtype: torch.dtype | None = None  # None = plain fp32
+    # float16 only: scales the loss so small gradients do not flush to zero; skips steps whose gradients overflow
+    scaler: torch.amp.GradScaler | None = None
 
     @property
     def is_main(self) -> bool:
@@ -83,7 +86,9 @@ def setup_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
         device_id = dev if dev.type == "cuda" else None  # binds NCCL to this rank's GPU (and silences a warning)
         dist.init_process_group(backend=backend, rank=rank, world_size=world, device_id=device_id)
         logger.info("rank %d/%d joined the %s process group", rank, world, backend)
-    return Runtime(dev, rank, local_rank, world, _autocast_dtype(dev, dtype))
+    autocast_dtype = _autocast_dtype(dev, dtype)
+    scaler = torch.amp.GradScaler(dev.type) if autocast_dtype == torch.float16 else None
+    return Runtime(dev, rank, local_rank, world, autocast_dtype, scaler)
 
 
 def _autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
@@ -93,8 +98,10 @@ def _autocast_dtype(device: torch.device, dtype: str) -> torch.dtype | None:
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("--dtype bfloat16 is not supported by this GPU")
         return torch.bfloat16
+    if dtype == "float16":  # for GPUs without bf16 (minimind's flag); works on CPU too, slowly
+        return torch.float16
     if dtype != "auto":
-        raise ConfigError(f"unknown dtype {dtype!r}; choose auto, float32 or bfloat16")
+        raise ConfigError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
     # auto: bf16 autocast on CUDA where supported, fp32 elsewhere (CPU bf16 is slow and changes results).
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
