@@ -45,6 +45,7 @@ KNOWN_ENDPOINTS = frozenset(
     {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/responses",
         "/v1/models",
         "/health",
         "/ready",

@@ -381,6 +381,8 @@ def test_unknown_model_is_404_and_route_is_documented(demo: LiveServer) -> None:
     operation = doc["paths"]["/v1/responses"]["post"]
     assert {"200", "400", "404", "429", "503"} <= set(operation["responses"])
     assert "422" not in operation["responses"]
+    metrics = httpx.get(demo.url + "/metrics", timeout=30).text  # counted under its own label, not "other"
+    assert 'minigpt_requests_total{endpoint="/v1/responses",status="404"}' in metrics
 
 
 def running(demo: LiveServer) -> float:
