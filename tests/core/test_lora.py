@@ -184,3 +184,33 @@ def test_bad_adapters_are_refused_with_a_reason(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="already carries"):
         apply_lora(model, rank=2)
     assert copy.deepcopy(read_adapter(good)).rank == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_per_row_adapters_replay_in_a_cuda_graph() -> None:
+    """The serving forward is captured once; writing other indices into model.lora_index changes the replay."""
+    one, two = random_adapter(5, 4, ("q_proj", "up_proj")), random_adapter(6, 2, ("v_proj", "down_proj"))
+    model = base_model().cuda()
+    attach_adapters(model, [("one", one), ("two", two)], max_rows=4)
+    ids = IDS.cuda()
+    with torch.no_grad():
+        side = torch.cuda.Stream()  # warm-up on a side stream before capture, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model(ids)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(ids)
+        for rows in ([0, 1, 2], [2, 2, 1], [1, 0, 0]):
+            model.lora_index[:3].copy_(torch.tensor(rows))
+            graph.replay()
+            want = torch.cat(
+                [
+                    (base_model() if k == 0 else merged_by_hand((one, two)[k - 1])).cuda()(ids[b : b + 1])
+                    for b, k in enumerate(rows)
+                ]
+            )
+            torch.testing.assert_close(static_out, want, atol=1e-4, rtol=1e-4)
