@@ -127,6 +127,12 @@ class ResponsesRequest(RequestBody):
                     'only function tools ({"type": "function", "name": ..., "parameters": ...}) run here',
                     f"tools[{i}].type",
                 )
+            if "name" not in tool and isinstance(tool.get("function"), dict):
+                raise InvalidRequest(
+                    f"tools[{i}] has the chat completions shape; /v1/responses takes function tools flat: "
+                    '{"type": "function", "name": ..., "parameters": ...}',
+                    f"tools[{i}].name",
+                )
             fields = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
             try:
                 out.append(FunctionDef.model_validate(fields))

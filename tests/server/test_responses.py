@@ -340,6 +340,7 @@ BAD_INPUTS: list[tuple[dict[str, Any], str]] = [
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
     ({"tools": [{"type": "file_search", "vector_store_ids": ["vs_1"]}]}, "tools[0].type"),
     ({"tools": [{"type": "function", "name": "bad name!"}]}, "tools[0].name"),
+    ({"tools": CHAT_TOOLS}, "tools[0].name"),
     ({"tools": TOOLS, "tool_choice": {"type": "function", "name": "nope"}}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": {"type": "web_search_preview"}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
@@ -372,6 +373,12 @@ def test_bad_input_is_a_400_in_the_envelope(demo: LiveServer, extra: dict[str, A
         assert r.headers["content-type"].startswith("application/json")
         err = r.json()["error"]
         assert err["type"] == "invalid_request_error" and err["param"] == param, err
+
+
+def test_chat_shaped_tools_get_a_hint(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        respond(client, input=QUESTION, tools=CHAT_TOOLS)
+    assert "chat completions shape" in error_of(info.value)["message"]
 
 
 def test_unknown_model_is_404_and_route_is_documented(demo: LiveServer) -> None:
