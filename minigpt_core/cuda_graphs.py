@@ -1,23 +1,26 @@
-"""CUDA-graph capture of the engine's decode step, one graph per (batch bucket, KV-length bucket).
+"""CUDA-graph capture of the engine's fixed-shape steps: batched prefill, decode logits, K-step decode loops.
 
-What it is: on CUDA a decode step of a small model is a few hundred tiny kernels, so launch overhead, not
-arithmetic, sets its time. Each graph replays one whole `model(ids, cache=..., positions=..., kv_len=kv)` over
-"dense" rows (row b is KV slot b) from static input buffers; the caller fills the buffers, replays, and reads
-the static logits. Padding rows (slots not decoding this step) write their K/V at the last cache position,
-which a real sequence overwrites before it ever attends to it.
+What it is: on CUDA a step of a small model is a few hundred tiny kernels, so launch overhead, not arithmetic,
+sets its time. `GraphCache` captures a zero-argument step function once per key (the scheduler's keys name a
+kind of step and its shape buckets: `("decode", b, kv, k, mode)`, `("prefill", b, t)`, ...) and replays it.
+The step reads and writes the scheduler's static buffers; its return value (a tensor) is the static output
+the caller reads after `run`. Graphs share one memory pool and are replayed one at a time, on one thread.
 
-What it is not: no sampling and no scheduling here (scheduler.py); nothing of this runs on CPU.
+A graph is captured at startup (`capture`, for the shapes every server needs) or on first use (`run`). A
+first-use capture runs the step once eagerly first (warm-up, as the PyTorch docs advise, and the point where
+`torch.compile` compiles), so the step must be safe to run twice: the scheduler snapshots the input buffers a
+multi-step loop advances and restores them before the capture (see `restore`).
+
+What it is not: no sampling rules and no scheduling here (scheduler.py); nothing of this runs on CPU.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
-
-from minigpt_core.kv_cache import KVCache
-from minigpt_core.model import MiniGPT
 
 logger = logging.getLogger(__name__)
 
@@ -39,70 +42,51 @@ def pick(buckets: list[int], n: int) -> int:
     raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
 
 
-class GraphedDecoder:
-    """Captured decode steps. `run(b, kv_len)` replays the graph for that bucket and returns logits (b, V)."""
+Step = Callable[[], torch.Tensor]
 
-    def __init__(
-        self,
-        model: MiniGPT,
-        cache: KVCache,
-        ids: torch.Tensor,
-        positions: torch.Tensor,
-        batch_buckets: list[int],
-        kv_buckets: list[int],
-        compile: bool = False,
-    ) -> None:
-        self.model, self.cache = model, cache
-        # Optional: inductor fuses the step's many small ops (norms, RoPE, SiLU·mul, residuals) before capture.
-        # dynamic=True: one compilation serves every (batch, kv) bucket.
-        self._fn = torch.compile(model, dynamic=True) if compile else model
-        self.ids, self.positions = ids, positions  # static (max_b, 1) buffers owned by the scheduler
-        self.batch_buckets, self.kv_buckets = batch_buckets, kv_buckets
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+class GraphCache:
+    """Captured steps by key. `run(key, step)` replays the graph for `key`, capturing `step` first if needed."""
+
+    def __init__(self, restore: Callable[[], Callable[[], None]] | None = None) -> None:
+        # restore(): snapshot the inputs a step mutates, returning a function that puts them back.
+        self._restore = restore
+        self.graphs: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle()
+        self.capture_s = 0.0
 
-    def _forward(self, b: int, kv_len: int) -> torch.Tensor:
-        logits = self._fn(self.ids[:b], cache=self.cache, positions=self.positions[:b], kv_len=kv_len)
-        return logits[:, -1]  # (b, V)
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self.graphs
 
     @torch.no_grad()
-    def capture_all(self) -> None:
+    def capture(self, key: Hashable, step: Step) -> None:
         t0 = time.perf_counter()
-        # Warm up on a side stream (cuBLAS handles, autotuning) before capturing, as the PyTorch docs advise.
-        self.ids.zero_()
-        self.positions.fill_(self.cache.max_seq_len - 1)
+        put_back = self._restore() if self._restore is not None else None
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            try:
-                for b in self.batch_buckets:
-                    for kv in self.kv_buckets:
-                        self._forward(b, kv)
-            except Exception as exc:  # a compiler failure must not take the server down: capture eager ops
-                if self._fn is self.model:
-                    raise
-                logger.warning("torch.compile of the decode step failed (%s); capturing the eager step", exc)
-                self._fn = self.model
-                for b in self.batch_buckets:
-                    self._forward(b, self.kv_buckets[-1])
+            step()  # warm-up: cuBLAS handles, autotuning, compilation
         torch.cuda.current_stream().wait_stream(stream)
-        # Largest first, so smaller graphs reuse the pool's memory.
-        for kv in reversed(self.kv_buckets):
-            for b in reversed(self.batch_buckets):
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool):
-                    out = self._forward(b, kv)
-                self.graphs[(b, kv)] = (graph, out)
-        torch.cuda.synchronize()
-        logger.info(
-            "captured %d decode graphs (batch %s x kv %s) in %.1f s",
-            len(self.graphs),
-            self.batch_buckets,
-            self.kv_buckets,
-            time.perf_counter() - t0,
-        )
+        if put_back is not None:
+            put_back()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            out = step()
+        self.graphs[key] = (graph, out)
+        self.capture_s += time.perf_counter() - t0
 
-    def run(self, b: int, kv_len: int) -> torch.Tensor:
-        graph, out = self.graphs[(b, kv_len)]
+    def capture_all(self, steps: Sequence[tuple[Hashable, Step]]) -> None:
+        """Capture many steps, largest first (the caller's order), so smaller graphs reuse the pool's memory."""
+        t0 = time.perf_counter()
+        for key, step in steps:
+            if key not in self.graphs:
+                self.capture(key, step)
+        torch.cuda.synchronize()
+        logger.info("captured %d CUDA graphs in %.1f s", len(steps), time.perf_counter() - t0)
+
+    def run(self, key: Hashable, step: Step) -> torch.Tensor:
+        if key not in self.graphs:
+            self.capture(key, step)
+        graph, out = self.graphs[key]
         graph.replay()
         return out

@@ -4,7 +4,7 @@ What it is: `Engine.submit()` validates a request (token ids, sampling params, c
 and returns a `RequestHandle`, an async iterator of `TokenEvent`s fed from the engine thread through
 `loop.call_soon_threadsafe`; `Engine.generate()` is its blocking twin for CLIs and RL rollouts. The engine
 thread admits waiting requests into free KV-cache slots and runs scheduler steps (see scheduler.py: one
-prefill chunk for a new request interleaved with one batched decode step for all running ones). It sleeps on
+batched prefill forward for the new requests and one decode call of K steps for the running ones). It sleeps on
 a Condition when idle. `handle.cancel()` (or closing the iteration) frees the slot at the next step.
 
 What it is not: it knows nothing about text, chat templates or HTTP; it takes token ids and yields token ids.
@@ -198,7 +198,10 @@ class Engine:
     fixed kv_len), far below the gap between distinct logits. Reading whole slots costs ~10x on CPU.
 
     On CUDA the decode step runs "dense" (row b is slot b; the cache is read as a view) from power-of-two
-    batch and KV-length buckets, each captured once as a CUDA graph (`cuda_graphs`, default on for CUDA).
+    batch and KV-length buckets, each captured once as a CUDA graph (`cuda_graphs`, default on for CUDA), and
+    every waiting prompt is prefilled in one captured forward per step (up to `max_prefill_tokens`).
+    `decode_steps` (K; default 8 on CUDA, 1 on CPU): decode steps per call while no prompt is being prefilled,
+    sampled on the device with one host transfer per call (see scheduler.py); greedy tokens do not depend on K.
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
     """
 
@@ -216,6 +219,8 @@ class Engine:
         cuda_graphs: bool | None = None,
         output_vocab: int | None = None,
         compile_decode: bool = False,
+        decode_steps: int | None = None,
+        max_prefill_tokens: int = 8192,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -225,6 +230,8 @@ class Engine:
             ("max_queued", max_queued),
             ("prefill_chunk", prefill_chunk),
             ("kv_len_bucket", kv_len_bucket),
+            ("max_prefill_tokens", max_prefill_tokens),
+            ("decode_steps", 1 if decode_steps is None else decode_steps),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
@@ -248,6 +255,8 @@ class Engine:
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
             output_vocab=output_vocab,
             compile_decode=compile_decode,
+            decode_steps=decode_steps if decode_steps is not None else (8 if self.device.type == "cuda" else 1),
+            max_prefill_tokens=max_prefill_tokens,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()

@@ -200,6 +200,7 @@ class MiniGPT(nn.Module):
         slots: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         kv_len: int | None = None,
+        last_index: torch.Tensor | None = None,
         return_hidden: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V) in float32, or the final hidden states (B, T, C) with `return_hidden`.
@@ -207,8 +208,10 @@ class MiniGPT(nn.Module):
         Without a cache: a causal forward from position 0. With a cache: row b writes its T new keys/values into
         slot `slots[b]` (slot b when `slots` is None) at `positions[b]` and attends to that slot's keys at
         positions <= each query's position.
-        `kv_len` (default: max position + 1) is how many cache positions are read; a fixed value keeps the
-        shapes, and so the arithmetic, of one row independent of its batch neighbours.
+        `kv_len` (default: max position + 1, which costs a host sync) is how many cache positions are read; a
+        fixed value keeps the shapes, and so the arithmetic, of one row independent of its batch neighbours.
+        `last_index` (B,): only position `last_index[b]` of row b goes through the final norm and the output
+        projection, and the result is (B, 1, V): a prefill needs the next-token logits of its last real token only.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
@@ -226,6 +229,8 @@ class MiniGPT(nn.Module):
         cos, sin = self.rotary(pos, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos, sin, cache, slots, positions, attn_mask, n_kv)
+        if last_index is not None:
+            x = x.gather(1, last_index.view(B, 1, 1).expand(B, 1, x.shape[-1]))  # (B, 1, C)
         x = self.model.norm(x)
         if return_hidden:
             return x

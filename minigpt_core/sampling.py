@@ -215,57 +215,122 @@ def sample_batch(
 
 
 def is_simple(params: SamplingParams) -> bool:
-    """True when a request needs only temperature / top-k / top-p / min-p: the batched GPU fast path.
+    """True when a request's tokens can be drawn by `sample_rows` from per-row tensors: the batched fast path.
 
-    Seeded requests, penalties, logit bias and logprobs keep the per-row `RequestSampler` (exact replay).
+    Temperature, top-k, top-p, min-p, logit bias, banned ids and the chosen token's logprob all live in a
+    `SamplingTable`. Seeded requests (exact replay from their own generator), penalties (they depend on the ids
+    generated so far) and top_logprobs keep the per-row `RequestSampler`.
     """
     return (
         params.seed is None
-        and not params.logprobs
-        and not params.logit_bias
+        and params.top_logprobs == 0
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0
         and params.repetition_penalty == 1.0
     )
 
 
-def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
-    """Sample one token per row of `logits` (n, V) in a few batched kernels; returns ids (n,) on the device.
+class SamplingTable:
+    """Per-row sampling parameters as device tensors, so a batch is sampled with no host sync and fixed shapes.
 
-    Greedy rows (`SamplingParams.greedy`) take the argmax; the others temperature, top-k, top-p and min-p, then
-    one `torch.multinomial` draw from the global generator. Used only for rows where `is_simple` holds. One bad
-    row (NaN logits, say) makes the whole call raise: the caller then samples the rows one by one.
+    Row r holds one request's parameters (the engine uses row = KV slot): `bias` (rows, V) is its logit_bias
+    with banned ids at -inf, `inv_temp` 1/temperature (1 for greedy rows), `top_k` (V when off), `top_p`,
+    `min_p`, and `greedy`. A captured decode graph reads the first b rows as views; `gather(rows)` copies rows
+    out for a compact batch. Writing a row costs a few tiny device writes, once per request.
     """
-    device = logits.device
-    banned = [(row, t) for row, p in enumerate(params) for t in p.banned_token_ids]
-    if banned:
-        rows, cols = zip(*banned, strict=True)
-        logits = logits.clone()
-        logits[list(rows), list(cols)] = float("-inf")
-    greedy = logits.argmax(dim=-1)
-    if all(p.greedy for p in params):
-        return greedy
-    sampled_rows = torch.tensor([not p.greedy for p in params], device=device)
-    temps = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device, dtype=torch.float32)
-    x = logits.float() / temps[:, None]
-    vocab = x.shape[-1]
-    top_ks = [p.top_k if 0 < p.top_k < vocab else 0 for p in params]  # k >= V keeps everything: off
-    if any(k > 0 for k in top_ks):
-        k_max = max(top_ks)
-        kth = x.topk(k_max, dim=-1).values  # (n, k_max) sorted descending
-        idx = torch.tensor([(k if k > 0 else k_max) - 1 for k in top_ks], device=device)
-        thresh = kth.gather(1, idx[:, None])
-        no_k = torch.tensor([k <= 0 for k in top_ks], device=device)[:, None]
-        x = torch.where((x < thresh) & ~no_k, torch.full_like(x, float("-inf")), x)
-    probs = x.softmax(dim=-1)
-    if any(p.top_p < 1.0 for p in params):
-        top_ps = torch.tensor([p.top_p for p in params], device=device)[:, None]
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        drop_sorted = (sorted_p.cumsum(dim=-1) - sorted_p) > top_ps  # keep the smallest prefix reaching top_p
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        probs = probs.masked_fill(drop, 0.0)
-    if any(p.min_p > 0.0 for p in params):
-        min_ps = torch.tensor([p.min_p for p in params], device=device)[:, None]
-        probs = probs.masked_fill(probs < min_ps * probs.max(dim=-1, keepdim=True).values, 0.0)
-    sampled = torch.multinomial(probs, 1).squeeze(1)
-    return torch.where(sampled_rows, sampled, greedy)
+
+    def __init__(self, rows: int, vocab: int, device: torch.device | str) -> None:
+        self.vocab = vocab
+        self.bias = torch.zeros((rows, vocab), dtype=torch.float32, device=device)
+        self.inv_temp = torch.ones(rows, dtype=torch.float32, device=device)
+        self.top_k = torch.full((rows,), vocab, dtype=torch.long, device=device)
+        self.top_p = torch.ones(rows, dtype=torch.float32, device=device)
+        self.min_p = torch.zeros(rows, dtype=torch.float32, device=device)
+        self.greedy = torch.ones(rows, dtype=torch.bool, device=device)
+
+    def _tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.bias, self.inv_temp, self.top_k, self.top_p, self.min_p, self.greedy)
+
+    def set_row(self, row: int, params: SamplingParams) -> None:
+        v = self.vocab
+        self.bias[row].zero_()
+        bias = [(t, b) for t, b in params.logit_bias if t < v]
+        if bias:
+            ids = torch.tensor([t for t, _ in bias], dtype=torch.long)
+            values = torch.tensor([b for _, b in bias], dtype=torch.float32)
+            self.bias[row].index_add_(0, ids.to(self.bias.device), values.to(self.bias.device))
+        banned = [t for t in params.banned_token_ids if t < v]
+        if banned:
+            self.bias[row, torch.tensor(banned, dtype=torch.long).to(self.bias.device)] = -math.inf
+        self.inv_temp[row] = 1.0 if params.greedy else 1.0 / params.temperature
+        self.top_k[row] = params.top_k if 0 < params.top_k < v else v
+        self.top_p[row] = params.top_p
+        self.min_p[row] = params.min_p
+        self.greedy[row] = params.greedy
+
+    def copy_row(self, dst: int, src: int) -> None:
+        for t in self._tensors():
+            t[dst] = t[src]
+
+    def view(self, b: int) -> SamplingTable:
+        """The first b rows, as views (what a captured graph reads)."""
+        out = SamplingTable.__new__(SamplingTable)
+        out.vocab = self.vocab
+        out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy = (t[:b] for t in self._tensors())
+        return out
+
+    def gather(self, rows: torch.Tensor) -> SamplingTable:
+        out = SamplingTable.__new__(SamplingTable)
+        out.vocab = self.vocab
+        out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy = (
+            t.index_select(0, rows) for t in self._tensors()
+        )
+        return out
+
+
+def sample_rows(
+    logits: torch.Tensor, table: SamplingTable, any_sampled: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample one token per row of `logits` (n, V) with row r's parameters in `table` row r, on the device.
+
+    Returns (token ids (n,) long, their logprobs (n,) float32, ok (n,) bool). The logprob is of the raw logits,
+    as `RequestSampler` reports it. `ok` is False for a row whose logits hold NaN or whose bias leaves nothing
+    to sample: such a row's token is meaningless and the caller ends that request alone, while the rest of
+    the batch is unaffected. Fixed shapes and no host syncs, so a CUDA graph can capture it. With
+    `any_sampled` False every row is taken greedily (argmax; ties go to the lowest id). Sampled rows draw with
+    the exponential trick (argmax of p / E, E ~ Exp(1)), which picks id i with probability p_i.
+    """
+    logits = logits.float()
+    logprobs = logits.log_softmax(dim=-1)
+    adjusted = logits + table.bias
+    ok = torch.isfinite(adjusted).any(dim=-1) & ~torch.isnan(logits).any(dim=-1)
+    tokens = adjusted.argmax(dim=-1)
+    if any_sampled:
+        x = adjusted * table.inv_temp[:, None]
+        ordered, order = x.sort(dim=-1, descending=True, stable=True)
+        ranks = torch.arange(x.shape[-1], device=x.device)[None]
+        keep = ranks < table.top_k[:, None]
+        probs = ordered.masked_fill(~keep, -math.inf).softmax(dim=-1)
+        before = probs.cumsum(dim=-1) - probs  # mass strictly above each token: keep the prefix reaching top_p
+        keep &= (before < table.top_p[:, None]) | (ranks == 0)
+        keep &= probs >= table.min_p[:, None] * probs[:, :1]
+        noise = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
+        pick = (probs.masked_fill(~keep, 0.0) / noise).argmax(dim=-1)
+        sampled = order.gather(1, pick[:, None])[:, 0]
+        tokens = torch.where(table.greedy, tokens, sampled)
+    return tokens, logprobs.gather(1, tokens[:, None])[:, 0], ok
+
+
+def sample_simple_batch(logits: torch.Tensor, params: Sequence[SamplingParams]) -> torch.Tensor:
+    """Sample one token per row of `logits` (n, V) for rows where `is_simple` holds; returns ids (n,) on the device.
+
+    A convenience over `SamplingTable` + `sample_rows` for callers that hold `SamplingParams`, not a table.
+    Raises MiniGPTError when a row cannot be sampled (NaN logits, or every id banned).
+    """
+    table = SamplingTable(len(params), logits.shape[-1], logits.device)
+    for row, p in enumerate(params):
+        table.set_row(row, p)
+    tokens, _, ok = sample_rows(logits, table, any(not p.greedy for p in params))
+    if not bool(ok.all()):
+        raise MiniGPTError("no token can be sampled: the logits are not finite or every token is excluded")
+    return tokens

@@ -1,21 +1,33 @@
-"""The engine's step logic: per-request state, slot bookkeeping, chunked prefill and the batched decode step.
+"""The engine's step logic: per-request state, slot bookkeeping, batched prefill and the K-step decode loop.
 
 What it is: `Scheduler.step()` runs one iteration of continuous batching on the thread that owns the model:
-reap cancelled sequences, run at most one prefill chunk (B=1) for a newly admitted request, run ONE decode
-step (B=n, T=1) for every sequence whose prompt is in the cache, sample each row (constraint mask first),
-emit a `TokenEvent` per row and free the slots of finished sequences.
+reap cancelled sequences, compact the slots (GPU), run ONE batched prefill forward for every newly admitted
+request that fits the step's token budget (each row one chunk of its prompt, next-token logits of its last
+real token only), then ONE decode call for every sequence whose prompt is in the cache, and free the slots of
+finished sequences. New requests' prefill and running requests' decode share the step, so arrivals never
+stall the running streams for more than one step.
+
+The decode call runs K model steps (K = `decode_steps` while no request is arriving or prefilling, else 1):
+each step samples every row on the device (`sampling.sample_rows`, per-row parameters in a `SamplingTable`)
+and feeds the token back as the next input, and the K x B ids, logprobs and "ok" flags come back to the host
+in one transfer. Stopping (EOS, stop ids, max tokens, context end) is decided here from the tokens that came
+back: a row's tokens after its finishing one are dropped, never emitted or counted. Rows that need the host
+between tokens (a grammar constraint, a seed, penalties, top_logprobs) make the call a single step of logits
+that are sampled per row by their `RequestSampler`; the other rows of that step are still sampled in one
+batched call.
 
 What it is not: no threads, locks or queues of requests here (engine.py owns those and calls `admit`), and
 no text. Every method runs on the engine thread only.
 
-Batch invariance: each row is sampled by its own `RequestSampler` and attends only to its own slot, so no
-reduction crosses rows; the decode step reads `kv_len` cache positions (the longest row rounded up to
-`kv_len_bucket`, capped at the slot size). The decode step fills preallocated input buffers (ids, slots,
-positions), so a later CUDA-graph path can capture it unchanged.
+Batch invariance: rows never share a reduction and each row attends only to its own slot; on CPU the decode
+step reads `kv_len` cache positions (the longest row rounded up to `kv_len_bucket`, capped at the slot size).
+On CUDA the shapes come from power-of-two buckets and every step is a captured CUDA graph (cuda_graphs.py):
+prefill graphs by (rows, prompt length) bucket, decode graphs by (rows, KV length, K, sampling mode).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -24,10 +36,10 @@ from dataclasses import dataclass, field
 import torch
 
 from minigpt_core.constraints import Constraint
-from minigpt_core.cuda_graphs import GraphedDecoder, buckets_up_to, pick
+from minigpt_core.cuda_graphs import GraphCache, buckets_up_to, pick
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
-from minigpt_core.sampling import RequestSampler, SampledToken, SamplingParams, is_simple, sample_simple_batch
+from minigpt_core.sampling import RequestSampler, SampledToken, SamplingParams, SamplingTable, is_simple, sample_rows
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +94,14 @@ class Counters:
     finished: dict[str, int] = field(default_factory=dict)
 
 
+def _allow_recompiles(n: int) -> None:
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), n))
+            return
+
+
 class Scheduler:
     def __init__(
         self,
@@ -97,6 +117,8 @@ class Scheduler:
         cuda_graphs: bool = False,
         output_vocab: int | None = None,
         compile_decode: bool = False,
+        decode_steps: int = 1,
+        max_prefill_tokens: int = 8192,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
         # Only ids the tokenizer knows may be sampled (a model's embedding may be padded past the tokenizer).
@@ -104,35 +126,45 @@ class Scheduler:
         self.max_model_len, self.prefill_chunk = max_model_len, prefill_chunk
         self.eos_token_ids = frozenset(eos_token_ids)
         self.kv_len_bucket = kv_len_bucket  # >= max_model_len: every step reads whole slots (fixed shapes)
+        self.decode_steps = max(1, decode_steps)
+        self.max_prefill_tokens = max(max_prefill_tokens, prefill_chunk)
         self.running: list[Sequence] = []
         self.free_slots: list[int] = list(range(cache.num_slots - 1, -1, -1))  # pop() hands out 0 first
         self.counters = Counters()
         # Final events wait until the slot is released, so a consumer that saw the end sees a free slot.
         self._final_events: list[tuple[Sequence, TokenEvent]] = []
         n = cache.num_slots
-        # Static decode inputs (B <= num_slots): a CUDA-graph path can capture views of these.
+        self.table = SamplingTable(n, self.output_vocab, device)  # row = slot
+        # Static decode inputs (B <= num_slots) and outputs (per step: token, logprob, ok): graphs capture views.
         self._decode_inputs = torch.zeros((2, n), dtype=torch.long, device=device)  # ids, positions
         self.decode_ids = self._decode_inputs[0].view(n, 1)
         self.decode_positions = self._decode_inputs[1].view(n, 1)
         self.decode_slots = torch.zeros((n,), dtype=torch.long, device=device)
-        self._staging = torch.zeros((2, n), dtype=torch.long, pin_memory=device.type == "cuda")
+        self._decode_out = torch.zeros((self.decode_steps, 3, n), dtype=torch.float32, device=device)
+        pinned = device.type == "cuda"
+        self._staging = torch.zeros((2, n), dtype=torch.long, pin_memory=pinned)
         # Dense decode (the GPU path): row b of a step is slot b, the cache is read as a view, and shapes come
-        # from a few buckets so each (batch, kv) pair can be one captured CUDA graph.
+        # from a few buckets so each one can be a captured CUDA graph.
         self.dense_decode = dense_decode or cuda_graphs
         self.batch_buckets = buckets_up_to(n)
         self.kv_buckets = buckets_up_to(max_model_len, start=min(128, max_model_len))
-        self.graphs: GraphedDecoder | None = None
+        # Prefill graphs: (rows, tokens per row) buckets whose product fits the static prefill buffers.
+        self.prefill_t_buckets = buckets_up_to(min(prefill_chunk, max_model_len), start=min(16, max_model_len))
+        P = self.max_prefill_tokens
+        self._prefill_tokens = torch.zeros((2, P), dtype=torch.long, device=device)  # ids, positions (flat)
+        self._prefill_rows = torch.zeros((2, n), dtype=torch.long, device=device)  # slots, last index
+        self._prefill_staging = torch.zeros((2 * P + 2 * n,), dtype=torch.long, pin_memory=pinned)
+        self._fn: Callable[..., torch.Tensor] = model
+        self.graphs: GraphCache | None = None
         if cuda_graphs:
-            self.graphs = GraphedDecoder(
-                model,
-                cache,
-                self.decode_ids,
-                self.decode_positions,
-                self.batch_buckets,
-                self.kv_buckets,
-                compile=compile_decode,
-            )
-            self.graphs.capture_all()
+            # inductor fuses the decode step's many small ops (norms, RoPE, SiLU x mul, residuals) before capture;
+            # dynamic=True: one compilation serves batch 1 and one every larger bucket. Prefill graphs capture
+            # the eager forward: it runs once per request, and compiling its shapes too cost minutes at startup.
+            if compile_decode:
+                _allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
+                self._fn = torch.compile(model, dynamic=True)
+            self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
+            self._capture_startup_graphs()
 
     # --- bookkeeping --------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> None:
@@ -140,6 +172,7 @@ class Scheduler:
         if self.dense_decode:  # lowest free slot first keeps dense steps small
             self.free_slots.sort(reverse=True)
         seq.slot = self.free_slots.pop()
+        self.table.set_row(seq.slot, seq.params)
         self.running.append(seq)
 
     def kv_tokens_used(self) -> int:
@@ -172,18 +205,47 @@ class Scheduler:
             self._finish(seq, reason)
         self._release_finished()
 
+    def _compact(self) -> None:
+        """Move sequences out of slots past the batch bucket their number needs, so dense steps stay small.
+
+        Without this one request left in slot 63 makes every step a 64-row step. A move copies the slot's
+        cached keys/values and its sampling row: a few kernels, once per shrink of the bucket.
+        """
+        if not self.running:
+            return
+        target = pick(self.batch_buckets, len(self.running))
+        high = [seq for seq in self.running if seq.slot >= target]
+        if not high:
+            return
+        low = sorted(slot for slot in self.free_slots if slot < target)
+        for seq, dst in zip(high, low, strict=False):
+            src, n = seq.slot, seq.num_cached
+            if n:
+                for ck, cv in zip(self.cache.k, self.cache.v, strict=True):
+                    ck[dst, :, :n].copy_(ck[src, :, :n])
+                    cv[dst, :, :n].copy_(cv[src, :, :n])
+            self.table.copy_row(dst, src)
+            self.free_slots.remove(dst)
+            self.free_slots.append(src)
+            seq.slot = dst
+
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> None:
+        """One iteration. While a prompt is being prefilled the decode call runs one step, so new requests'
+        chunks follow each other without waiting K steps; otherwise K = `decode_steps`."""
         for seq in self.running:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
         self._release_finished()
+        if self.dense_decode:
+            self._compact()
         decoding = [seq for seq in self.running if seq.prefilled]
-        prefilling = next((seq for seq in self.running if not seq.prefilled), None)
-        if prefilling is not None:
-            self._guarded([prefilling], self._prefill_chunk)
+        prefilling = self._prefill_batch([seq for seq in self.running if not seq.prefilled])
+        if prefilling:
+            self._guarded(prefilling, self._prefill)
         if decoding:
-            self._guarded(decoding, self._decode_step)
+            k = 1 if prefilling else self.decode_steps
+            self._guarded(decoding, lambda seqs: self._decode(seqs, k))
         self._release_finished()
         self.counters.steps += 1
 
@@ -196,62 +258,163 @@ class Scheduler:
             for seq in seqs:
                 self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
 
-    def _prefill_chunk(self, seqs: list[Sequence]) -> None:
-        (seq,) = seqs
-        start = seq.num_cached
-        chunk = seq.prompt_ids[start : start + self.prefill_chunk]
-        ids = torch.tensor([chunk], dtype=torch.long, device=self.device)  # (1, T)
-        positions = torch.arange(start, start + len(chunk), device=self.device)[None]  # (1, T)
-        slots = torch.tensor([seq.slot], dtype=torch.long, device=self.device)  # (1,)
-        logits = self.model(ids, cache=self.cache, slots=slots, positions=positions)  # (1, T, V)
-        seq.num_cached += len(chunk)
-        self.counters.prompt_tokens += len(chunk)
-        if seq.prefilled:
-            self._accept(seq, logits[0, -1])
+    # --- prefill ------------------------------------------------------------------------------
+    def _chunk_len(self, seq: Sequence) -> int:
+        return min(self.prefill_chunk, len(seq.prompt_ids) - seq.num_cached)
 
-    def _decode_step(self, seqs: list[Sequence]) -> None:
-        logits = self._dense_logits(seqs) if self.dense_decode else self._gathered_logits(seqs)  # (n, V)
-        logits = logits[:, : self.output_vocab]
+    def _graph_prefill_shape(self, seqs: list[Sequence]) -> tuple[int, int] | None:
+        """The captured (rows, tokens) bucket for these chunks, or None when they need the eager forward."""
+        if self.graphs is None or any(seq.num_cached for seq in seqs):  # graphs hold first chunks (kv_len = t)
+            return None
+        b = pick(self.batch_buckets, len(seqs))
+        t = pick(self.prefill_t_buckets, max(self._chunk_len(seq) for seq in seqs))
+        return (b, t) if b * t <= self.max_prefill_tokens else None
+
+    def _prefill_batch(self, waiting: list[Sequence]) -> list[Sequence]:
+        """The sequences whose next chunks share this step's prefill forward (admission order, token budget)."""
+        batch: list[Sequence] = []
+        tokens = 0
+        for seq in waiting:
+            n = self._chunk_len(seq)
+            if batch:
+                if tokens + n > self.max_prefill_tokens:
+                    break
+                if self._graph_prefill_shape(batch) is not None and self._graph_prefill_shape([*batch, seq]) is None:
+                    break  # keep a batch that fits a captured shape rather than grow it into an eager one
+            batch.append(seq)
+            tokens += n
+        return batch
+
+    def _prefill(self, seqs: list[Sequence]) -> None:
+        chunks = [seq.prompt_ids[seq.num_cached : seq.num_cached + self._chunk_len(seq)] for seq in seqs]
+        shape = self._graph_prefill_shape(seqs)
+        if shape is not None and self.graphs is not None:
+            b, t = shape
+            self._stage_prefill(seqs, chunks, b, t)
+            logits = self.graphs.run(("prefill", b, t), lambda: self._prefill_graph_step(b, t))
+        else:
+            logits = self._prefill_eager(seqs, chunks)
+        for seq, chunk in zip(seqs, chunks, strict=True):
+            seq.num_cached += len(chunk)
+            self.counters.prompt_tokens += len(chunk)
+        done = [(row, seq) for row, seq in enumerate(seqs) if seq.prefilled]
+        if done:
+            self._sample_first_tokens(logits, done)
+
+    def _stage_prefill(self, seqs: list[Sequence], chunks: list[list[int]], b: int, t: int) -> None:
+        ids: list[int] = []
+        for chunk in chunks:
+            ids += chunk
+            ids += [0] * (t - len(chunk))
+        ids += [0] * (t * (b - len(chunks)))
+        positions = list(range(t)) * b
+        slots = [seq.slot for seq in seqs] + [self.cache.scratch_slot] * (b - len(seqs))  # padding rows: scratch
+        last = [len(chunk) - 1 for chunk in chunks] + [0] * (b - len(chunks))
+        n, P = b * t, self.max_prefill_tokens
+        staged = self._prefill_staging
+        staged[: 2 * n].copy_(torch.tensor(ids + positions, dtype=torch.long))
+        staged[2 * P : 2 * P + 2 * b].copy_(torch.tensor(slots + last, dtype=torch.long))
+        self._prefill_tokens[:, :n].copy_(staged[: 2 * n].view(2, n), non_blocking=True)
+        self._prefill_rows[:, :b].copy_(staged[2 * P : 2 * P + 2 * b].view(2, b), non_blocking=True)
+
+    def _prefill_graph_step(self, b: int, t: int) -> torch.Tensor:
+        n = b * t
+        logits = self.model(
+            self._prefill_tokens[0, :n].view(b, t),
+            cache=self.cache,
+            slots=self._prefill_rows[0, :b],
+            positions=self._prefill_tokens[1, :n].view(b, t),
+            kv_len=t,
+            last_index=self._prefill_rows[1, :b],
+        )  # (b, 1, V)
+        return logits[:, 0, : self.output_vocab].float()
+
+    def _prefill_eager(self, seqs: list[Sequence], chunks: list[list[int]]) -> torch.Tensor:
+        """Chunks padded to the longest; padded tokens write their own slot past the prompt (never read first)."""
+        t = max(len(chunk) for chunk in chunks)
+        last_pos = self.max_model_len - 1
+        ids = [chunk + [0] * (t - len(chunk)) for chunk in chunks]
+        positions = [[min(seq.num_cached + i, last_pos) for i in range(t)] for seq in seqs]
+        rows = [[seq.slot for seq in seqs], [len(chunk) - 1 for chunk in chunks]]
+        needed = max(seq.num_cached + len(chunk) for seq, chunk in zip(seqs, chunks, strict=True))
+        kv_len = pick(self.kv_buckets, needed) if self.dense_decode else self._kv_len(needed)
+        host = torch.tensor([ids, positions], dtype=torch.long).to(self.device, non_blocking=True)
+        row_t = torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)
+        logits = self.model(
+            host[0], cache=self.cache, slots=row_t[0], positions=host[1], kv_len=kv_len, last_index=row_t[1]
+        )  # (n, 1, V)
+        return logits[:, 0, : self.output_vocab].float()
+
+    def _sample_first_tokens(self, logits: torch.Tensor, done: list[tuple[int, Sequence]]) -> None:
+        fast = [(row, seq) for row, seq in done if seq.constraint is None and is_simple(seq.params)]
+        if fast:
+            rows = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
+            slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
+            sampled = sample_rows(
+                logits.index_select(0, rows), self.table.gather(slots), any(not s.params.greedy for _, s in fast)
+            )
+            out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))  # (3, n)
+            for i, (_, seq) in enumerate(fast):
+                self._take(seq, out[0][i], out[1][i], out[2][i])
+        for row, seq in done:
+            if not (seq.constraint is None and is_simple(seq.params)):
+                self._accept(seq, logits[row])
+
+    # --- decode -------------------------------------------------------------------------------
+    def _decode(self, seqs: list[Sequence], k: int) -> None:
+        if not all(seq.constraint is None and is_simple(seq.params) for seq in seqs):
+            self._decode_mixed(seqs)
+            return
+        if k > 1 and 2 * max(seq.params.max_new_tokens - seq.num_generated for seq in seqs) < k:
+            k = 1  # the tail of a batch: K steps would mostly compute tokens nobody keeps
+        mode = "greedy" if all(seq.params.greedy for seq in seqs) else "sample"
+        out = self._to_host(self._run_decode(seqs, k, mode))  # (k, 3, rows): one transfer for k steps
+        for i, seq in enumerate(seqs):
+            row = seq.slot if self.dense_decode else i
+            for step in out:
+                if seq.finished or seq.is_cancelled():
+                    break  # tokens past the finishing one are dropped: never emitted, never counted
+                seq.num_cached += 1  # the step's input token is now in the cache
+                self._take(seq, step[0][row], step[1][row], step[2][row])
+
+    def _decode_mixed(self, seqs: list[Sequence]) -> None:
+        """One step of logits; host-dependent rows sampled one by one, the others in one batched call."""
+        logits = self._run_decode(seqs, 1, "logits")  # (rows, V)
         for seq in seqs:
             seq.num_cached += 1
-        simple = [seq for seq in seqs if seq.constraint is None and is_simple(seq.params)]
-        if len(simple) == len(seqs):  # one batched sample and one host transfer for the whole step
-            try:
-                pairs = self._sample_batched(logits, seqs)
-            except Exception as exc:
-                # One bad row fails the batched call for every row: sample them one by one instead, so the
-                # failure ends only the request that caused it (`_accept` isolates each row's error).
-                logger.warning("batched sampling of %d rows failed, sampling row by row: %s", len(seqs), exc)
-            else:
-                for seq, (token_id, logprob) in zip(seqs, pairs, strict=True):
-                    self._record(seq, SampledToken(int(token_id), logprob, []))
-                return
-        for i, seq in enumerate(seqs):
-            self._accept(seq, logits[i])
+        rows = [seq.slot if self.dense_decode else i for i, seq in enumerate(seqs)]
+        fast = [
+            (row, seq) for row, seq in zip(rows, seqs, strict=True) if seq.constraint is None and is_simple(seq.params)
+        ]
+        if fast:
+            index = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
+            slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
+            sampled = sample_rows(
+                logits.index_select(0, index), self.table.gather(slots), any(not s.params.greedy for _, s in fast)
+            )
+            out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))
+            for i, (_, seq) in enumerate(fast):
+                self._take(seq, out[0][i], out[1][i], out[2][i])
+        for row, seq in zip(rows, seqs, strict=True):
+            if not (seq.constraint is None and is_simple(seq.params)):
+                self._accept(seq, logits[row])
 
-    def _sample_batched(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[list[float]]:
-        """(token id, logprob) per row of `logits` (n, V) from the batched sampler; raises if any row fails."""
-        tokens = sample_simple_batch(logits, [seq.params for seq in seqs])
-        logprobs = logits.float().log_softmax(dim=-1).gather(1, tokens[:, None])[:, 0]
-        pairs_dev = torch.stack([tokens.to(logprobs.dtype), logprobs], dim=1)
-        if pairs_dev.is_cuda:  # wait with the GIL released, so the server's event loop runs meanwhile
-            torch.cuda.synchronize(pairs_dev.device)
-        pairs: list[list[float]] = pairs_dev.tolist()  # one host transfer
-        return pairs
-
-    def _gathered_logits(self, seqs: list[Sequence]) -> torch.Tensor:
-        n = len(seqs)
-        ids = torch.tensor([seq.last_token for seq in seqs], dtype=torch.long)
-        slots = torch.tensor([seq.slot for seq in seqs], dtype=torch.long)
-        positions = torch.tensor([seq.num_cached for seq in seqs], dtype=torch.long)
-        self.decode_ids[:n, 0].copy_(ids)
-        self.decode_slots[:n].copy_(slots)
-        self.decode_positions[:n, 0].copy_(positions)
-        return self.forward_decode(n, self._kv_len(max(seq.num_cached for seq in seqs) + 1))
-
-    def _dense_logits(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _run_decode(self, seqs: list[Sequence], k: int, mode: str) -> torch.Tensor:
+        """k decode steps for `seqs` -> (k, 3, rows) [token, logprob, ok] per step, or logits (rows, V) for "logits"."""
+        needed = min(max(seq.num_cached for seq in seqs) + k, self.max_model_len)
+        if not self.dense_decode:  # compact rows, each reading its own slot (CPU)
+            n = len(seqs)
+            host = torch.tensor(
+                [[seq.last_token for seq in seqs], [seq.num_cached for seq in seqs], [seq.slot for seq in seqs]],
+                dtype=torch.long,
+            )
+            self.decode_ids[:n, 0].copy_(host[0])
+            self.decode_positions[:n, 0].copy_(host[1])
+            self.decode_slots[:n].copy_(host[2])
+            slots = self.decode_slots[:n]
+            return self._decode_loop(n, self._kv_len(needed), k, mode, slots, self.table.gather(slots))
         b = pick(self.batch_buckets, max(seq.slot for seq in seqs) + 1)
-        kv_len = pick(self.kv_buckets, max(seq.num_cached for seq in seqs) + 1)
+        kv_len = pick(self.kv_buckets, needed)
         ids = [0] * b
         positions = [self.max_model_len - 1] * b  # padding rows write where no live query reads yet
         for seq in seqs:
@@ -259,32 +422,95 @@ class Scheduler:
         staged = self._staging[:, :b]  # (2, b), pinned on CUDA: ids and positions go over in one async copy
         staged.copy_(torch.tensor([ids, positions], dtype=torch.long))
         self._decode_inputs[:, :b].copy_(staged, non_blocking=True)
+
+        def run() -> torch.Tensor:
+            return self._decode_loop(b, kv_len, k, mode, None, self.table.view(b))
+
         if self.graphs is not None:
-            out = self.graphs.run(b, kv_len)
-        else:
-            out = self.model(self.decode_ids[:b], cache=self.cache, positions=self.decode_positions[:b], kv_len=kv_len)[
-                :, -1
-            ]
-        slots = [seq.slot for seq in seqs]
-        if slots == list(range(len(seqs))):
-            return out[: len(seqs)]  # read before the next replay overwrites it (the step syncs on the tokens)
-        rows = torch.tensor(slots, dtype=torch.long).to(self.device, non_blocking=True)
-        return out.index_select(0, rows)
+            return self.graphs.run(("decode", b, kv_len, k, mode), run)
+        return run()
+
+    def _decode_loop(
+        self, b: int, kv_len: int, k: int, mode: str, slots: torch.Tensor | None, table: SamplingTable
+    ) -> torch.Tensor:
+        """The body a decode graph captures: k x (forward, sample on the device, feed the token back)."""
+        ids, positions = self.decode_ids[:b], self.decode_positions[:b]
+        if mode == "logits":
+            logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=kv_len)
+            return logits[:, -1, : self.output_vocab].float()
+        out = self._decode_out
+        for i in range(k):
+            logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=kv_len)
+            tokens, logprobs, ok = sample_rows(logits[:, -1, : self.output_vocab], table, mode == "sample")
+            out[i, :, :b] = torch.stack([tokens.float(), logprobs, ok.float()])
+            if i + 1 < k:
+                ids[:, 0] = tokens
+                positions.add_(1).clamp_(max=self.max_model_len - 1)
+        return out[:k, :, :b]
 
     def _kv_len(self, needed: int) -> int:
         bucket = self.kv_len_bucket
         return min(self.max_model_len, -(-needed // bucket) * bucket)
 
-    def forward_decode(self, n: int, kv_len: int) -> torch.Tensor:
-        """One decode step over the first n rows of the static buffers -> last-position logits (n, V)."""
-        logits = self.model(
-            self.decode_ids[:n],
-            cache=self.cache,
-            slots=self.decode_slots[:n],
-            positions=self.decode_positions[:n],
-            kv_len=kv_len,
-        )  # (n, 1, V)
-        return logits[:, -1]
+    def _to_host(self, t: torch.Tensor) -> list:  # type: ignore[type-arg]
+        if t.is_cuda:  # wait with the GIL released, so the server's event loop runs meanwhile
+            torch.cuda.synchronize(t.device)
+        return t.tolist()  # type: ignore[no-any-return]
+
+    def _take(self, seq: Sequence, token: float, logprob: float, ok: float) -> None:
+        """Record a token the batched sampler drew for `seq`, or end `seq` alone if its row was not samplable."""
+        if seq.finished or seq.is_cancelled():
+            return
+        if not ok:
+            self._finish(
+                seq,
+                "error",
+                "MiniGPTError: no token can be sampled: the logits are not finite or every token is excluded",
+            )
+            return
+        self._record(seq, SampledToken(int(token), logprob, []))
+
+    # --- CUDA graphs --------------------------------------------------------------------------
+    def _snapshot_decode_inputs(self) -> Callable[[], None]:
+        saved = self._decode_inputs.clone()
+
+        def put_back() -> None:
+            self._decode_inputs.copy_(saved)
+
+        return put_back
+
+    def _startup_steps(self) -> list[tuple[tuple[object, ...], Callable[[], torch.Tensor]]]:
+        steps: list[tuple[tuple[object, ...], Callable[[], torch.Tensor]]] = []
+        for t in reversed(self.prefill_t_buckets):
+            for b in reversed(self.batch_buckets):
+                if b * t <= self.max_prefill_tokens:
+                    steps.append((("prefill", b, t), functools.partial(self._prefill_graph_step, b, t)))
+        decode_kinds = sorted({(self.decode_steps, "greedy"), (1, "greedy"), (1, "logits")})
+        for kv in reversed(self.kv_buckets):
+            for b in reversed(self.batch_buckets):
+                for k, mode in decode_kinds:
+                    step = functools.partial(self._decode_loop, b, kv, k, mode, None, self.table.view(b))
+                    steps.append((("decode", b, kv, k, mode), step))
+        return steps
+
+    @torch.no_grad()
+    def _capture_startup_graphs(self) -> None:
+        assert self.graphs is not None
+        # Dummy inputs: decode rows write the last position of their slot, prefill rows the scratch slot.
+        self._decode_inputs[0].zero_()
+        self._decode_inputs[1].fill_(self.max_model_len - 1)
+        self._prefill_tokens.zero_()
+        self._prefill_rows[0].fill_(self.cache.scratch_slot)
+        self._prefill_rows[1].zero_()
+        try:
+            self.graphs.capture_all(self._startup_steps())
+        except Exception as exc:  # a compiler failure must not take the server down: capture the eager steps
+            if self._fn is self.model:
+                raise
+            logger.warning("torch.compile of the engine's steps failed (%s); capturing the eager steps", exc)
+            self._fn = self.model
+            self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
+            self.graphs.capture_all(self._startup_steps())
 
     # --- sampling and stopping ----------------------------------------------------------------
     def _accept(self, seq: Sequence, logits_row: torch.Tensor) -> None:

@@ -49,3 +49,40 @@ def test_graphed_engine_matches_full_recompute_fp32() -> None:
         for _ in range(24):
             ids.append(int(model(torch.tensor([ids], device="cuda"))[0, -1].argmax()))
     assert tokens == ids[len(prompt) :]
+
+
+def test_k_step_graphs_equal_one_step_graphs_and_prefill_is_batched() -> None:
+    """K-step decode graphs give the one-step graphs' greedy tokens (fp32, fixed kv buckets), and a wave of
+    prompts submitted together is prefilled by one captured forward: tokens equal a full recompute."""
+    model = model_on_cuda(torch.float32)
+    prompts = [[10 + i, 20, 30 + 3 * i] * (i + 2) for i in range(6)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=24, ignore_eos=True)
+    out = {}
+    for k in (1, 8):
+        with Engine(model, max_num_seqs=8, max_model_len=256, decode_steps=k) as engine:
+            streams = [engine.generate(p, params) for p in prompts]
+            out[k] = [[ev.token_id for ev in s if ev.token_id is not None] for s in streams]
+            assert ("prefill", 8, 32) in engine._scheduler.graphs  # type: ignore[operator]
+    assert out[8] == out[1]
+    for prompt, tokens in zip(prompts, out[8], strict=True):
+        ids = list(prompt)
+        with torch.no_grad():
+            for _ in range(24):
+                ids.append(int(model(torch.tensor([ids], device="cuda"))[0, -1].argmax()))
+        assert tokens == ids[len(prompt) :]
+
+
+def test_sampled_rows_in_graphs_follow_their_parameters() -> None:
+    """In-graph sampling: top_k=1 is the argmax whatever the temperature; a banned argmax is never drawn."""
+    model = model_on_cuda(torch.float32)
+    prompt = [11, 12, 13, 14, 15]
+    greedy = SamplingParams(temperature=0.0, max_new_tokens=16, ignore_eos=True)
+    with Engine(model, max_num_seqs=4, max_model_len=256) as engine:
+        (want,) = [[ev.token_id for ev in engine.generate(prompt, greedy) if ev.token_id is not None]]
+        hot_k1 = SamplingParams(temperature=1.5, top_k=1, max_new_tokens=16, ignore_eos=True)
+        got = [ev.token_id for ev in engine.generate(prompt, hot_k1) if ev.token_id is not None]
+        banned = SamplingParams(temperature=1.0, max_new_tokens=16, ignore_eos=True, banned_token_ids=(want[0],))
+        draws = [engine.generate(prompt, banned) for _ in range(4)]
+        firsts = [next(iter(d)).token_id for d in draws]
+    assert got == want
+    assert want[0] not in firsts

@@ -253,16 +253,47 @@ def test_top_k_past_the_vocabulary_keeps_every_token_on_both_paths() -> None:
     assert len(set(_run(wide, steps=200, logits=rows[0]))) > 2
 
 
-def test_batched_sampler_raises_on_a_nan_row_and_the_row_sampler_names_it() -> None:
-    """The batched sampler fails as a whole on one bad row (the scheduler then retries row by row, see
-    tests/core/test_engine.py); the per-row sampler raises a MiniGPTError for that row alone."""
-    from minigpt_core.sampling import sample_simple_batch
+def test_batched_sampler_flags_a_nan_row_and_samples_the_others() -> None:
+    """One bad row cannot fail its batch: `sample_rows` marks it not ok (the scheduler ends that request
+    alone, see tests/core/test_engine.py) and samples its neighbours as usual; the per-row sampler raises."""
+    from minigpt_core.sampling import SamplingTable, sample_rows, sample_simple_batch
 
     rows = torch.stack([_logits(seed) for seed in range(3)])
     rows[1] = float("nan")
-    hot = SamplingParams(temperature=1.0)
-    with pytest.raises(RuntimeError):
+    hot, cold = SamplingParams(temperature=1.0, top_k=1), SamplingParams(temperature=0.0)
+    table = SamplingTable(3, V, "cpu")
+    for r, p in enumerate([hot, hot, cold]):
+        table.set_row(r, p)
+    tokens, logprobs, ok = sample_rows(rows, table, any_sampled=True)
+    assert ok.tolist() == [True, False, True]
+    assert tokens[0] == rows[0].argmax() and tokens[2] == rows[2].argmax()  # top_k=1 and greedy: the argmax
+    assert torch.allclose(logprobs[0], rows[0].log_softmax(-1).max())
+    with pytest.raises(MiniGPTError, match="not finite"):
         sample_simple_batch(rows, [hot] * 3)
     with pytest.raises(MiniGPTError, match="not finite"):
         RequestSampler(hot).sample(rows[1])
     assert RequestSampler(SamplingParams(temperature=0.0)).sample(rows[0]).token_id == int(rows[0].argmax())
+
+
+def test_table_sampler_follows_top_p_min_p_and_logit_bias() -> None:
+    """The sort-based sampler of the batched path keeps exactly the tokens the per-row rules keep."""
+    from minigpt_core.sampling import SamplingTable, sample_rows
+
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]] * 4)
+    p = logits[0].softmax(-1)  # 0.64, 0.24, 0.09, 0.03, 0.01
+    params = [
+        SamplingParams(temperature=1.0, top_p=0.8),  # mass above id 2 is 0.88 >= 0.8: ids {0, 1}
+        SamplingParams(temperature=1.0, min_p=0.1),  # p >= 0.064: ids {0, 1, 2}
+        SamplingParams(temperature=1.0, top_k=1, logit_bias=((4, 100.0),)),  # the bias makes id 4 the best
+        SamplingParams(temperature=1.0, banned_token_ids=(0, 1, 2, 3)),  # only id 4 is left
+    ]
+    table = SamplingTable(4, 5, "cpu")
+    for r, sp in enumerate(params):
+        table.set_row(r, sp)
+    torch.manual_seed(0)
+    draws = torch.stack([sample_rows(logits, table, any_sampled=True)[0] for _ in range(600)])  # (600, 4)
+    assert set(draws[:, 0].tolist()) == {0, 1}
+    assert set(draws[:, 1].tolist()) == {0, 1, 2}
+    assert set(draws[:, 2].tolist()) == {4} and set(draws[:, 3].tolist()) == {4}
+    share = (draws[:, 0] == 0).float().mean().item()  # renormalised: 0.64 / (0.64 + 0.24) = 0.73
+    assert abs(share - float(p[0] / (p[0] + p[1]))) < 0.07
