@@ -122,14 +122,15 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
     return {"ttft_s": first - t0, "total_s": end - t0, "tokens": tokens, "itl_s": (end - first) / max(tokens - 1, 1)}
 
 
-async def run_level(
-    base_url: str, concurrency: int, n_requests: int, prompt_len: int, output_len: int, vocab: int
-) -> dict[str, Any]:
-    rng = random.Random(concurrency)
-    prompts = [[rng.randrange(NUM_SPECIAL, vocab) for _ in range(prompt_len)] for _ in range(n_requests)]
+async def _drive(
+    base_url: str, concurrency: int, prompts: list[list[int]], output_len: int, start: Any = None
+) -> tuple[list[dict[str, float]], float, float]:
+    """`concurrency` workers send `prompts` one after another; returns the results and the start and end times."""
     limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
     async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
         await one_request(client, prompts[0], 4)  # warm-up (connection, first-use paths)
+        if start is not None:
+            start.wait()  # every client process begins together
         queue = list(prompts)
         results: list[dict[str, float]] = []
 
@@ -137,15 +138,65 @@ async def run_level(
             while queue:
                 results.append(await one_request(client, queue.pop(), output_len))
 
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # CLOCK_MONOTONIC on Linux: comparable across processes
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - t0
+        return results, t0, time.perf_counter()
+
+
+def _client_process(
+    base_url: str, concurrency: int, prompts: list[list[int]], output_len: int, start: Any, out: Any
+) -> None:
+    out.put(asyncio.run(_drive(base_url, concurrency, prompts, output_len, start)))
+
+
+def server_tokens(base_url: str) -> int:
+    """The server's own count of generated tokens (its /metrics), to check what the clients measured."""
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("minigpt_generation_tokens_total "):
+            return int(float(line.split()[1]))
+    return 0
+
+
+def run_level(
+    base_url: str, concurrency: int, n_requests: int, prompt_len: int, output_len: int, vocab: int, clients: int = 1
+) -> dict[str, Any]:
+    """One concurrency level, driven from `clients` processes (the load generator must not be the bottleneck)."""
+    rng = random.Random(concurrency)
+    prompts = [[rng.randrange(NUM_SPECIAL, vocab) for _ in range(prompt_len)] for _ in range(n_requests)]
+    clients = max(1, min(clients, concurrency))
+    before = server_tokens(base_url)
+    if clients == 1:
+        results, t0, t1 = asyncio.run(_drive(base_url, concurrency, prompts, output_len))
+        starts, ends = [t0], [t1]
+    else:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        start, out = ctx.Barrier(clients), ctx.Queue()
+        procs = [
+            ctx.Process(
+                target=_client_process,
+                args=(base_url, len(range(c, concurrency, clients)), prompts[c::clients], output_len, start, out),
+            )
+            for c in range(clients)
+        ]
+        for proc in procs:
+            proc.start()
+        parts = [out.get(timeout=1200) for _ in procs]
+        for proc in procs:
+            proc.join()
+        results = [r for part, _, _ in parts for r in part]
+        starts, ends = [p[1] for p in parts], [p[2] for p in parts]
+    wall = max(ends) - min(starts)
+    served = server_tokens(base_url) - before
     ttfts = sorted(r["ttft_s"] for r in results)
     return {
         "impl": "minigpt-serve (HTTP)",
         "concurrency": concurrency,
         "requests": len(results),
+        "clients": clients,
         "output_tok_s": sum(r["tokens"] for r in results) / wall,
+        "server_tok_s": served / wall,  # includes the clients' warm-up requests (4 tokens each)
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p90_ms": 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
         "itl_mean_ms": 1000 * statistics.mean(r["itl_s"] for r in results),
@@ -219,7 +270,8 @@ def bench_serve(args: argparse.Namespace) -> int:
             try:
                 for c in levels:
                     n = args.requests or max(2 * c, 4)
-                    row = asyncio.run(run_level(f"http://127.0.0.1:{port}", c, n, prompt_len, output_len, vocab))
+                    clients = args.clients or max(1, min(4, c // 16))
+                    row = run_level(f"http://127.0.0.1:{port}", c, n, prompt_len, output_len, vocab, clients)
                     rows.append({"model": name, **row})
             finally:
                 proc.terminate()
@@ -279,10 +331,11 @@ def bench_engine(args: argparse.Namespace) -> int:
                     if sched.graphs is not None:
                         b = min(x for x in sched.batch_buckets if x >= conc)
                         kv = min(x for x in sched.kv_buckets if x >= args.prompt_len + args.output_len)
+                        key = ("decode", b, kv, 1, "greedy")
                         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                         start.record()
                         for _ in range(50):
-                            sched.graphs.run(b, kv)
+                            sched.graphs.run(key, lambda: torch.empty(0))  # captured at startup
                         end.record()
                         torch.cuda.synchronize()
                         graph_ms = start.elapsed_time(end) / 50
@@ -290,6 +343,7 @@ def bench_engine(args: argparse.Namespace) -> int:
                     {
                         "model": name,
                         "concurrency": conc,
+                        "capture_s": sched.graphs.capture_s if sched.graphs is not None else None,
                         "engine_tok_s": n / wall,
                         "step_ms": 1000 * wall / max(steps, 1),
                         "graph_replay_ms": graph_ms,
@@ -315,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-len", type=int)
     s.add_argument("--output-len", type=int)
     s.add_argument("--requests", type=int, help="requests per level (default 2 x concurrency, at least 4)")
+    s.add_argument("--clients", type=int, help="client processes per level (default: 1 per 16 streams, at most 4)")
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
     s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
     s.add_argument("--json", help="write results here")
