@@ -35,6 +35,7 @@ from minigpt_core.errors import (
     MiniGPTError,
 )
 from minigpt_core.kv_cache import KVCache
+from minigpt_core.lora import MultiLoRALinear
 from minigpt_core.model import MiniGPT
 from minigpt_core.sampling import RequestSampler, SamplingParams
 from minigpt_core.scheduler import Scheduler, Sequence, TokenEvent
@@ -243,6 +244,9 @@ class Engine:
         self.vocab_size = config.vocab_size
         self.max_num_seqs, self.max_model_len, self.max_queued = max_num_seqs, max_model_len, max_queued
         self.cache = KVCache(config, max_num_seqs, max_model_len, self.device, param.dtype)
+        self.num_adapters = max(
+            (m.lora_A.shape[0] - 1 for m in self.model.modules() if isinstance(m, MultiLoRALinear)), default=0
+        )
         self._scheduler = Scheduler(
             self.model,
             self.cache,
@@ -311,8 +315,12 @@ class Engine:
         params: SamplingParams,
         constraint: Constraint | None = None,
         request_id: str | None = None,
+        adapter: int = 0,
     ) -> RequestHandle:
         """Queue a request; iterate the returned handle for its TokenEvents.
+
+        `adapter`: the LoRA adapter (1-based, as `minigpt_core.lora.attach_adapters` stacked them) the request
+        runs with; 0 is the base model. Requests for different adapters share batches.
 
         Raises InvalidRequest (empty prompt, ids outside the vocabulary, bad sampling values),
         ContextLengthExceeded, EngineOverloaded (waiting queue full) or EngineClosed. Requests submitted
@@ -322,7 +330,7 @@ class Engine:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        return self._submit(prompt_ids, params, constraint, request_id, loop)
+        return self._submit(prompt_ids, params, constraint, request_id, loop, adapter)
 
     def generate(
         self, prompt_ids: Iterable[int], params: SamplingParams, constraint: Constraint | None = None
@@ -338,8 +346,11 @@ class Engine:
         constraint: Constraint | None,
         request_id: str | None,
         loop: asyncio.AbstractEventLoop | None,
+        adapter: int = 0,
     ) -> RequestHandle:
         prompt = self._validate(prompt_ids, params)
+        if isinstance(adapter, bool) or not isinstance(adapter, int) or not 0 <= adapter <= self.num_adapters:
+            raise InvalidRequest(f"LoRA adapter {adapter!r} is not one of this engine's {self.num_adapters}")
         if params.max_thinking_tokens is not None:
             budget = ThinkBudget(
                 params.max_thinking_tokens,
@@ -363,6 +374,7 @@ class Engine:
             constraint=constraint,
             emit=handle._push,
             is_cancelled=lambda: handle.cancelled,
+            adapter=adapter,
         )
         with self._cond:
             if self._closed:

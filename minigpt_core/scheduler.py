@@ -78,6 +78,7 @@ class Sequence:
     finished: bool = False
     arrival_s: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
+    adapter: int = 0  # LoRA adapter index (minigpt_core.lora); 0 = the base model
 
     @property
     def prefilled(self) -> bool:
@@ -154,6 +155,9 @@ class Scheduler:
         self._prefill_tokens = torch.zeros((2, P), dtype=torch.long, device=device)  # ids, positions (flat)
         self._prefill_rows = torch.zeros((2, n), dtype=torch.long, device=device)  # slots, last index
         self._prefill_staging = torch.zeros((2 * P + 2 * n,), dtype=torch.long, pin_memory=pinned)
+        # LoRA serving (minigpt_core.lora): row b of a forward uses adapter lora_index[b]; written before each one.
+        lora_index = model._buffers.get("lora_index")
+        self.lora_index: torch.Tensor | None = lora_index if isinstance(lora_index, torch.Tensor) else None
         self._fn: Callable[..., torch.Tensor] = model
         self.graphs: GraphCache | None = None
         if cuda_graphs:
@@ -290,6 +294,7 @@ class Scheduler:
         shape = self._graph_prefill_shape(seqs)
         if shape is not None and self.graphs is not None:
             b, t = shape
+            self._set_adapters([seq.adapter for seq in seqs] + [0] * (b - len(seqs)))
             self._stage_prefill(seqs, chunks, b, t)
             logits = self.graphs.run(("prefill", b, t), lambda: self._prefill_graph_step(b, t))
         else:
@@ -340,6 +345,7 @@ class Scheduler:
         kv_len = pick(self.kv_buckets, needed) if self.dense_decode else self._kv_len(needed)
         host = torch.tensor([ids, positions], dtype=torch.long).to(self.device, non_blocking=True)
         row_t = torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)
+        self._set_adapters([seq.adapter for seq in seqs])
         logits = self.model(
             host[0], cache=self.cache, slots=row_t[0], positions=host[1], kv_len=kv_len, last_index=row_t[1]
         )  # (n, 1, V)
@@ -411,6 +417,7 @@ class Scheduler:
             self.decode_ids[:n, 0].copy_(host[0])
             self.decode_positions[:n, 0].copy_(host[1])
             self.decode_slots[:n].copy_(host[2])
+            self._set_adapters([seq.adapter for seq in seqs])
             slots = self.decode_slots[:n]
             return self._decode_loop(n, self._kv_len(needed), k, mode, slots, self.table.gather(slots))
         b = pick(self.batch_buckets, max(seq.slot for seq in seqs) + 1)
@@ -422,6 +429,11 @@ class Scheduler:
         staged = self._staging[:, :b]  # (2, b), pinned on CUDA: ids and positions go over in one async copy
         staged.copy_(torch.tensor([ids, positions], dtype=torch.long))
         self._decode_inputs[:, :b].copy_(staged, non_blocking=True)
+        if self.lora_index is not None:
+            adapters = [0] * b
+            for seq in seqs:
+                adapters[seq.slot] = seq.adapter
+            self._set_adapters(adapters)
 
         def run() -> torch.Tensor:
             return self._decode_loop(b, kv_len, k, mode, None, self.table.view(b))
@@ -447,6 +459,11 @@ class Scheduler:
                 ids[:, 0] = tokens
                 positions.add_(1).clamp_(max=self.max_model_len - 1)
         return out[:k, :, :b]
+
+    def _set_adapters(self, adapters: list[int]) -> None:
+        """Row b of the next forward uses LoRA adapter adapters[b] (a no-op for a model without adapters)."""
+        if self.lora_index is not None:
+            self.lora_index[: len(adapters)].copy_(torch.tensor(adapters, dtype=torch.long), non_blocking=True)
 
     def _kv_len(self, needed: int) -> int:
         bucket = self.kv_len_bucket

@@ -149,7 +149,6 @@ def test_the_base_model_answers_as_without_adapters(lora_server: str, tiny_check
     assert results == [(BASE, reference_text(tiny_checkpoint, None, p)) for p in PROMPTS]
 
 
-@pytest.mark.xfail(strict=True, reason="engine plumbing pending: Engine.submit(..., adapter=k) fills model.lora_index")
 def test_adapters_and_base_share_a_batch_and_equal_the_merged_checkpoints(
     lora_server: str, tiny_checkpoint: Path, adapters: dict[str, LoRAWeights]
 ) -> None:
