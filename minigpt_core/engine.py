@@ -203,6 +203,8 @@ class Engine:
     every waiting prompt is prefilled in one captured forward per step (up to `max_prefill_tokens`).
     `decode_steps` (K; default 8 on CUDA, 1 on CPU): decode steps per call while no prompt is being prefilled,
     sampled on the device with one host transfer per call (see scheduler.py); greedy tokens do not depend on K.
+    `fuse_projections`: q/k/v and gate/up as one GEMM each (fewer kernels per step); only for a model used by
+    nothing else, since it replaces the projection parameters by views (see MiniGPT.fuse_projections).
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
     """
 
@@ -222,6 +224,7 @@ class Engine:
         compile_decode: bool = False,
         decode_steps: int | None = None,
         max_prefill_tokens: int = 8192,
+        fuse_projections: bool = False,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -241,6 +244,8 @@ class Engine:
         param = next(model.parameters())
         self.device = torch.device(device) if device is not None else param.device
         self.model = model.to(self.device).eval()
+        if fuse_projections:  # the caller hands the model over for inference only (see MiniGPT.fuse_projections)
+            self.model.fuse_projections()
         self.vocab_size = config.vocab_size
         self.max_num_seqs, self.max_model_len, self.max_queued = max_num_seqs, max_model_len, max_queued
         self.cache = KVCache(config, max_num_seqs, max_model_len, self.device, param.dtype)

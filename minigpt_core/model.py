@@ -72,6 +72,9 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, config.norm_eps) if config.qk_norm else None
 
+        self.qkv_weight: torch.Tensor | None
+        self.register_buffer("qkv_weight", None, persistent=False)  # set by MiniGPT.fuse_projections (serving)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -84,9 +87,15 @@ class Attention(nn.Module):
         kv_len: int,
     ) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, KV, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        if self.qkv_weight is not None:  # one GEMM for q, k and v
+            hq, hkv = self.n_head * self.head_dim, self.n_kv_head * self.head_dim
+            q_, k_, v_ = F.linear(x, self.qkv_weight).split([hq, hkv, hkv], dim=-1)
+            q = q_.view(B, T, self.n_head, self.head_dim)
+            k, v = k_.view(B, T, self.n_kv_head, self.head_dim), v_.view(B, T, self.n_kv_head, self.head_dim)
+        else:
+            q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)  # (B, T, H, D)
+            k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)  # (B, T, KV, D)
+            v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
@@ -125,14 +134,30 @@ def _sdpa(
 _HAS_ENABLE_GQA = "enable_gqa" in (F.scaled_dot_product_attention.__doc__ or "")
 
 
+def _fuse(*linears: nn.Linear) -> torch.Tensor:
+    """Concatenate the weights along the output dim; each Linear's weight becomes a view into the result."""
+    fused = torch.cat([m.weight.detach() for m in linears], dim=0)
+    start = 0
+    for m in linears:
+        n = m.weight.shape[0]
+        m.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
+        start += n
+    return fused
+
+
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.gate_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
         self.up_proj = nn.Linear(config.n_embd, config.ffn_dim, bias=False)
         self.down_proj = nn.Linear(config.ffn_dim, config.n_embd, bias=False)
+        self.gate_up_weight: torch.Tensor | None
+        self.register_buffer("gate_up_weight", None, persistent=False)  # set by MiniGPT.fuse_projections (serving)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up_weight is not None:  # one GEMM for gate and up
+            gate, up = F.linear(x, self.gate_up_weight).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -187,6 +212,27 @@ class MiniGPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
             else:
                 nn.init.normal_(p, mean=0.0, std=std)
+
+    @torch.no_grad()
+    def fuse_projections(self) -> bool:
+        """For inference: q/k/v and gate/up each become one GEMM over one concatenated weight (fewer kernels per
+        step). The original parameters become views into the fused tensors (non-persistent buffers), so names,
+        state_dict and memory are unchanged; call it after moving the model (`.to` would copy the views apart,
+        which stays correct but doubles those weights). Training code never calls this. Returns False (and
+        changes nothing) when a projection is not a plain nn.Linear (e.g. wrapped by LoRA, which needs them apart).
+        """
+        pairs = [(layer.self_attn, layer.mlp) for layer in self.model.layers if isinstance(layer, Block)]
+        projections = [
+            m for attn, mlp in pairs for m in (attn.q_proj, attn.k_proj, attn.v_proj, mlp.gate_proj, mlp.up_proj)
+        ]
+        if any(type(m) is not nn.Linear for m in projections):
+            return False
+        for attn, mlp in pairs:
+            if attn.qkv_weight is None:
+                attn.qkv_weight = _fuse(attn.q_proj, attn.k_proj, attn.v_proj)
+            if mlp.gate_up_weight is None:
+                mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
+        return True
 
     @property
     def lm_head_weight(self) -> torch.Tensor:

@@ -169,6 +169,7 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
         max_queued=settings.max_queued,
         output_vocab=tokenizer.vocab_size,
         compile_decode=settings.compile_decode,
+        fuse_projections=True,  # the server's own model copy; a no-op when LoRA adapters wrap the projections
     )
     engine.start()
     warm_grammar(tokenizer, model.config.vocab_size)

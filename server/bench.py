@@ -317,6 +317,7 @@ def bench_engine(args: argparse.Namespace) -> int:
                     max_model_len=args.prompt_len + args.output_len + 16,
                     output_vocab=tok.vocab_size,
                     compile_decode=args.compile,
+                    fuse_projections=True,
                 ) as engine:
                     prompts = [[NUM_SPECIAL + (i * 7 + j) % 1000 for j in range(args.prompt_len)] for i in range(conc)]
                     list(engine.generate(prompts[0], params))  # warm-up

@@ -155,3 +155,23 @@ def test_kv_cache_stores_only_kv_heads() -> None:
     cfg = preset("small")
     cache = KVCache(cfg.replace(n_layer=2), num_slots=3, max_seq_len=8)
     assert cache.shape == (2, 3, cfg.n_kv_head, 8, cfg.head_dim)
+
+
+def test_fused_projections_give_the_same_logits_and_keep_the_state_dict() -> None:
+    """fuse_projections: one GEMM for q/k/v and one for gate/up; same logits, same state_dict names and values,
+    the old parameters are views of the fused weight (no second copy)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=64, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, ffn_dim=64, max_seq_len=32)
+    model = MiniGPT(cfg).eval()
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        before = model(ids)
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        assert model.fuse_projections()
+        after = model(ids)
+    attn = model.model.layers[0].self_attn
+    assert attn.qkv_weight is not None and attn.qkv_weight.shape[0] == attn.q_proj.weight.shape[0] + 2 * 16
+    assert attn.q_proj.weight.data_ptr() == attn.qkv_weight.data_ptr()  # a view, not a copy
+    assert torch.allclose(before, after, atol=1e-5)
+    assert model.state_dict().keys() == state.keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
