@@ -9,8 +9,9 @@ What it is not: the CLI (training/eval_cli.py, `minigpt-eval bfcl`), and never t
 
 Scoring (BFCL's AST checker, on the names as sent: every character outside `[A-Za-z0-9_-]` becomes `_`):
 - simple / multiple: exactly one call, to the expected function; parallel: as many calls as expected, matched to
-  the expected ones in any order (each call used once); irrelevance: no call at all (a malformed call counts
-  as a call);
+  the expected ones in any order (each call used once); irrelevance: no call that decodes (BFCL counts a call
+  whose arguments are not valid JSON, e.g. cut by the token limit, as no call; `score` also reports the strict
+  share with no call at all as `strict_accuracy`);
 - a call: every required parameter present, no parameter the function does not declare or the answer does not
   list, every value of the declared type and equal to one of the allowed values; a parameter left out is fine
   only when `""` is among its allowed values;
@@ -254,8 +255,9 @@ def _expected_call(case: Case, wanted: dict[str, dict[str, list[Any]]]) -> tuple
 
 def check_case(case: Case, calls: Sequence[Call]) -> str | None:
     """Why the calls fail the case, or None when they pass (BFCL's AST rules for the case's category)."""
-    if case.category == "irrelevance":
-        return None if not calls else f"made {len(calls)} call(s) where no function fits"
+    if case.category == "irrelevance":  # as BFCL decodes: a call whose arguments do not parse is no call
+        decoded = [c for c in calls if isinstance(c[1], dict)]
+        return None if not decoded else f"made {len(decoded)} call(s) where no function fits"
     expected = [_expected_call(case, wanted) for wanted in case.ground_truth]
     if len(calls) != len(expected):
         return f"{len(calls)} call(s), expected {len(expected)}"
@@ -298,6 +300,9 @@ def score(cases: Sequence[Case], answers: Sequence[Answer]) -> dict[str, Any]:
         stats["correct"] += int(row["ok"])
     for stats in categories.values():
         stats["accuracy"] = stats["correct"] / stats["n"]
+    if "irrelevance" in categories:
+        silent = [not row["calls"] and row["ok"] for row in samples if row["category"] == "irrelevance"]
+        categories["irrelevance"]["strict_accuracy"] = sum(silent) / len(silent)
     n, correct = len(samples), sum(r["ok"] for r in samples)
     total = {"n": n, "correct": correct, "accuracy": correct / n if n else float("nan")}
     return {"categories": categories, "total": total, "samples": samples}

@@ -328,7 +328,8 @@ def run_bfcl(args: argparse.Namespace) -> int:
     print(f"  {'category':<14} {'n':>5}  accuracy")
     rows = [*result["categories"].items(), ("total", result["total"])]
     for name, stats in rows:
-        print(f"  {name:<14} {stats['n']:>5}  {_pct(stats['accuracy'])}")
+        strict = f"  (no call at all: {_pct(stats['strict_accuracy'])})" if "strict_accuracy" in stats else ""
+        print(f"  {name:<14} {stats['n']:>5}  {_pct(stats['accuracy'])}{strict}")
     if args.out:
         report = {"eval": "bfcl", "target": target, "data": str(data), "limit": args.limit}
         write_json(Path(args.out), report | {"max_new_tokens": args.max_new_tokens, "result": result})

@@ -137,7 +137,10 @@ def test_irrelevance_passes_only_without_a_call() -> None:
     irr = case("irrelevance", [AREA], [])
     assert check_case(irr, []) is None
     assert check_case(irr, [("geo_rect_area", {"width": 1, "height": 1})]) is not None
-    assert check_case(irr, [("geo_rect_area", "not json")]) is not None  # a malformed call is still a call
+    assert check_case(irr, [("geo_rect_area", '{"width": 1')]) is None  # BFCL: arguments that do not parse
+    answers = [bfcl.Answer(), bfcl.Answer(calls=[("geo_rect_area", "{")]), bfcl.Answer(calls=[("geo_rect_area", {})])]
+    stats = bfcl.score([irr] * 3, answers)["categories"]["irrelevance"]
+    assert stats["correct"] == 2 and stats["strict_accuracy"] == pytest.approx(1 / 3)
 
 
 def test_lists_dicts_and_nested_optional_keys() -> None:
