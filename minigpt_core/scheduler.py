@@ -22,7 +22,7 @@ no text. Every method runs on the engine thread only.
 Batch invariance: rows never share a reduction and each row attends only to its own slot; on CPU the decode
 step reads `kv_len` cache positions (the longest row rounded up to `kv_len_bucket`, capped at the slot size).
 On CUDA the shapes come from power-of-two buckets and every step is a captured CUDA graph (cuda_graphs.py):
-prefill graphs by (rows, prompt length) bucket, decode graphs by (rows, KV length, K, sampling mode).
+prefill graphs by (rows, chunk length, KV length) bucket, decode graphs by (rows, KV length, K, sampling mode).
 """
 
 from __future__ import annotations
@@ -266,13 +266,21 @@ class Scheduler:
     def _chunk_len(self, seq: Sequence) -> int:
         return min(self.prefill_chunk, len(seq.prompt_ids) - seq.num_cached)
 
-    def _graph_prefill_shape(self, seqs: list[Sequence]) -> tuple[int, int] | None:
-        """The captured (rows, tokens) bucket for these chunks, or None when they need the eager forward."""
-        if self.graphs is None or any(seq.num_cached for seq in seqs):  # graphs hold first chunks (kv_len = t)
+    def _graph_prefill_shape(self, seqs: list[Sequence]) -> tuple[int, int, int] | None:
+        """The captured (rows, tokens, kv_len) bucket for these chunks, or None when they need the eager forward.
+
+        First chunks read kv_len = t positions (captured at startup); later chunks (long prompts, cached
+        prefixes) read a KV bucket past their start, captured on first use."""
+        if self.graphs is None:
             return None
         b = pick(self.batch_buckets, len(seqs))
         t = pick(self.prefill_t_buckets, max(self._chunk_len(seq) for seq in seqs))
-        return (b, t) if b * t <= self.max_prefill_tokens else None
+        if b * t > self.max_prefill_tokens:
+            return None
+        if not any(seq.num_cached for seq in seqs):
+            return b, t, t
+        needed = max(seq.num_cached for seq in seqs) + t  # padded positions stay below kv_len (or are clamped)
+        return b, t, pick(self.kv_buckets, min(needed, self.max_model_len))
 
     def _prefill_batch(self, waiting: list[Sequence]) -> list[Sequence]:
         """The sequences whose next chunks share this step's prefill forward (admission order, token budget)."""
@@ -293,10 +301,10 @@ class Scheduler:
         chunks = [seq.prompt_ids[seq.num_cached : seq.num_cached + self._chunk_len(seq)] for seq in seqs]
         shape = self._graph_prefill_shape(seqs)
         if shape is not None and self.graphs is not None:
-            b, t = shape
+            b, t, kv = shape
             self._set_adapters([seq.adapter for seq in seqs] + [0] * (b - len(seqs)))
             self._stage_prefill(seqs, chunks, b, t)
-            logits = self.graphs.run(("prefill", b, t), lambda: self._prefill_graph_step(b, t))
+            logits = self.graphs.run(("prefill", b, t, kv), lambda: self._prefill_graph_step(b, t, kv))
         else:
             logits = self._prefill_eager(seqs, chunks)
         for seq, chunk in zip(seqs, chunks, strict=True):
@@ -312,7 +320,9 @@ class Scheduler:
             ids += chunk
             ids += [0] * (t - len(chunk))
         ids += [0] * (t * (b - len(chunks)))
-        positions = list(range(t)) * b
+        last_pos = self.max_model_len - 1
+        positions = [min(seq.num_cached + i, last_pos) for seq in seqs for i in range(t)]
+        positions += list(range(t)) * (b - len(seqs))
         slots = [seq.slot for seq in seqs] + [self.cache.scratch_slot] * (b - len(seqs))  # padding rows: scratch
         last = [len(chunk) - 1 for chunk in chunks] + [0] * (b - len(chunks))
         n, P = b * t, self.max_prefill_tokens
@@ -322,14 +332,14 @@ class Scheduler:
         self._prefill_tokens[:, :n].copy_(staged[: 2 * n].view(2, n), non_blocking=True)
         self._prefill_rows[:, :b].copy_(staged[2 * P : 2 * P + 2 * b].view(2, b), non_blocking=True)
 
-    def _prefill_graph_step(self, b: int, t: int) -> torch.Tensor:
+    def _prefill_graph_step(self, b: int, t: int, kv: int) -> torch.Tensor:
         n = b * t
         logits = self.model(
             self._prefill_tokens[0, :n].view(b, t),
             cache=self.cache,
             slots=self._prefill_rows[0, :b],
             positions=self._prefill_tokens[1, :n].view(b, t),
-            kv_len=t,
+            kv_len=kv,
             last_index=self._prefill_rows[1, :b],
         )  # (b, 1, V)
         return logits[:, 0, : self.output_vocab].float()
@@ -501,7 +511,7 @@ class Scheduler:
         for t in reversed(self.prefill_t_buckets):
             for b in reversed(self.batch_buckets):
                 if b * t <= self.max_prefill_tokens:
-                    steps.append((("prefill", b, t), functools.partial(self._prefill_graph_step, b, t)))
+                    steps.append((("prefill", b, t, t), functools.partial(self._prefill_graph_step, b, t, t)))
         decode_kinds = sorted({(self.decode_steps, "greedy"), (1, "greedy"), (1, "logits")})
         for kv in reversed(self.kv_buckets):
             for b in reversed(self.batch_buckets):

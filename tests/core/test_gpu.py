@@ -62,7 +62,7 @@ def test_k_step_graphs_equal_one_step_graphs_and_prefill_is_batched() -> None:
         with Engine(model, max_num_seqs=8, max_model_len=256, decode_steps=k) as engine:
             streams = [engine.generate(p, params) for p in prompts]
             out[k] = [[ev.token_id for ev in s if ev.token_id is not None] for s in streams]
-            assert ("prefill", 8, 32) in engine._scheduler.graphs  # type: ignore[operator]
+            assert ("prefill", 8, 32, 32) in engine._scheduler.graphs  # type: ignore[operator]
     assert out[8] == out[1]
     for prompt, tokens in zip(prompts, out[8], strict=True):
         ids = list(prompt)
