@@ -201,7 +201,7 @@ class Engine:
     On CUDA the decode step runs "dense" (row b is slot b; the cache is read as a view) from power-of-two
     batch and KV-length buckets, each captured once as a CUDA graph (`cuda_graphs`, default on for CUDA), and
     every waiting prompt is prefilled in one captured forward per step (up to `max_prefill_tokens`).
-    `decode_steps` (K; default 8 on CUDA, 1 on CPU): decode steps per call while no prompt is being prefilled,
+    `decode_steps` (K, default 8): decode steps per call while no prompt is being prefilled,
     sampled on the device with one host transfer per call (see scheduler.py); greedy tokens do not depend on K.
     `fuse_projections`: q/k/v and gate/up as one GEMM each (fewer kernels per step); only for a model used by
     nothing else, since it replaces the projection parameters by views (see MiniGPT.fuse_projections).
@@ -264,7 +264,7 @@ class Engine:
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
             output_vocab=output_vocab,
             compile_decode=compile_decode,
-            decode_steps=decode_steps if decode_steps is not None else (8 if self.device.type == "cuda" else 1),
+            decode_steps=8 if decode_steps is None else decode_steps,
             max_prefill_tokens=max_prefill_tokens,
         )
         self._cond = threading.Condition()

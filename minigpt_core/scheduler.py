@@ -429,7 +429,10 @@ class Scheduler:
             self.decode_slots[:n].copy_(host[2])
             self._set_adapters([seq.adapter for seq in seqs])
             slots = self.decode_slots[:n]
-            return self._decode_loop(n, self._kv_len(needed), k, mode, slots, self.table.gather(slots))
+            first = max(seq.num_cached for seq in seqs) + 1
+            # Eager steps may change shape: step i reads what K=1 would read, so K never changes a token.
+            kv_lens = [self._kv_len(min(first + i, self.max_model_len)) for i in range(k)]
+            return self._decode_loop(n, kv_lens[-1], k, mode, slots, self.table.gather(slots), kv_lens)
         b = pick(self.batch_buckets, max(seq.slot for seq in seqs) + 1)
         kv_len = pick(self.kv_buckets, needed)
         ids = [0] * b
@@ -453,16 +456,26 @@ class Scheduler:
         return run()
 
     def _decode_loop(
-        self, b: int, kv_len: int, k: int, mode: str, slots: torch.Tensor | None, table: SamplingTable
+        self,
+        b: int,
+        kv_len: int,
+        k: int,
+        mode: str,
+        slots: torch.Tensor | None,
+        table: SamplingTable,
+        kv_lens: list[int] | None = None,
     ) -> torch.Tensor:
-        """The body a decode graph captures: k x (forward, sample on the device, feed the token back)."""
+        """The body a decode graph captures: k x (forward, sample on the device, feed the token back).
+
+        `kv_lens` (eager only): the KV length of each step; a graph reads `kv_len` in every step."""
         ids, positions = self.decode_ids[:b], self.decode_positions[:b]
         if mode == "logits":
             logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=kv_len)
             return logits[:, -1, : self.output_vocab].float()
         out = self._decode_out
         for i in range(k):
-            logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=kv_len)
+            step_kv = kv_lens[i] if kv_lens is not None else kv_len
+            logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=step_kv)
             tokens, logprobs, ok = sample_rows(logits[:, -1, : self.output_vocab], table, mode == "sample")
             out[i, :, :b] = torch.stack([tokens.float(), logprobs, ok.float()])
             if i + 1 < k:

@@ -48,6 +48,8 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "true | false: CUDA only, torch.compile the decode step (slower start)",
     ),
     ("--max-num-seqs", "max_num_seqs", int, "sequences decoded at once (KV-cache slots)"),
+    ("--decode-steps", "decode_steps", int, "decode steps per engine call, K (default 8)"),
+    ("--max-prefill-tokens", "max_prefill_tokens", int, "prompt tokens prefilled together in one step (8192)"),
     ("--max-model-len", "max_model_len", int, "context length per sequence (default: the model's)"),
     ("--max-queued", "max_queued", int, "waiting requests beyond which the server answers 429"),
     ("--max-body-bytes", "max_body_bytes", int, "request bodies above this get 413"),

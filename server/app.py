@@ -170,6 +170,8 @@ def build_engine(settings: Settings) -> tuple[Any, Tokenizer, Path]:
         output_vocab=tokenizer.vocab_size,
         compile_decode=settings.compile_decode,
         fuse_projections=True,  # the server's own model copy; a no-op when LoRA adapters wrap the projections
+        decode_steps=settings.decode_steps,
+        max_prefill_tokens=settings.max_prefill_tokens,
     )
     engine.start()
     warm_grammar(tokenizer, model.config.vocab_size)

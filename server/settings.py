@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     compile_decode: bool = Field(
         default=True, description="CUDA only: torch.compile the decode step before capturing it (2x faster steps)"
     )
+    decode_steps: int | None = Field(
+        default=None, ge=1, le=64, description="decode steps per engine call (K); None = 8"
+    )
+    max_prefill_tokens: int = Field(
+        default=8192, ge=16, description="prompt tokens prefilled together in one step (one batched forward)"
+    )
     max_num_seqs: int = Field(default=8, ge=1, le=1024)
     max_model_len: int | None = Field(default=None, ge=16, description="None = the model's max_seq_len")
     max_queued: int = Field(default=64, ge=1)
