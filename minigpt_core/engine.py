@@ -58,6 +58,7 @@ class EngineStats:
     max_model_len: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    cached_prompt_tokens_total: int
     steps_total: int
     finished_total: dict[str, int] = field(default_factory=dict)  # by finish_reason
 
@@ -205,6 +206,9 @@ class Engine:
     sampled on the device with one host transfer per call (see scheduler.py); greedy tokens do not depend on K.
     `fuse_projections`: q/k/v and gate/up as one GEMM each (fewer kernels per step); only for a model used by
     nothing else, since it replaces the projection parameters by views (see MiniGPT.fuse_projections).
+    `prefix_caching`: a prompt that starts with tokens a slot still holds (a shared system prompt, tool
+    schemas, the earlier turns of a chat) reuses their keys/values instead of recomputing them (prefix_cache.py);
+    the first TokenEvent reports how many in `cached_tokens`.
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
     """
 
@@ -225,6 +229,7 @@ class Engine:
         decode_steps: int | None = None,
         max_prefill_tokens: int = 8192,
         fuse_projections: bool = False,
+        prefix_caching: bool = True,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -266,6 +271,7 @@ class Engine:
             compile_decode=compile_decode,
             decode_steps=8 if decode_steps is None else decode_steps,
             max_prefill_tokens=max_prefill_tokens,
+            prefix_caching=prefix_caching,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()
@@ -422,6 +428,7 @@ class Engine:
             num_slots=self.max_num_seqs,
             max_model_len=self.max_model_len,
             prompt_tokens_total=sched.counters.prompt_tokens,
+            cached_prompt_tokens_total=sched.counters.cached_tokens,
             generation_tokens_total=sched.counters.generation_tokens,
             steps_total=sched.counters.steps,
             finished_total=dict(sched.counters.finished),

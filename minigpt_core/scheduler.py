@@ -39,6 +39,8 @@ from minigpt_core.constraints import Constraint
 from minigpt_core.cuda_graphs import GraphCache, buckets_up_to, pick
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
+from minigpt_core.prefix_cache import BLOCK as PREFIX_BLOCK
+from minigpt_core.prefix_cache import PrefixIndex
 from minigpt_core.sampling import RequestSampler, SampledToken, SamplingParams, SamplingTable, is_simple, sample_rows
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,7 @@ class TokenEvent:
     top_logprobs: list[tuple[int, float]] | None
     finish_reason: str | None
     error: str | None = None
+    cached_tokens: int = 0  # on a request's first token: prompt tokens served from the prefix cache
 
 
 @dataclass(eq=False)
@@ -79,6 +82,9 @@ class Sequence:
     arrival_s: float = field(default_factory=time.monotonic)
     first_token_s: float | None = None
     adapter: int = 0  # LoRA adapter index (minigpt_core.lora); 0 = the base model
+    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
+    output_ids: list[int] = field(default_factory=list)
+    error: bool = False
 
     @property
     def prefilled(self) -> bool:
@@ -89,7 +95,8 @@ class Sequence:
 class Counters:
     """Monotonic totals for /metrics; written by the engine thread only."""
 
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # prefilled (computed) prompt tokens
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
     generation_tokens: int = 0
     steps: int = 0
     finished: dict[str, int] = field(default_factory=dict)
@@ -120,8 +127,11 @@ class Scheduler:
         compile_decode: bool = False,
         decode_steps: int = 1,
         max_prefill_tokens: int = 8192,
+        prefix_caching: bool = True,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
+        self.prefix: PrefixIndex | None = PrefixIndex() if prefix_caching else None
+        self._released_at: dict[int, int] = {}  # slot -> step it was last freed at (prefix-cache eviction)
         # Only ids the tokenizer knows may be sampled (a model's embedding may be padded past the tokenizer).
         self.output_vocab = output_vocab or model.config.vocab_size
         self.max_model_len, self.prefill_chunk = max_model_len, prefill_chunk
@@ -172,12 +182,53 @@ class Scheduler:
 
     # --- bookkeeping --------------------------------------------------------------------------
     def admit(self, seq: Sequence) -> None:
-        """Give `seq` a free slot; the caller checked `free_slots` first."""
+        """Give `seq` a free slot; the caller checked `free_slots` first.
+
+        With prefix caching, the longest cached prefix of the prompt (at least one token is left to prefill, for
+        the first token's logits) is reused: from a free slot that holds it, taken as it is, or copied out of a
+        running slot; prefill then starts after it."""
         if self.dense_decode:  # lowest free slot first keeps dense steps small
             self.free_slots.sort(reverse=True)
-        seq.slot = self.free_slots.pop()
+        src, n, rest = -1, 0, 0
+        if self.prefix is not None:
+            src, n = self.prefix.match(seq.prompt_ids, len(seq.prompt_ids) - 1, prefer=set(self.free_slots))
+            rest = len(self.prefix.content(src)) - n if n else 0  # cached tokens past the match
+        if n and src in self.free_slots and rest <= PREFIX_BLOCK:
+            self.free_slots.remove(src)  # nothing more in it worth keeping: extend it in place
+            seq.slot = src
+        else:
+            seq.slot = self._free_slot()
+            if n:
+                self._copy_kv(src, seq.slot, n)
+        if self.prefix is not None:
+            self.prefix.forget(seq.slot)
+            if n:
+                self.prefix.register(seq.slot, seq.prompt_ids[:n])
+        seq.num_cached = seq.cached_tokens = n
+        self.counters.cached_tokens += n
         self.table.set_row(seq.slot, seq.params)
         self.running.append(seq)
+
+    def _free_slot(self) -> int:
+        """A free slot for a new request: the lowest; with prefix caching, the lowest that holds no cached
+        content, else the one released longest ago (its content is the least likely to be asked for again)."""
+        if self.prefix is None:
+            return self.free_slots.pop()
+        prefix = self.prefix
+        slot = min(self.free_slots, key=lambda s: (bool(prefix.content(s)), self._released_at.get(s, 0), s))
+        self.free_slots.remove(slot)
+        return slot
+
+    def _copy_kv(self, src: int, dst: int, n: int) -> None:
+        for ck, cv in zip(self.cache.k, self.cache.v, strict=True):
+            ck[dst, :, :n].copy_(ck[src, :, :n])
+            cv[dst, :, :n].copy_(cv[src, :, :n])
+
+    def _remember(self, seq: Sequence) -> None:
+        """Index what `seq`'s slot holds (never the last position, which padding rows of dense steps write)."""
+        if self.prefix is not None:
+            n = min(seq.num_cached, self.max_model_len - 1)
+            self.prefix.register(seq.slot, (seq.prompt_ids + seq.output_ids)[:n])
 
     def kv_tokens_used(self) -> int:
         return sum(seq.num_cached for seq in list(self.running))
@@ -186,6 +237,7 @@ class Scheduler:
         if seq.finished:
             return
         seq.finished = True
+        seq.error = reason == "error"
         self.counters.finished[reason] = self.counters.finished.get(reason, 0) + 1
         if reason != "cancelled" or not seq.is_cancelled():
             self._final_events.append((seq, TokenEvent(None, None, None, reason, error)))
@@ -194,7 +246,13 @@ class Scheduler:
         keep: list[Sequence] = []
         for seq in self.running:
             if seq.finished:
+                if self.prefix is not None:
+                    if seq.error:  # its keys/values may be what failed (NaN): never reuse them
+                        self.prefix.forget(seq.slot)
+                    else:
+                        self._remember(seq)
                 self.free_slots.append(seq.slot)
+                self._released_at[seq.slot] = self.counters.steps
                 seq.slot = -1
             else:
                 keep.append(seq)
@@ -224,14 +282,16 @@ class Scheduler:
         low = sorted(slot for slot in self.free_slots if slot < target)
         for seq, dst in zip(high, low, strict=False):
             src, n = seq.slot, seq.num_cached
+            if self.prefix is not None:
+                self.prefix.forget(dst)
             if n:
-                for ck, cv in zip(self.cache.k, self.cache.v, strict=True):
-                    ck[dst, :, :n].copy_(ck[src, :, :n])
-                    cv[dst, :, :n].copy_(cv[src, :, :n])
+                self._copy_kv(src, dst, n)
             self.table.copy_row(dst, src)
             self.free_slots.remove(dst)
             self.free_slots.append(src)
             seq.slot = dst
+            if self.prefix is not None and seq.prefilled:
+                self._remember(seq)  # the source keeps its copy too
 
     # --- one iteration ------------------------------------------------------------------------
     def step(self) -> None:
@@ -310,6 +370,8 @@ class Scheduler:
         for seq, chunk in zip(seqs, chunks, strict=True):
             seq.num_cached += len(chunk)
             self.counters.prompt_tokens += len(chunk)
+            if seq.prefilled:
+                self._remember(seq)  # concurrent requests with the same prompt prefix can copy it now
         done = [(row, seq) for row, seq in enumerate(seqs) if seq.prefilled]
         if done:
             self._sample_first_tokens(logits, done)
@@ -585,11 +647,14 @@ class Scheduler:
             return
         seq.num_generated += 1
         seq.last_token = token_id
+        seq.output_ids.append(token_id)
         self.counters.generation_tokens += 1
         if seq.first_token_s is None:
             seq.first_token_s = time.monotonic()
         top = sampled.top_logprobs if seq.params.top_logprobs > 0 else None
         event = TokenEvent(token_id, sampled.logprob, top, reason)
+        if seq.num_generated == 1:
+            event.cached_tokens = seq.cached_tokens
         if reason is None:
             seq.emit(event)
         else:

@@ -51,6 +51,7 @@ class ChoiceDelta:
     finish_reason: str | None = None
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens the engine took from its prefix cache (on the first delta)
 
     def has_output(self) -> bool:
         return bool(self.reasoning or self.content or self.tool_calls or self.finish_reason)
@@ -85,6 +86,7 @@ class _ChoiceState:
                 self.metrics.observe_itl(now - self.last_token)
         self.last_token = now
         delta.completion_tokens += 1
+        delta.cached_tokens = max(delta.cached_tokens, getattr(event, "cached_tokens", 0))
         if event.logprob is not None:
             top = [(int(t), float(lp)) for t, lp in (event.top_logprobs or [])]
             delta.logprobs.append(TokenLogprob(int(event.token_id), float(event.logprob), top))

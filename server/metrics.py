@@ -110,6 +110,10 @@ class Metrics:
         gauge("minigpt_kv_cache_tokens_total", "KV-cache positions available.", total)
         gauge("minigpt_kv_cache_usage_ratio", "KV-cache use, 0..1.", used / total if total else 0.0)
         gauge("minigpt_model_loaded", "1 once the model serves.", 1.0 if engine_stats is not None else 0.0)
+        cached = float(stats.get("cached_prompt_tokens_total", 0))
+        lines += ["# HELP minigpt_prefix_cache_hit_tokens_total Prompt tokens served from the prefix cache."]
+        lines += ["# TYPE minigpt_prefix_cache_hit_tokens_total counter"]
+        lines += [f"minigpt_prefix_cache_hit_tokens_total {_num(cached)}"]
         with self._lock:
             lines += ["# HELP minigpt_requests_total HTTP requests by endpoint and status."]
             lines += ["# TYPE minigpt_requests_total counter"]

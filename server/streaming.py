@@ -57,10 +57,12 @@ class ResponseMeta:
 class Usage:
     completion_tokens: int = 0
     reasoning_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt (counted once, like prompt_tokens, whatever n is)
     finish_reasons: dict[int, str] = field(default_factory=dict)
 
     def add(self, delta: ChoiceDelta) -> None:
         self.completion_tokens += delta.completion_tokens
+        self.cached_tokens = max(self.cached_tokens, delta.cached_tokens)
         self.reasoning_tokens += delta.reasoning_tokens
         if delta.finish_reason is not None:
             self.finish_reasons[delta.index] = delta.finish_reason
@@ -70,7 +72,7 @@ class Usage:
             "prompt_tokens": prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": prompt_tokens + self.completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": 0},  # no prompt caching yet
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 

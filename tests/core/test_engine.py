@@ -559,3 +559,58 @@ def naive_biased_greedy(model: MiniGPT, prompt: list[int], n: int, token: int, b
             logits[token] += bias
             ids.append(int(logits.argmax()))
     return ids[len(prompt) :]
+
+
+# --- prefix caching ----------------------------------------------------------------------------------
+
+
+def shared_prompts(n: int, prefix_len: int = 48) -> list[list[int]]:
+    g = torch.Generator().manual_seed(7)
+    prefix = torch.randint(9, V, (prefix_len,), generator=g).tolist()
+    return [prefix + torch.randint(9, V, (3 + i,), generator=g).tolist() for i in range(n)]
+
+
+def test_prefix_cache_reuses_finished_and_earlier_turns_without_changing_a_token(model: MiniGPT) -> None:
+    """A prompt sharing a 48-token prefix with a finished request reuses its keys/values (cached_tokens = 48);
+    the next turn of that chat (prompt + answer + new turn) reuses the answer too. Tokens equal caching off."""
+    a, b = shared_prompts(2)
+    params = SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True)
+    results: dict[bool, list[list[TokenEvent]]] = {}
+    for caching in (True, False):
+        with exact_engine(model, prefix_caching=caching) as engine:
+            first = list(engine.generate(a, params))
+            second = list(engine.generate(b, params))
+            turn2 = a + tokens_of(first) + [11, 12, 13]
+            third = list(engine.generate(turn2, params))
+            results[caching] = [first, second, third]
+            cached = engine.stats().cached_prompt_tokens_total
+        assert cached == (48 + 64 if caching else 0)  # a (51) + its 20 answer tokens, less the last: 64 in blocks
+    on, off = results[True], results[False]
+    assert [tokens_of(r) for r in on] == [tokens_of(r) for r in off]
+    assert [r[0].cached_tokens for r in on] == [0, 48, 64]
+    assert [r[0].cached_tokens for r in off] == [0, 0, 0]
+
+
+def test_prefix_is_copied_from_a_running_request_and_evicted_slots_change_nothing(model: MiniGPT) -> None:
+    """A request arriving while another with the same prefix still runs copies that prefix into its own slot;
+    with two slots reused by other prompts in between, an old prefix is gone and is simply recomputed."""
+    sched, events = scheduler_for(model, 2, kv_len_bucket=128)
+    a, b, c = shared_prompts(3)
+    long = SamplingParams(temperature=0.0, max_new_tokens=30, ignore_eos=True)
+    with torch.inference_mode():
+        first = admit(sched, events, "a", a, long)
+        sched.step()  # a is prefilled and indexed
+        second = admit(sched, events, "b", b, long)
+        assert second.cached_tokens == 48 and second.slot != first.slot
+        while sched.running:
+            sched.step()
+        for i, other in enumerate(prompts(4)):  # two slots, four unrelated prompts: both slots are overwritten
+            admit(sched, events, f"x{i}", other * 4, GREEDY)
+            while sched.running:
+                sched.step()
+        third = admit(sched, events, "c", c, long)
+        assert third.cached_tokens == 0
+        while sched.running:
+            sched.step()
+    for name, prompt in (("a", a), ("b", b), ("c", c)):
+        assert tokens_of(events[name]) == naive_greedy(model, prompt, 30), name

@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -304,3 +305,36 @@ def test_openapi_lists_the_real_responses(live: LiveServer) -> None:
             if method == "post":
                 assert {"400", "401", "413", "415"} <= set(op["responses"]), path
                 assert list(op["requestBody"]["content"]) == ["application/json"], path
+
+
+def test_a_shared_system_prompt_is_reported_as_cached_tokens(live: LiveServer) -> None:
+    """The second chat with the same long system prompt reuses its keys/values: the OpenAI SDK reads
+    usage.prompt_tokens_details.cached_tokens (0 for the first), streamed and not; /metrics counts the hits."""
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="x")
+    system = "You are a careful assistant for the harbour office. " * 6 + f"Ticket {uuid.uuid4().hex}."
+    usages = []
+    for question, stream in (("When does the ferry leave?", False), ("Where is pier four?", False), ("Hi", True)):
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+        if stream:
+            chunks = list(
+                client.chat.completions.create(
+                    model=MODEL_NAME,
+                    messages=messages,  # type: ignore[arg-type]
+                    max_tokens=4,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+            )
+            usage = chunks[-1].usage
+        else:
+            usage = client.chat.completions.create(
+                model=MODEL_NAME,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=4,
+            ).usage
+        assert usage is not None and usage.prompt_tokens_details is not None
+        usages.append((usage.prompt_tokens, usage.prompt_tokens_details.cached_tokens))
+    (_, c0), (p1, c1), (p2, c2) = usages
+    assert c0 == 0
+    assert 48 <= c1 < p1 and 48 <= c2 < p2  # the system prompt's whole blocks, never the whole prompt
+    assert metric(httpx.get(f"{live.url}/metrics").text, "minigpt_prefix_cache_hit_tokens_total") >= c1 + c2
