@@ -356,6 +356,59 @@ def bench_engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_prefix(args: argparse.Namespace) -> int:
+    """TTFT with a long shared prefix: the short turn alone, the prefix + turn cold, then warm (prefix cached)."""
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else random_checkpoint(args.config, Path(tmp))
+        vocab = Tokenizer.from_dir(model_dir).vocab_size
+        port = free_port()
+        max_len = args.prefix_len + args.turn_len + 16
+        proc = start_server(model_dir, port, device, 4, max_len, device == "cuda")
+        rng = random.Random(0)
+        prefix = [rng.randrange(NUM_SPECIAL, vocab) for _ in range(args.prefix_len)]
+
+        def turn() -> list[int]:
+            return [rng.randrange(NUM_SPECIAL, vocab) for _ in range(args.turn_len)]
+
+        def ttft_ms(prompt: list[int]) -> tuple[float, int]:
+            body = {"model": "bench", "prompt": prompt, "max_tokens": 1, "temperature": 0}
+            t0 = time.perf_counter()
+            reply = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=600).json()
+            cached = reply["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+            return 1000 * (time.perf_counter() - t0), cached
+
+        try:
+            for _ in range(3):  # warm-up: first-use paths and shapes
+                ttft_ms(turn())
+                ttft_ms(prefix[: args.prefix_len // 2] + turn())
+            cases = {
+                "short turn alone": lambda: turn(),
+                "prefix + turn, not cached": lambda: [rng.randrange(NUM_SPECIAL, vocab) for _ in prefix] + turn(),
+                "prefix + turn, prefix cached": lambda: prefix + turn(),
+            }
+            ttft_ms(prefix + turn())  # puts the prefix in the cache
+            for name, make in cases.items():
+                samples = [ttft_ms(make()) for _ in range(args.repeats)]
+                rows.append(
+                    {
+                        "case": name,
+                        "ttft_p50_ms": statistics.median(ms for ms, _ in samples),
+                        "cached_tokens": statistics.median(c for _, c in samples),
+                    }
+                )
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    print(f"device: {device}  prefix {args.prefix_len} tokens, turn {args.turn_len} tokens, 1 output token")
+    for r in rows:
+        print(f"{r['case']:<32}{r['ttft_p50_ms']:>10.1f} ms{r['cached_tokens']:>10.0f} cached")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "date": time.strftime("%Y-%m-%d"), "rows": rows}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minigpt-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -375,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
     s.add_argument("--json", help="write results here")
     sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
+    x = sub.add_parser("prefix", help="TTFT with a long shared prefix, cached and not (prefix caching)")
+    x.add_argument("--config", default="tiny", help="preset with random weights (default tiny)")
+    x.add_argument("--model", help="benchmark this checkpoint directory instead")
+    x.add_argument("--device", default="auto")
+    x.add_argument("--prefix-len", type=int, default=2000)
+    x.add_argument("--turn-len", type=int, default=16)
+    x.add_argument("--repeats", type=int, default=5)
+    x.add_argument("--json")
     e = sub.add_parser("engine", help="the engine alone (no HTTP) and the decode graph alone: where time goes")
     e.add_argument("--configs")
     e.add_argument("--concurrency")
@@ -390,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["train"]:  # its own process: server may not import training
         return subprocess.call([sys.executable, "-m", "training.bench", *argv[1:]], env=os.environ.copy())
     args = build_parser().parse_args(argv)
+    if args.what == "prefix":
+        return bench_prefix(args)
     return bench_engine(args) if args.what == "engine" else bench_serve(args)
 
 

@@ -48,6 +48,25 @@ def test_bench_serve_on_cpu_writes_a_table_and_json(tmp_path: Path) -> None:
     assert "minigpt-serve (HTTP)" in proc.stdout
 
 
+def test_bench_serve_from_two_client_processes_and_prefix_bench(tmp_path: Path) -> None:
+    """--clients 2 splits a level over two load-generator processes (the server's own token count agrees);
+    `prefix` measures a cached shared prefix (the server reports it as cached_tokens)."""
+    out = tmp_path / "serve.json"
+    common = ["--device", "cpu", "--prompt-len", "8", "--output-len", "4", "--no-peer", "--json", str(out)]
+    proc = run(["serve", "--configs", "tiny", "--concurrency", "2", "--requests", "4", "--clients", "2", *common])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = json.loads(out.read_text())["rows"]
+    assert row["clients"] == 2 and row["requests"] == 4
+    assert row["server_tok_s"] >= row["output_tok_s"] > 0  # the server also counts the clients' warm-ups
+    prefix = tmp_path / "prefix.json"
+    args = ["prefix", "--device", "cpu", "--prefix-len", "48", "--turn-len", "4", "--repeats", "1"]
+    proc = run([*args, "--json", str(prefix)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["case"]: r for r in json.loads(prefix.read_text())["rows"]}
+    assert rows["prefix + turn, prefix cached"]["cached_tokens"] == 48
+    assert rows["prefix + turn, not cached"]["cached_tokens"] == 0
+
+
 @pytest.mark.parametrize("impls", ["minigpt,hf"])
 def test_bench_train_on_cpu(tmp_path: Path, impls: str) -> None:
     out = tmp_path / "train.json"
