@@ -614,3 +614,25 @@ def test_prefix_is_copied_from_a_running_request_and_evicted_slots_change_nothin
             sched.step()
     for name, prompt in (("a", a), ("b", b), ("c", c)):
         assert tokens_of(events[name]) == naive_greedy(model, prompt, 30), name
+
+
+def test_the_prefill_graph_body_equals_the_eager_prefill_for_a_cached_prefix(model: MiniGPT) -> None:
+    """What a CUDA prefill graph captures (padded rows to the scratch slot, padded tokens, positions after a
+    cached prefix, a KV bucket past the chunk), run eagerly on CPU: the same next-token logits as the eager path."""
+    sched, events = scheduler_for(model, 4)
+    a, b, c = shared_prompts(3)
+    with torch.inference_mode():
+        admit(sched, events, "a", a, GREEDY)
+        while sched.running:
+            sched.step()
+        seqs = [admit(sched, events, "b", b, GREEDY), admit(sched, events, "c", c, GREEDY)]
+        assert [seq.num_cached for seq in seqs] == [48, 48]
+        chunks = [seq.prompt_ids[seq.num_cached :] for seq in seqs]
+        rows, t, kv = 4, 16, 128  # 2 padding rows, chunks of 4 and 5 tokens padded to 16
+        sched._stage_prefill(seqs, chunks, rows, t)
+        graphed = sched._prefill_graph_step(rows, t, kv)[:2]
+        eager = sched._prefill_eager(seqs, chunks)
+    assert torch.allclose(graphed, eager, atol=1e-5)
+    for seq, prompt in zip(seqs, (b, c), strict=True):
+        logits = model(torch.tensor([prompt]))[0, -1, : sched.output_vocab]
+        assert int(logits.argmax()) == int(eager[seqs.index(seq)].argmax())

@@ -86,3 +86,22 @@ def test_sampled_rows_in_graphs_follow_their_parameters() -> None:
         firsts = [next(iter(d)).token_id for d in draws]
     assert got == want
     assert want[0] not in firsts
+
+
+def test_prefix_cache_on_the_graph_path_changes_no_token() -> None:
+    """Cached prefixes on CUDA: the rest of the prompt runs through a later-chunk prefill graph (captured on
+    first use); greedy tokens equal those with caching off."""
+    model = model_on_cuda(torch.float32)
+    prefix = [7 + (i * 13) % 400 for i in range(40)]
+    prompts = [[*prefix, 21 + i, 22, 23] for i in range(3)]
+    params = SamplingParams(temperature=0.0, max_new_tokens=16, ignore_eos=True)
+    out = {}
+    for caching in (True, False):
+        with Engine(model, max_num_seqs=4, max_model_len=256, prefix_caching=caching) as engine:
+            runs = [list(engine.generate(p, params)) for p in prompts]
+        out[caching] = (
+            [[ev.token_id for ev in r if ev.token_id is not None] for r in runs],
+            [r[0].cached_tokens for r in runs],
+        )
+    assert out[True][0] == out[False][0]
+    assert out[True][1] == [0, 32, 32] and out[False][1] == [0, 0, 0]
