@@ -205,6 +205,54 @@ def bench_e2e(
     )
 
 
+def bench_e2e_torchrun(
+    config: str, device: torch.device, nproc: int, *, batch_size: int, seq_len: int, steps: int, compile: bool
+) -> TrainResult:
+    """`minigpt-train --mode pretrain` launched by torchrun on `nproc` processes (DDP; gloo on CPU, NCCL on CUDA).
+
+    tokens/s is the loop's own global figure (all ranks' tokens), read from rank 0's metrics.jsonl after the first
+    20 steps; `batch_size` is per process, as in `minigpt-train` under torchrun.
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    from training.dataset import bundled_data_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+        cmd += ["-m", "training.cli", "--mode", "pretrain", "--config", config, "--data", str(bundled_data_dir())]
+        cmd += ["--out", tmp, "--max-steps", str(steps), "--batch-size", str(batch_size), "--seq-len", str(seq_len)]
+        cmd += ["--device", device.type, "--eval-every", str(10**9), "--save-every", str(10**9), "--keep-last", "1"]
+        cmd += ["--log-every", "10", "--warmup-steps", "10", "-q", *(["--compile"] if compile else [])]
+        env = {**os.environ, "NCCL_NVLS_ENABLE": "0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        t0 = time.perf_counter()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        total_s = time.perf_counter() - t0
+        if done.returncode != 0:
+            raise RuntimeError(f"torchrun with {nproc} processes failed: {done.stderr[-2000:]}")
+        records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    steady = [r for r in records if r["step"] > min(20, steps // 2)]
+    tok_s = statistics.mean(r["tok_per_s"] for r in steady) if steady else 0.0
+    cfg = preset(config)
+    peak = device_peak_tflops(device)
+    mfu = tok_s * cfg.flops_per_token(seq_len) / (nproc * peak * 1e12) if peak else None
+    return TrainResult(
+        f"torchrun x{nproc} (e2e)",
+        config,
+        cfg.num_parameters(),
+        batch_size,
+        seq_len,
+        compile,
+        "bf16-autocast" if device.type == "cuda" else "fp32",
+        tok_s,
+        mfu,
+        1000 * nproc * batch_size * seq_len / max(tok_s, 1e-9),
+        total_s,
+        str(device),
+    )
+
+
 def format_table(rows: list[TrainResult]) -> str:
     out = [f"{'impl':<21}{'config':<8}{'B':>4}{'T':>6}{'compile':>9}{'tok/s':>12}{'MFU':>8}{'step ms':>9}{'1st s':>7}"]
     for r in rows:
@@ -230,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         help="e2e = minigpt-train with the real loader; minigpt / hf = model + optimizer on synthetic tokens",
     )
     p.add_argument("--no-compile", action="store_true", help="eager MiniGPT (the HF peer is always eager)")
+    p.add_argument(
+        "--nproc",
+        default=None,
+        help="comma list of process counts: the end-to-end run under torchrun (DDP) for each, e.g. 1,2",
+    )
     p.add_argument("--json", default=None, help="write results here")
     args = p.parse_args(argv)
     dev = torch.device(
@@ -244,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (20 if cuda else 3)
     rows: list[TrainResult] = []
     for name in configs:
-        for impl in args.impls.split(","):
+        for impl in [i for i in args.impls.split(",") if i]:
             compile_it = impl != "hf" and cuda and not args.no_compile
             if impl == "e2e":
                 e2e_steps = max(steps, 60) if cuda else max(steps, 12)
@@ -255,6 +308,11 @@ def main(argv: list[str] | None = None) -> int:
                     impl, name, dev, batch_size=B, seq_len=T, steps=steps, warmup=args.warmup, compile=compile_it
                 )
             )
+    for name in configs if args.nproc else ():
+        e2e_steps = max(steps, 60) if cuda else max(steps, 12)
+        for n in (int(x) for x in args.nproc.split(",")):
+            compile_it = cuda and not args.no_compile
+            rows.append(bench_e2e_torchrun(name, dev, n, batch_size=B, seq_len=T, steps=e2e_steps, compile=compile_it))
     mm = matmul_tflops(dev)
     info: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if cuda else "cpu",

@@ -94,3 +94,13 @@ def test_bench_train_on_cpu(tmp_path: Path, impls: str) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())["results"]
     assert [r["impl"] for r in rows] == impls.split(",") and all(r["tokens_per_s"] > 0 for r in rows)
+
+
+def test_bench_train_launches_torchrun_with_two_processes_on_cpu(tmp_path: Path) -> None:
+    """`minigpt-bench train --nproc 2`: the end-to-end run under torchrun (gloo on CPU), global tokens/s."""
+    out = tmp_path / "ddp.json"
+    args = ["train", "--configs", "tiny", "--device", "cpu", "--impls", "", "--nproc", "2", "--steps", "12"]
+    proc = run([*args, "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [row] = json.loads(out.read_text())["results"]
+    assert row["impl"] == "torchrun x2 (e2e)" and row["tokens_per_s"] > 0
