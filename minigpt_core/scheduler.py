@@ -215,7 +215,11 @@ class Scheduler:
         if self.prefix is None:
             return self.free_slots.pop()
         prefix = self.prefix
-        slot = min(self.free_slots, key=lambda s: (bool(prefix.content(s)), self._released_at.get(s, 0), s))
+        candidates = self.free_slots
+        if self.dense_decode:  # stay inside the batch bucket, or compaction would copy the request down next step
+            limit = pick(self.batch_buckets, len(self.running) + 1)
+            candidates = [s for s in self.free_slots if s < limit] or self.free_slots
+        slot = min(candidates, key=lambda s: (bool(prefix.content(s)), self._released_at.get(s, 0), s))
         self.free_slots.remove(slot)
         return slot
 

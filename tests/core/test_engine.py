@@ -636,3 +636,19 @@ def test_the_prefill_graph_body_equals_the_eager_prefill_for_a_cached_prefix(mod
     for seq, prompt in zip(seqs, (b, c), strict=True):
         logits = model(torch.tensor([prompt]))[0, -1, : sched.output_vocab]
         assert int(logits.argmax()) == int(eager[seqs.index(seq)].argmax())
+
+
+def test_a_new_request_takes_a_slot_inside_the_batch_bucket_even_when_cached_content_is_older(model: MiniGPT) -> None:
+    """Every free slot holds cached content and the oldest is slot 7: a lone new request still takes slot 0
+    (a dense step of one row), instead of slot 7 and a copy down at the next step."""
+    sched, events = scheduler_for(model, 8, dense_decode=True)
+    ps = [(p * 6)[:40] for p in prompts(8)]  # 18-40 tokens: every slot ends with cached content
+    with torch.inference_mode():
+        for i, p in enumerate(ps):
+            sp = SamplingParams(temperature=0.0, max_new_tokens=2 if i == 7 else 4 + i, ignore_eos=True)
+            admit(sched, events, f"r{i}", p, sp)
+        while sched.running:
+            sched.step()
+        assert sched.prefix is not None and all(sched.prefix.content(s) for s in range(8))
+        lone = admit(sched, events, "lone", [200, 201, 202], GREEDY)
+    assert lone.slot == 0
