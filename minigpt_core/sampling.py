@@ -217,13 +217,12 @@ def sample_batch(
 def is_simple(params: SamplingParams) -> bool:
     """True when a request's tokens can be drawn by `sample_rows` from per-row tensors: the batched fast path.
 
-    Temperature, top-k, top-p, min-p, logit bias, banned ids and the chosen token's logprob all live in a
-    `SamplingTable`. Seeded requests (exact replay from their own generator), penalties (they depend on the ids
-    generated so far) and top_logprobs keep the per-row `RequestSampler`.
+    Temperature, top-k, top-p, min-p, logit bias, banned ids, the seed and the chosen token's logprob all live in
+    a `SamplingTable`. Penalties (they depend on the ids generated so far) and top_logprobs keep the per-row
+    `RequestSampler`.
     """
     return (
-        params.seed is None
-        and params.top_logprobs == 0
+        params.top_logprobs == 0
         and params.presence_penalty == 0.0
         and params.frequency_penalty == 0.0
         and params.repetition_penalty == 1.0
@@ -247,9 +246,11 @@ class SamplingTable:
         self.top_p = torch.ones(rows, dtype=torch.float32, device=device)
         self.min_p = torch.zeros(rows, dtype=torch.float32, device=device)
         self.greedy = torch.ones(rows, dtype=torch.bool, device=device)
+        self.seed = torch.zeros(rows, dtype=torch.long, device=device)  # 32 bits; used where `seeded`
+        self.seeded = torch.zeros(rows, dtype=torch.bool, device=device)
 
     def _tensors(self) -> tuple[torch.Tensor, ...]:
-        return (self.bias, self.inv_temp, self.top_k, self.top_p, self.min_p, self.greedy)
+        return (self.bias, self.inv_temp, self.top_k, self.top_p, self.min_p, self.greedy, self.seed, self.seeded)
 
     def set_row(self, row: int, params: SamplingParams) -> None:
         v = self.vocab
@@ -267,6 +268,8 @@ class SamplingTable:
         self.top_p[row] = params.top_p
         self.min_p[row] = params.min_p
         self.greedy[row] = params.greedy
+        self.seeded[row] = params.seed is not None
+        self.seed[row] = (params.seed or 0) & 0xFFFFFFFF
 
     def copy_row(self, dst: int, src: int) -> None:
         for t in self._tensors():
@@ -276,20 +279,42 @@ class SamplingTable:
         """The first b rows, as views (what a captured graph reads)."""
         out = SamplingTable.__new__(SamplingTable)
         out.vocab = self.vocab
-        out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy = (t[:b] for t in self._tensors())
+        (out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy, out.seed, out.seeded) = (
+            t[:b] for t in self._tensors()
+        )
         return out
 
     def gather(self, rows: torch.Tensor) -> SamplingTable:
         out = SamplingTable.__new__(SamplingTable)
         out.vocab = self.vocab
-        out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy = (
+        (out.bias, out.inv_temp, out.top_k, out.top_p, out.min_p, out.greedy, out.seed, out.seeded) = (
             t.index_select(0, rows) for t in self._tensors()
         )
         return out
 
 
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """An integer hash of 32-bit values held in int64 (products stay below 2**63: no overflow)."""
+    for _ in range(3):
+        x = ((x ^ (x >> 16)) * 0x45D9F3B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def counter_exponential(seed: torch.Tensor, counter: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Exp(1) noise (n, vocab) that depends only on (seed, counter, token id): a seeded request draws the same
+    tokens whatever its batch, its slot, or how many decode steps one call runs (counter = tokens drawn so far)."""
+    ids = torch.arange(vocab, device=seed.device)
+    row = _mix32((seed & 0xFFFFFFFF) ^ _mix32((counter & 0xFFFFFFFF) + 0x9E3779B))  # (n,)
+    bits = _mix32((row[:, None] * 0x2545F49 + ids[None]) & 0xFFFFFFFF)  # (n, vocab)
+    uniform = (bits.float() + 0.5) / 4294967296.0  # (0, 1)
+    return -torch.log(uniform)
+
+
 def sample_rows(
-    logits: torch.Tensor, table: SamplingTable, any_sampled: bool
+    logits: torch.Tensor,
+    table: SamplingTable,
+    any_sampled: bool,
+    counters: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sample one token per row of `logits` (n, V) with row r's parameters in `table` row r, on the device.
 
@@ -298,7 +323,9 @@ def sample_rows(
     to sample: such a row's token is meaningless and the caller ends that request alone, while the rest of
     the batch is unaffected. Fixed shapes and no host syncs, so a CUDA graph can capture it. With
     `any_sampled` False every row is taken greedily (argmax; ties go to the lowest id). Sampled rows draw with
-    the exponential trick (argmax of p / E, E ~ Exp(1)), which picks id i with probability p_i.
+    the exponential trick (argmax of p / E, E ~ Exp(1)), which picks id i with probability p_i; E comes from the
+    global generator, or, for seeded rows when `counters` (n,) (tokens each row has drawn so far) is given, from
+    `counter_exponential` of the row's seed, so seeded output replays exactly.
     """
     logits = logits.float()
     logprobs = logits.log_softmax(dim=-1)
@@ -314,7 +341,11 @@ def sample_rows(
         before = probs.cumsum(dim=-1) - probs  # mass strictly above each token: keep the prefix reaching top_p
         keep &= (before < table.top_p[:, None]) | (ranks == 0)
         keep &= probs >= table.min_p[:, None] * probs[:, :1]
-        noise = torch.empty_like(probs).exponential_().clamp_min_(1e-20)
+        noise = torch.empty_like(probs).exponential_()
+        if counters is not None:
+            seeded = counter_exponential(table.seed, counters, probs.shape[-1]).gather(1, order)  # follow the sort
+            noise = torch.where(table.seeded[:, None], seeded, noise)
+        noise = noise.clamp_min_(1e-20)
         pick = (probs.masked_fill(~keep, 0.0) / noise).argmax(dim=-1)
         sampled = order.gather(1, pick[:, None])[:, 0]
         tokens = torch.where(table.greedy, tokens, sampled)

@@ -102,6 +102,13 @@ class Counters:
     finished: dict[str, int] = field(default_factory=dict)
 
 
+def _mode(params: list[SamplingParams]) -> str:
+    """How a batch is sampled: "greedy" (argmax only), "sample", or "seeded" (some rows replay from their seed)."""
+    if all(p.greedy for p in params):
+        return "greedy"
+    return "seeded" if any(p.seed is not None and not p.greedy for p in params) else "sample"
+
+
 def _allow_recompiles(n: int) -> None:
     config = torch._dynamo.config
     for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
@@ -147,13 +154,15 @@ class Scheduler:
         n = cache.num_slots
         self.table = SamplingTable(n, self.output_vocab, device)  # row = slot
         # Static decode inputs (B <= num_slots) and outputs (per step: token, logprob, ok): graphs capture views.
-        self._decode_inputs = torch.zeros((2, n), dtype=torch.long, device=device)  # ids, positions
+        # ids, positions, and tokens drawn so far (the counter of seeded sampling)
+        self._decode_inputs = torch.zeros((3, n), dtype=torch.long, device=device)
         self.decode_ids = self._decode_inputs[0].view(n, 1)
         self.decode_positions = self._decode_inputs[1].view(n, 1)
+        self.decode_counters = self._decode_inputs[2]
         self.decode_slots = torch.zeros((n,), dtype=torch.long, device=device)
         self._decode_out = torch.zeros((self.decode_steps, 3, n), dtype=torch.float32, device=device)
         pinned = device.type == "cuda"
-        self._staging = torch.zeros((2, n), dtype=torch.long, pin_memory=pinned)
+        self._staging = torch.zeros((3, n), dtype=torch.long, pin_memory=pinned)
         # Dense decode (the GPU path): row b of a step is slot b, the cache is read as a view, and shapes come
         # from a few buckets so each one can be a captured CUDA graph.
         self.dense_decode = dense_decode or cuda_graphs
@@ -432,9 +441,7 @@ class Scheduler:
         if fast:
             rows = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
             slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
-            sampled = sample_rows(
-                logits.index_select(0, rows), self.table.gather(slots), any(not s.params.greedy for _, s in fast)
-            )
+            sampled = self._sample_some(logits.index_select(0, rows), slots, [seq for _, seq in fast])
             out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))  # (3, n)
             for i, (_, seq) in enumerate(fast):
                 self._take(seq, out[0][i], out[1][i], out[2][i])
@@ -449,7 +456,7 @@ class Scheduler:
             return
         if k > 1 and 2 * max(seq.params.max_new_tokens - seq.num_generated for seq in seqs) < k:
             k = 1  # the tail of a batch: K steps would mostly compute tokens nobody keeps
-        mode = "greedy" if all(seq.params.greedy for seq in seqs) else "sample"
+        mode = _mode([seq.params for seq in seqs])
         out = self._to_host(self._run_decode(seqs, k, mode))  # (k, 3, rows): one transfer for k steps
         for i, seq in enumerate(seqs):
             row = seq.slot if self.dense_decode else i
@@ -471,9 +478,7 @@ class Scheduler:
         if fast:
             index = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
             slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
-            sampled = sample_rows(
-                logits.index_select(0, index), self.table.gather(slots), any(not s.params.greedy for _, s in fast)
-            )
+            sampled = self._sample_some(logits.index_select(0, index), slots, [seq for _, seq in fast])
             out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))
             for i, (_, seq) in enumerate(fast):
                 self._take(seq, out[0][i], out[1][i], out[2][i])
@@ -487,12 +492,16 @@ class Scheduler:
         if not self.dense_decode:  # compact rows, each reading its own slot (CPU)
             n = len(seqs)
             host = torch.tensor(
-                [[seq.last_token for seq in seqs], [seq.num_cached for seq in seqs], [seq.slot for seq in seqs]],
+                [
+                    [seq.last_token for seq in seqs],
+                    [seq.num_cached for seq in seqs],
+                    [seq.num_generated for seq in seqs],
+                    [seq.slot for seq in seqs],
+                ],
                 dtype=torch.long,
             )
-            self.decode_ids[:n, 0].copy_(host[0])
-            self.decode_positions[:n, 0].copy_(host[1])
-            self.decode_slots[:n].copy_(host[2])
+            self._decode_inputs[:, :n].copy_(host[:3])
+            self.decode_slots[:n].copy_(host[3])
             self._set_adapters([seq.adapter for seq in seqs])
             slots = self.decode_slots[:n]
             first = max(seq.num_cached for seq in seqs) + 1
@@ -501,12 +510,13 @@ class Scheduler:
             return self._decode_loop(n, kv_lens[-1], k, mode, slots, self.table.gather(slots), kv_lens)
         b = pick(self.batch_buckets, max(seq.slot for seq in seqs) + 1)
         kv_len = pick(self.kv_buckets, needed)
-        ids = [0] * b
+        ids, counters = [0] * b, [0] * b
         positions = [self.max_model_len - 1] * b  # padding rows write where no live query reads yet
         for seq in seqs:
             ids[seq.slot], positions[seq.slot] = seq.last_token, seq.num_cached
-        staged = self._staging[:, :b]  # (2, b), pinned on CUDA: ids and positions go over in one async copy
-        staged.copy_(torch.tensor([ids, positions], dtype=torch.long))
+            counters[seq.slot] = seq.num_generated
+        staged = self._staging[:, :b]  # (3, b), pinned on CUDA: the inputs go over in one async copy
+        staged.copy_(torch.tensor([ids, positions, counters], dtype=torch.long))
         self._decode_inputs[:, :b].copy_(staged, non_blocking=True)
         if self.lora_index is not None:
             adapters = [0] * b
@@ -534,7 +544,7 @@ class Scheduler:
         """The body a decode graph captures: k x (forward, sample on the device, feed the token back).
 
         `kv_lens` (eager only): the KV length of each step; a graph reads `kv_len` in every step."""
-        ids, positions = self.decode_ids[:b], self.decode_positions[:b]
+        ids, positions, counters = self.decode_ids[:b], self.decode_positions[:b], self.decode_counters[:b]
         if mode == "logits":
             logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=kv_len)
             return logits[:, -1, : self.output_vocab].float()
@@ -542,12 +552,27 @@ class Scheduler:
         for i in range(k):
             step_kv = kv_lens[i] if kv_lens is not None else kv_len
             logits = self._fn(ids, cache=self.cache, slots=slots, positions=positions, kv_len=step_kv)
-            tokens, logprobs, ok = sample_rows(logits[:, -1, : self.output_vocab], table, mode == "sample")
+            tokens, logprobs, ok = sample_rows(
+                logits[:, -1, : self.output_vocab],
+                table,
+                mode != "greedy",
+                counters + i if mode == "seeded" else None,
+            )
             out[i, :, :b] = torch.stack([tokens.float(), logprobs, ok.float()])
             if i + 1 < k:
                 ids[:, 0] = tokens
                 positions.add_(1).clamp_(max=self.max_model_len - 1)
         return out[:k, :, :b]
+
+    def _sample_some(
+        self, logits: torch.Tensor, slots: torch.Tensor, seqs: list[Sequence]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched sampling of some rows outside a graph: their table rows gathered by slot."""
+        mode = _mode([seq.params for seq in seqs])
+        counters = None
+        if mode == "seeded":
+            counters = torch.tensor([seq.num_generated for seq in seqs], dtype=torch.long).to(self.device)
+        return sample_rows(logits, self.table.gather(slots), mode != "greedy", counters)
 
     def _set_adapters(self, adapters: list[int]) -> None:
         """Row b of the next forward uses LoRA adapter adapters[b] (a no-op for a model without adapters)."""

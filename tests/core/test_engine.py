@@ -652,3 +652,23 @@ def test_a_new_request_takes_a_slot_inside_the_batch_bucket_even_when_cached_con
         assert sched.prefix is not None and all(sched.prefix.content(s) for s in range(8))
         lone = admit(sched, events, "lone", [200, 201, 202], GREEDY)
     assert lone.slot == 0
+
+
+def test_seeded_requests_take_the_batched_path_and_replay_whatever_k_and_neighbours(model: MiniGPT) -> None:
+    """A seeded request draws from noise keyed by (seed, tokens drawn so far, token id): the same tokens alone
+    or among other requests, with K = 1 or 8, and different tokens with another seed. It no longer forces its
+    batch onto the one-step logits path (the steps counted show the K-step calls)."""
+    prompt = prompts(1)[0]
+    seeded = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_new_tokens=24, ignore_eos=True)
+    runs = []
+    for k in (1, 8):
+        with exact_engine(model, decode_steps=k) as engine:
+            alone = tokens_of(list(engine.generate(prompt, seeded)))
+            steps_alone = engine.stats().steps_total
+            crowd = run_all(engine, [*prompts(5), prompt], [GREEDY] * 5 + [seeded])
+            runs.append((alone, tokens_of(crowd[-1]), steps_alone))
+    assert runs[0][0] == runs[0][1] == runs[1][0] == runs[1][1]
+    assert runs[1][2] <= runs[0][2] / 4  # K = 8 ran for the seeded request too
+    other = SamplingParams(temperature=1.0, top_p=0.95, seed=99, max_new_tokens=24, ignore_eos=True)
+    with exact_engine(model) as engine:
+        assert tokens_of(list(engine.generate(prompt, other))) != runs[0][0]

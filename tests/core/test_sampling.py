@@ -195,7 +195,9 @@ def test_simple_batch_sampler_matches_the_rules() -> None:
         SamplingParams(temperature=1.0, min_p=0.999),
     ]
     assert all(is_simple(p) for p in params)
-    assert not is_simple(SamplingParams(seed=3)) and not is_simple(SamplingParams(presence_penalty=0.5))
+    assert is_simple(SamplingParams(seed=3))  # seeds replay from counter-based noise on the batched path
+    assert not is_simple(SamplingParams(presence_penalty=0.5))
+    assert not is_simple(SamplingParams(logprobs=True, top_logprobs=2))
     for _ in range(20):  # every rule here collapses to the argmax
         assert torch.equal(sample_simple_batch(logits, params), logits.argmax(-1))
     free = [SamplingParams(temperature=1.0, top_k=5)] * 4
@@ -297,3 +299,30 @@ def test_table_sampler_follows_top_p_min_p_and_logit_bias() -> None:
     assert set(draws[:, 2].tolist()) == {4} and set(draws[:, 3].tolist()) == {4}
     share = (draws[:, 0] == 0).float().mean().item()  # renormalised: 0.64 / (0.64 + 0.24) = 0.73
     assert abs(share - float(p[0] / (p[0] + p[1]))) < 0.07
+
+
+def test_seeded_rows_draw_the_same_whatever_their_row_and_neighbours() -> None:
+    """Counter-based noise: a seeded row's draw depends on its seed, its counter and its logits only; the draws
+    follow the probabilities (a seed sweep picks the top token about as often as its probability)."""
+    from minigpt_core.sampling import SamplingTable, sample_rows
+
+    row = _logits(5)
+    hot = SamplingParams(temperature=1.0, seed=42)
+    free = SamplingParams(temperature=1.0)
+    table_a, table_b = SamplingTable(2, V, "cpu"), SamplingTable(3, V, "cpu")
+    table_a.set_row(0, hot)
+    table_a.set_row(1, free)
+    for r, sp in enumerate([free, free, hot]):
+        table_b.set_row(r, sp)
+    for counter in range(20):
+        a = sample_rows(torch.stack([row, row * 3]), table_a, True, torch.tensor([counter, 7]))[0][0]
+        b = sample_rows(torch.stack([row * 2, row, row]), table_b, True, torch.tensor([3, 9, counter]))[0][2]
+        assert a == b
+    table = SamplingTable(1, V, "cpu")
+    top = int(row.argmax())
+    p_top = float(row.softmax(-1)[top])
+    hits = 0
+    for seed in range(400):
+        table.set_row(0, SamplingParams(temperature=1.0, seed=seed))
+        hits += int(sample_rows(row[None], table, True, torch.tensor([0]))[0][0] == top)
+    assert abs(hits / 400 - p_top) < 0.08
