@@ -12,7 +12,7 @@ each step samples every row on the device (`sampling.sample_rows`, per-row param
 and feeds the token back as the next input, and the K x B ids, logprobs and "ok" flags come back to the host
 in one transfer. Stopping (EOS, stop ids, max tokens, context end) is decided here from the tokens that came
 back: a row's tokens after its finishing one are dropped, never emitted or counted. Rows that need the host
-between tokens (a grammar constraint, a seed, penalties, top_logprobs) make the call a single step of logits
+between tokens (a grammar constraint, penalties, top_logprobs) make the call a single step of logits
 that are sampled per row by their `RequestSampler`; the other rows of that step are still sampled in one
 batched call.
 
