@@ -77,14 +77,23 @@ class _ChoiceState:
         self.reasoning_seen = 0
         self.saw_tool_call = False
 
-    def observe_token(self, delta: ChoiceDelta, event: Any) -> None:
+    def observe_arrival(self, tokens: int) -> None:
+        """Timing metrics for `tokens` tokens that arrived together (the engine sends K decode steps at once):
+        the first token of a request gives the TTFT; later chunks spread their gap evenly over their tokens, so
+        the inter-token histogram shows the token rate, not seven zeros and one K-step gap."""
+        if tokens == 0:
+            return
         now = time.perf_counter()
         if self.metrics is not None:
             if self.last_token is None:
                 self.metrics.observe_ttft(now - self.started)
+                if tokens > 1:
+                    self.metrics.observe_itl(0.0, tokens - 1)
             else:
-                self.metrics.observe_itl(now - self.last_token)
+                self.metrics.observe_itl((now - self.last_token) / tokens, tokens)
         self.last_token = now
+
+    def observe_token(self, delta: ChoiceDelta, event: Any) -> None:
         delta.completion_tokens += 1
         delta.cached_tokens = max(delta.cached_tokens, getattr(event, "cached_tokens", 0))
         if event.logprob is not None:
@@ -134,7 +143,9 @@ async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[C
         async for first in job.handle:
             # Tokens that arrived while we were busy go out in one chunk: fewer, larger SSE events under load.
             delta = ChoiceDelta(job.index)
-            for event in [first, *(drain() if drain is not None else ())]:
+            events = [first, *(drain() if drain is not None else ())]
+            state.observe_arrival(sum(1 for event in events if event.token_id is not None))
+            for event in events:
                 if event.finish_reason == "error":
                     raise MiniGPTError(f"generation failed: {event.error or 'engine error'}")
                 if event.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down

@@ -37,15 +37,16 @@ class Histogram:
         self.total = 0.0
         self.n = 0
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, count: int = 1) -> None:
+        """`count` observations of `value` (a chunk of tokens that shared one gap)."""
         for i, upper in enumerate(self.buckets):
             if value <= upper:
-                self.counts[i] += 1
+                self.counts[i] += count
                 break
         else:
-            self.counts[-1] += 1
-        self.total += value
-        self.n += 1
+            self.counts[-1] += count
+        self.total += value * count
+        self.n += count
 
     def render(self) -> list[str]:
         lines = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} histogram"]
@@ -84,9 +85,9 @@ class Metrics:
         with self._lock:
             self.ttft.observe(seconds)
 
-    def observe_itl(self, seconds: float) -> None:
+    def observe_itl(self, seconds: float, count: int = 1) -> None:
         with self._lock:
-            self.itl.observe(seconds)
+            self.itl.observe(seconds, count)
 
     def observe_e2e(self, seconds: float) -> None:
         with self._lock:

@@ -338,3 +338,46 @@ def test_a_shared_system_prompt_is_reported_as_cached_tokens(live: LiveServer) -
     assert c0 == 0
     assert 48 <= c1 < p1 and 48 <= c2 < p2  # the system prompt's whole blocks, never the whole prompt
     assert metric(httpx.get(f"{live.url}/metrics").text, "minigpt_prefix_cache_hit_tokens_total") >= c1 + c2
+
+
+def test_inter_token_histogram_counts_every_token_when_they_arrive_k_at_a_time(live: LiveServer) -> None:
+    """The engine sends 8 decode steps at once; the ITL histogram still gets one observation per token after the
+    first (the chunk's gap spread over its tokens), and a positive total, not zeros."""
+
+    def counts() -> tuple[float, float, float]:
+        text = httpx.get(f"{live.url}/metrics").text
+        return (
+            metric(text, "minigpt_time_to_first_token_seconds_count"),
+            metric(text, "minigpt_inter_token_latency_seconds_count"),
+            metric(text, "minigpt_inter_token_latency_seconds_sum"),
+        )
+
+    ttft0, itl0, sum0 = counts()
+    body = {"model": MODEL_NAME, "prompt": "Once", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+    assert httpx.post(f"{live.url}/v1/completions", json=body).json()["usage"]["completion_tokens"] == 24
+    ttft1, itl1, sum1 = counts()
+    assert (ttft1 - ttft0, itl1 - itl0) == (1, 23)
+    assert sum1 > sum0
+
+
+def test_a_chunk_of_tokens_spreads_its_gap_over_the_inter_token_histogram() -> None:
+    """8 tokens that arrive together 36 ms after the previous chunk are 8 inter-token observations of 4.5 ms
+    (all in the 2.5-5 ms bucket), not one of 36 ms and seven of zero."""
+    from server.generation import ChoiceJob, _ChoiceState
+    from server.metrics import Metrics
+
+    metrics = Metrics("test")
+    state = _ChoiceState(
+        ChoiceJob(
+            0, None, OutputParser(_ByteVocab(), thinking=False, parse_tools=False, stops=[], swallow_think=False)
+        ),
+        metrics,
+        time.perf_counter(),
+    )
+    state.observe_arrival(1)  # the first token: TTFT
+    state.last_token = time.perf_counter() - 0.036
+    state.observe_arrival(8)
+    itl = metrics.itl
+    assert metrics.ttft.n == 1 and itl.n == 8
+    assert itl.counts[itl.buckets.index(0.005)] == 8  # 4.5 ms each: the 2.5-5 ms bucket
+    assert 0.035 < itl.total < 0.045
