@@ -102,6 +102,11 @@ class Counters:
     finished: dict[str, int] = field(default_factory=dict)
 
 
+def _batched(seq: Sequence) -> bool:
+    """Whether `seq`'s tokens can be drawn by the batched device sampler (no grammar, see `is_simple`)."""
+    return seq.constraint is None and is_simple(seq.params)
+
+
 def _mode(params: list[SamplingParams]) -> str:
     """How a batch is sampled: "greedy" (argmax only), "sample", or "seeded" (some rows replay from their seed)."""
     if all(p.greedy for p in params):
@@ -387,7 +392,7 @@ class Scheduler:
                 self._remember(seq)  # concurrent requests with the same prompt prefix can copy it now
         done = [(row, seq) for row, seq in enumerate(seqs) if seq.prefilled]
         if done:
-            self._sample_first_tokens(logits, done)
+            self._sample_rows_of(logits, done)
 
     def _stage_prefill(self, seqs: list[Sequence], chunks: list[list[int]], b: int, t: int) -> None:
         ids: list[int] = []
@@ -436,22 +441,24 @@ class Scheduler:
         )  # (n, 1, V)
         return logits[:, 0, : self.output_vocab].float()
 
-    def _sample_first_tokens(self, logits: torch.Tensor, done: list[tuple[int, Sequence]]) -> None:
-        fast = [(row, seq) for row, seq in done if seq.constraint is None and is_simple(seq.params)]
+    def _sample_rows_of(self, logits: torch.Tensor, rows: list[tuple[int, Sequence]]) -> None:
+        """Sample each (row of `logits`, sequence): the fast ones in one batched call and one host transfer, the
+        ones that need the host between tokens one by one with their `RequestSampler`."""
+        fast = [(row, seq) for row, seq in rows if _batched(seq)]
         if fast:
-            rows = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
+            index = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
             slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
-            sampled = self._sample_some(logits.index_select(0, rows), slots, [seq for _, seq in fast])
+            sampled = self._sample_some(logits.index_select(0, index), slots, [seq for _, seq in fast])
             out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))  # (3, n)
             for i, (_, seq) in enumerate(fast):
                 self._take(seq, out[0][i], out[1][i], out[2][i])
-        for row, seq in done:
-            if not (seq.constraint is None and is_simple(seq.params)):
+        for row, seq in rows:
+            if not _batched(seq):
                 self._accept(seq, logits[row])
 
     # --- decode -------------------------------------------------------------------------------
     def _decode(self, seqs: list[Sequence], k: int) -> None:
-        if not all(seq.constraint is None and is_simple(seq.params) for seq in seqs):
+        if not all(_batched(seq) for seq in seqs):
             self._decode_mixed(seqs)
             return
         if k > 1 and 2 * max(seq.params.max_new_tokens - seq.num_generated for seq in seqs) < k:
@@ -472,19 +479,7 @@ class Scheduler:
         for seq in seqs:
             seq.num_cached += 1
         rows = [seq.slot if self.dense_decode else i for i, seq in enumerate(seqs)]
-        fast = [
-            (row, seq) for row, seq in zip(rows, seqs, strict=True) if seq.constraint is None and is_simple(seq.params)
-        ]
-        if fast:
-            index = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
-            slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
-            sampled = self._sample_some(logits.index_select(0, index), slots, [seq for _, seq in fast])
-            out = self._to_host(torch.stack([sampled[0].float(), sampled[1], sampled[2].float()]))
-            for i, (_, seq) in enumerate(fast):
-                self._take(seq, out[0][i], out[1][i], out[2][i])
-        for row, seq in zip(rows, seqs, strict=True):
-            if not (seq.constraint is None and is_simple(seq.params)):
-                self._accept(seq, logits[row])
+        self._sample_rows_of(logits, list(zip(rows, seqs, strict=True)))
 
     def _run_decode(self, seqs: list[Sequence], k: int, mode: str) -> torch.Tensor:
         """k decode steps for `seqs` -> (k, 3, rows) [token, logprob, ok] per step, or logits (rows, V) for "logits"."""

@@ -184,25 +184,7 @@ def bench_e2e(
         run_training(resolve_config(settings))
         total_s = time.perf_counter() - t0
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
-    steady = [r for r in records if r["step"] > min(20, steps // 2)]
-    tok_s = statistics.mean(r["tok_per_s"] for r in steady) if steady else 0.0
-    cfg = preset(config)
-    peak = device_peak_tflops(device)
-    mfu = tok_s * cfg.flops_per_token(seq_len) / (peak * 1e12) if peak else None
-    return TrainResult(
-        "minigpt-train (e2e)",
-        config,
-        cfg.num_parameters(),
-        batch_size,
-        seq_len,
-        compile,
-        "bf16-autocast" if device.type == "cuda" else "fp32",
-        tok_s,
-        mfu,
-        1000 * batch_size * seq_len / max(tok_s, 1e-9),
-        total_s,
-        str(device),
-    )
+    return _e2e_result("minigpt-train (e2e)", config, device, records, steps, batch_size, seq_len, compile, total_s)
 
 
 def bench_e2e_torchrun(
@@ -232,13 +214,30 @@ def bench_e2e_torchrun(
         if done.returncode != 0:
             raise RuntimeError(f"torchrun with {nproc} processes failed: {done.stderr[-2000:]}")
         records = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines()]
+    impl = f"torchrun x{nproc} (e2e)"
+    return _e2e_result(impl, config, device, records, steps, batch_size, seq_len, compile, total_s, nproc)
+
+
+def _e2e_result(
+    impl: str,
+    config: str,
+    device: torch.device,
+    records: list[dict[str, Any]],
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    compile: bool,
+    total_s: float,
+    nproc: int = 1,
+) -> TrainResult:
+    """A TrainResult from a run's metrics.jsonl: global tokens/s after the first 20 steps, MFU over `nproc` cards."""
     steady = [r for r in records if r["step"] > min(20, steps // 2)]
     tok_s = statistics.mean(r["tok_per_s"] for r in steady) if steady else 0.0
     cfg = preset(config)
     peak = device_peak_tflops(device)
     mfu = tok_s * cfg.flops_per_token(seq_len) / (nproc * peak * 1e12) if peak else None
     return TrainResult(
-        f"torchrun x{nproc} (e2e)",
+        impl,
         config,
         cfg.num_parameters(),
         batch_size,
