@@ -78,13 +78,23 @@ def save_checkpoint(
 
     `extra(tmp_dir)` may add files (e.g. training state) before the rename, so they land atomically too.
     """
+
+    def fill(tmp: Path) -> None:
+        write_checkpoint_files(tmp, model, tokenizer, generation_config)
+        if extra is not None:
+            extra(tmp)
+
+    return write_dir_atomically(out_dir, fill)
+
+
+def write_dir_atomically(out_dir: str | Path, fill: Callable[[Path], None]) -> Path:
+    """(Re)write a directory atomically: `fill(tmp)` builds it beside the target (fsynced), then a rename puts it
+    in place; on any failure the partial copy is removed and the old directory stays as it was."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        write_checkpoint_files(tmp, model, tokenizer, generation_config)
-        if extra is not None:
-            extra(tmp)
+        fill(tmp)
         _fsync_dir(tmp)
         make_readable(tmp)
         replace_dir(tmp, out)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minigpt_core.checkpoint import make_readable, replace_dir
+from minigpt_core.checkpoint import write_dir_atomically
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
 
@@ -204,17 +202,7 @@ def write_adapter_files(out_dir: Path, weights: LoRAWeights) -> None:
 
 def save_adapter(out_dir: str | Path, weights: LoRAWeights) -> Path:
     """Atomically (re)write an adapter directory: built beside the target, then renamed into place."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write_adapter_files(tmp, weights)
-        make_readable(tmp)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return write_dir_atomically(out_dir, lambda tmp: write_adapter_files(tmp, weights))
 
 
 def _read_config(path: Path) -> dict[str, Any]:
