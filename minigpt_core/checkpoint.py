@@ -24,15 +24,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
-from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer, write_tokenizer_config
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID, IM_START_ID, SPECIAL_TOKENS, Tokenizer, atomic_write_text
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL_DIR = ASSETS_DIR / "demo"
 BUNDLED_TOKENIZER = ASSETS_DIR / "tokenizer.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def default_generation_config() -> dict[str, Any]:
@@ -44,6 +46,44 @@ def default_generation_config() -> dict[str, Any]:
         "temperature": 0.7,
         "top_p": 0.9,
     }
+
+
+def tokenizer_config_dict(tokenizer: Tokenizer, *, model_max_length: int = 2048) -> dict[str, object]:
+    """The HF `tokenizer_config.json` content, chat template included."""
+    added = {
+        str(i): {
+            "content": tok,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for i, tok in enumerate(SPECIAL_TOKENS)
+    }
+    return {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "added_tokens_decoder": added,
+        "bos_token": SPECIAL_TOKENS[IM_START_ID],
+        "eos_token": SPECIAL_TOKENS[IM_END_ID],
+        "pad_token": SPECIAL_TOKENS[EOT_ID],
+        "unk_token": None,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": model_max_length,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": CHAT_TEMPLATE_JINJA,
+    }
+
+
+def write_tokenizer_config(
+    directory: str | os.PathLike[str], tokenizer: Tokenizer, *, model_max_length: int = 2048
+) -> Path:
+    """Write `directory/tokenizer_config.json` (HF format) atomically; returns its path."""
+    path = Path(directory) / TOKENIZER_CONFIG_FILE
+    config = tokenizer_config_dict(tokenizer, model_max_length=model_max_length)
+    atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    return path
 
 
 def _write_json(path: Path, obj: Any) -> None:

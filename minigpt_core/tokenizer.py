@@ -1,10 +1,12 @@
 """The MiniGPT tokenizer: a byte-level BPE (HF `tokenizers`) with nine special tokens at fixed ids 0..8.
 
-What it is: training (`train_tokenizer`), loading/saving `tokenizer.json` (+ the HF `tokenizer_config.json`),
-encode/decode, and the per-token byte table that grammar engines and bits-per-byte metrics need.
+What it is: training (`train_tokenizer`), loading/saving `tokenizer.json`, encode/decode, and the per-token byte
+table that grammar engines and bits-per-byte metrics need.
 
-What it is not: the chat layout (see `chat_template.py`). Only the chat template emits special tokens:
-`Tokenizer.encode` treats every special string in its input as plain text, so user text can never forge a turn.
+What it is not: the chat layout (see `chat_template.py`), nor the HF `tokenizer_config.json`, which carries the
+chat template and is written with the rest of a checkpoint (`checkpoint.write_tokenizer_config`). Only the chat
+template emits special tokens: `Tokenizer.encode` treats every special string in its input as plain text, so user
+text can never forge a turn.
 
 Pre-tokenisation deviates on purpose from GPT-2's ByteLevel regex: we split with the Qwen2 pattern (digits one by
 one, newlines kept together) and then map bytes with ByteLevel(use_regex=False). With GPT-2's pattern "\\n\\n"
@@ -52,7 +54,6 @@ TOOL_RESPONSE_END_ID = 8
 NUM_SPECIAL = 9
 
 TOKENIZER_FILE = "tokenizer.json"
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 # Qwen2's split pattern: contractions, letters (with one leading non-letter), single digits, punctuation runs,
 # newline runs, then other whitespace.
@@ -109,7 +110,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
     return Tokenizer(backend, source="<trained>")
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -180,7 +181,7 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write `directory/tokenizer.json` atomically; returns its path."""
         path = Path(directory) / TOKENIZER_FILE
-        _atomic_write_text(path, self._json)
+        atomic_write_text(path, self._json)
         return path
 
     def to_json_str(self) -> str:
@@ -239,43 +240,3 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(vocab_size={self._vocab_size}, source={self._source!r})"
-
-
-def tokenizer_config_dict(tokenizer: Tokenizer, *, model_max_length: int = 2048) -> dict[str, object]:
-    """The HF `tokenizer_config.json` content, chat template included."""
-    from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA  # chat_template imports this module
-
-    added = {
-        str(i): {
-            "content": tok,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": True,
-        }
-        for i, tok in enumerate(SPECIAL_TOKENS)
-    }
-    return {
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "added_tokens_decoder": added,
-        "bos_token": SPECIAL_TOKENS[IM_START_ID],
-        "eos_token": SPECIAL_TOKENS[IM_END_ID],
-        "pad_token": SPECIAL_TOKENS[EOT_ID],
-        "unk_token": None,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": model_max_length,
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "chat_template": CHAT_TEMPLATE_JINJA,
-    }
-
-
-def write_tokenizer_config(
-    directory: str | os.PathLike[str], tokenizer: Tokenizer, *, model_max_length: int = 2048
-) -> Path:
-    """Write `directory/tokenizer_config.json` (HF format) atomically; returns its path."""
-    path = Path(directory) / TOKENIZER_CONFIG_FILE
-    config = tokenizer_config_dict(tokenizer, model_max_length=model_max_length)
-    _atomic_write_text(path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-    return path

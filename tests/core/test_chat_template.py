@@ -13,6 +13,7 @@ from tokenizers import Tokenizer as HFTokenizer
 
 from minigpt_core import tokenizer as tk
 from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA, render, render_text
+from minigpt_core.checkpoint import write_tokenizer_config
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
@@ -256,7 +257,7 @@ def test_autotokenizer_apply_chat_template_ids(tok: Tokenizer, tmp_path: Path) -
     from transformers import AutoTokenizer
 
     tok.save(tmp_path)
-    tk.write_tokenizer_config(tmp_path, tok)
+    write_tokenizer_config(tmp_path, tok)
     hf = AutoTokenizer.from_pretrained(str(tmp_path))
     messages, tools = CONVERSATIONS["tools_parallel_calls_and_results"]
     hf_ids = hf.apply_chat_template(messages, tools=tools, tokenize=True, add_generation_prompt=True, return_dict=False)

@@ -13,8 +13,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import models, pre_tokenizers, trainers
 
 from minigpt_core import tokenizer as tk
+from minigpt_core.checkpoint import write_tokenizer_config
 from minigpt_core.errors import TokenizerError
-from minigpt_core.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer, train_tokenizer, write_tokenizer_config
+from minigpt_core.tokenizer import NUM_SPECIAL, SPECIAL_TOKENS, Tokenizer, train_tokenizer
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. Numbers: 12345, 3.14159!",
