@@ -28,13 +28,20 @@ from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
-from minigpt_core.tokenizer import EOT_ID, IM_END_ID, IM_START_ID, SPECIAL_TOKENS, Tokenizer, atomic_write_text
+from minigpt_core.tokenizer import (
+    EOT_ID,
+    IM_END_ID,
+    IM_START_ID,
+    SPECIAL_TOKENS,
+    TOKENIZER_CONFIG_FILE,
+    Tokenizer,
+    atomic_write_text,
+)
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 DEMO_MODEL_DIR = ASSETS_DIR / "demo"
 BUNDLED_TOKENIZER = ASSETS_DIR / "tokenizer.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 
 
 def default_generation_config() -> dict[str, Any]:

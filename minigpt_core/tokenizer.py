@@ -54,6 +54,7 @@ TOOL_RESPONSE_END_ID = 8
 NUM_SPECIAL = 9
 
 TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # written by checkpoint.write_tokenizer_config
 
 # Qwen2's split pattern: contractions, letters (with one leading non-letter), single digits, punctuation runs,
 # newline runs, then other whitespace.
