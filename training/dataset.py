@@ -11,7 +11,6 @@ What it is not: tokenization (`training.data`) or anything that touches the mode
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -43,15 +42,12 @@ class DataFiles:
 
 
 def bundled_data_dir() -> Path:
-    """The bundled synthetic corpus, generated once into the user cache (keyed by the generator's source)."""
+    """The bundled synthetic corpus, generated once into the user cache (keyed by the generator's modules and word
+    lists: `datagen.source_digest`)."""
     from training import datagen  # local: only needed when no --data is given
 
-    src = Path(datagen.__file__).parent
-    digest = hashlib.sha256()
-    for f in sorted(src.rglob("*.py")):
-        digest.update(f.name.encode() + f.read_bytes())
     root = Path(os.environ.get("MINIGPT_CACHE_DIR", Path.home() / ".cache" / "minigpt"))
-    out = root / "data" / digest.hexdigest()[:12]
+    out = root / "data" / datagen.source_digest()[:12]
     if (out / ".complete").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -377,3 +377,22 @@ def test_inflections_geography_and_topics() -> None:
     assert not topics & {values.query(random.Random(i), "val") for i in range(300)}
     queries = {tools_data.search_scenario(rng, "train").arguments["query"] for _ in range(3000)}
     assert tools_data._HELD_OUT_QUERIES and not queries & tools_data._HELD_OUT_QUERIES
+
+
+def test_word_lists_are_data_files_in_the_corpus_cache_key(tmp_path: Path) -> None:
+    """vocabulary.py reads its lists from wordlists/*.txt|tsv, and editing one changes the corpus cache key."""
+    import shutil
+
+    from training.datagen import corpus, vocabulary
+
+    for words in (vocabulary.NOUNS, vocabulary.ADJECTIVES, vocabulary.LINKS, vocabulary.FUNCTION_WORDS):
+        assert words and len(set(words)) == len(words)
+        assert all(w == w.strip() and w and not w.startswith("#") for w in words)
+    for pairs in (vocabulary.VERBS, vocabulary.CITIES):
+        assert pairs and all(len(p) == 2 and all(x == x.strip() and x for x in p) for p in pairs)
+    copy = tmp_path / "datagen"
+    shutil.copytree(Path(corpus.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert corpus.source_digest(copy) == corpus.source_digest()
+    with (copy / vocabulary.WORDLISTS / "nouns.txt").open("a", encoding="utf-8") as f:
+        f.write("zeppelin\n")
+    assert corpus.source_digest(copy) != corpus.source_digest()

@@ -5,7 +5,7 @@
 arithmetic, tools, small talk, preference pairs, pretrain documents). Nothing here trains or tokenizes.
 """
 
-from training.datagen.corpus import BASE_COUNTS, generate_corpus, iter_texts
+from training.datagen.corpus import BASE_COUNTS, generate_corpus, iter_texts, source_digest
 from training.datagen.schema_check import arguments_valid, schema_errors
 
-__all__ = ["BASE_COUNTS", "arguments_valid", "generate_corpus", "iter_texts", "schema_errors"]
+__all__ = ["BASE_COUNTS", "arguments_valid", "generate_corpus", "iter_texts", "schema_errors", "source_digest"]

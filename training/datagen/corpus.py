@@ -2,12 +2,15 @@
 
 What it is: `generate_corpus(out_dir, seed, scale)`, which writes pretrain / SFT / DPO train and val JSONL files,
 three held-out eval files and a `manifest.json` (counts, seed, and the registry of which phrasing templates went
-to which split), deterministic for a seed; and `iter_texts(out_dir)`, which yields every piece of text in them.
+to which split), deterministic for a seed; `iter_texts(out_dir)`, which yields every piece of text in them; and
+`source_digest()`, the hash of what the corpus is made from (this package's modules and word lists), which keys a
+cached corpus.
 What it is not: a tokenizer or a data loader (training/data.py reads these files).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -56,6 +59,19 @@ def sft_conversation(rng: random.Random, split: Split) -> Conversation:
             if message["role"] == "user" and isinstance(message.get("content"), str):
                 message["content"] = decorate(rng, message["content"])
     return conversation
+
+
+SOURCE_SUFFIXES = (".py", ".txt", ".tsv")  # the modules and the word lists (vocabulary.py reads those)
+
+
+def source_digest(package_dir: Path | None = None) -> str:
+    """sha256 over the relative path and bytes of every module and word-list file of the generator package (this
+    one unless `package_dir` is given): any change to code or data that could change the corpus changes it."""
+    src = Path(__file__).parent if package_dir is None else Path(package_dir)
+    digest = hashlib.sha256()
+    for f in sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
+        digest.update(f.relative_to(src).as_posix().encode() + f.read_bytes())
+    return digest.hexdigest()
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> int:
