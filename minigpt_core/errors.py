@@ -40,6 +40,10 @@ class ContextLengthExceeded(InvalidRequest):
         self.max_model_len = max_model_len
 
 
+class GrammarError(MiniGPTError):
+    """The grammar engine rejected a token the mask allowed, or failed internally."""
+
+
 class EngineOverloaded(MiniGPTError):
     """The waiting queue is full; the caller should retry later."""
 

@@ -41,7 +41,7 @@ from typing import Any
 import llguidance
 import torch
 
-from minigpt_core.errors import InvalidRequest, MiniGPTError
+from minigpt_core.errors import GrammarError, InvalidRequest
 from minigpt_core.tokenizer import IM_END_ID, NUM_SPECIAL, Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -54,10 +54,6 @@ _WHITESPACE = frozenset(b" \t\n\r")
 _SUB_SCHEMA = ("items", "additionalItems", "contains", "additionalProperties", "propertyNames")
 _SUB_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
 _SUB_MAPS = ("properties", "$defs", "definitions", "dependentSchemas")
-
-
-class GrammarError(MiniGPTError):
-    """The grammar engine rejected a token the mask allowed, or failed internally."""
 
 
 def _first_line(text: str) -> str:
