@@ -28,6 +28,10 @@ from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import ASSETS_DIR as ASSETS_DIR  # re-exported: moved to the torch-free module
+from minigpt_core.resources import BUNDLED_TOKENIZER as BUNDLED_TOKENIZER
+from minigpt_core.resources import DEMO_MODEL_DIR as DEMO_MODEL_DIR
+from minigpt_core.resources import resolve_device as resolve_device
 from minigpt_core.tokenizer import (
     EOT_ID,
     IM_END_ID,
@@ -38,9 +42,6 @@ from minigpt_core.tokenizer import (
     atomic_write_text,
 )
 
-ASSETS_DIR = Path(__file__).resolve().parent / "assets"
-DEMO_MODEL_DIR = ASSETS_DIR / "demo"
-BUNDLED_TOKENIZER = ASSETS_DIR / "tokenizer.json"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
@@ -246,21 +247,3 @@ def _check_tensors(weights: Path, state: dict[str, torch.Tensor], config: ModelC
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
             raise CheckpointError(f"{weights}: {name} has shape {tuple(state[name].shape)}, config implies {shape}")
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """auto → cuda, then mps, then cpu. The one device check of training and serving alike."""
-    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if mps:
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was requested but CUDA is not available")
-    if name == "mps" and not mps:
-        raise ConfigError("--device mps was requested but MPS (Apple-silicon GPU) is not available on this machine")
-    if name not in ("cpu", "cuda", "mps"):
-        raise ConfigError(f"unknown device {name!r}; choose auto, cpu, cuda or mps")
-    return torch.device(name)

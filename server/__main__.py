@@ -19,11 +19,13 @@ import signal
 import socket
 import sys
 import time
+import types
+import typing
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from server.settings import Settings
 
@@ -32,42 +34,59 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# flag -> Settings field; every flag defaults to None so that unset flags leave env / defaults alone
-FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--model", "model", str, "checkpoint directory (default: the bundled demo model)"),
-    ("--host", "host", str, "bind address (default 127.0.0.1)"),
-    ("--port", "port", int, "port (default 8000)"),
-    ("--api-key", "api_key", str, "require `Authorization: Bearer KEY` on every route but /health"),
-    ("--served-model-name", "served_model_name", str, "the model id clients send"),
-    ("--device", "device", str, "auto | cpu | cuda | mps"),
-    ("--dtype", "dtype", str, "auto | float32 | bfloat16 | float16"),
-    (
-        "--compile-decode",
-        "compile_decode",
-        str,
-        "true | false: CUDA only, torch.compile the decode step (slower start)",
-    ),
-    ("--max-num-seqs", "max_num_seqs", int, "sequences decoded at once (KV-cache slots)"),
-    ("--decode-steps", "decode_steps", int, "decode steps per engine call, K (default 8)"),
-    ("--max-prefill-tokens", "max_prefill_tokens", int, "prompt tokens prefilled together in one step (8192)"),
-    ("--max-model-len", "max_model_len", int, "context length per sequence (default: the model's)"),
-    ("--max-queued", "max_queued", int, "waiting requests beyond which the server answers 429"),
-    ("--max-body-bytes", "max_body_bytes", int, "request bodies above this get 413"),
-    ("--default-max-tokens", "default_max_tokens", int, "completion budget when a request sets none"),
-    ("--log-level", "log_level", str, "debug | info | warning | error (debug logs prompt text)"),
-    ("--threads", "threads", int, "CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)"),
-    ("--allowed-origins", "allowed_origins", str, "CORS: comma-separated origins whose web pages may call the API"),
-    ("--max-connections", "max_connections", int, "open connections beyond which requests get 503 (default 256)"),
-    ("--body-timeout", "body_timeout_s", float, "seconds within which a request body must arrive (default 30)"),
-    ("--lora-modules", "lora_modules", str, "LoRA adapters to serve, NAME=PATH ...; a request's model picks one"),
-    ("--chat-template", "chat_template", str, "a Jinja chat template file used instead of the built-in one"),
-    (
-        "--drain-timeout",
-        "drain_timeout_s",
-        float,
-        "after SIGTERM, seconds in-flight requests may take before the server exits anyway (default 30)",
-    ),
-)
+# The few flags that differ from the rule (a field `max_num_seqs` is `--max-num-seqs`, one value, the field's type),
+# kept as users know them. A new setting needs no entry here: adding the field to `Settings` adds its flag.
+FLAG_EXCEPTIONS: dict[str, dict[str, Any]] = {
+    "threads": {"names": ("-t", "--threads")},  # -t as llama.cpp and minigpt-train
+    "body_timeout_s": {"names": ("--body-timeout",)},
+    "drain_timeout_s": {"names": ("--drain-timeout",)},
+    "lora_modules": {"nargs": "+"},  # NAME=PATH [NAME=PATH ...], as vLLM
+}
+
+
+def flag_names(field: str) -> tuple[str, ...]:
+    """The option strings of a Settings field, the long name last."""
+    names: tuple[str, ...] = FLAG_EXCEPTIONS.get(field, {}).get("names", ("--" + field.replace("_", "-"),))
+    return names
+
+
+def parse_bool(text: str) -> bool:
+    """`--compile-decode false`: the words pydantic-settings accepts for a boolean environment variable."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true or false)")
+
+
+def _value_type(annotation: Any) -> tuple[Any, tuple[Any, ...]]:
+    """(the type a flag's value parses as, the Literal's choices) of a field annotation; `X | None` is X."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return _value_type(args[0])
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, tuple(args)
+    return annotation, ()
+
+
+def add_settings_flags(parser: argparse.ArgumentParser, settings: type[BaseModel]) -> None:
+    """One flag per field of `settings`: its type, its description as help. Every flag defaults to None, so an
+    unset flag leaves the environment variable or the field's default alone."""
+    for name, info in settings.model_fields.items():
+        kind, choices = _value_type(info.annotation)
+        notes = [" | ".join(map(str, choices))] if choices else []
+        if info.default not in (None, ()):
+            notes.append(f"default: {str(info.default).lower() if kind is bool else info.default}")
+        help_ = (info.description or "").replace("%", "%%") + (f" ({'; '.join(notes)})" if notes else "")
+        options: dict[str, Any] = {"dest": name, "default": None, "help": help_}
+        if kind is bool:  # `--compile-decode false` as before; `--compile-decode` alone is true
+            options.update(type=parse_bool, nargs="?", const=True, metavar="true|false")
+        elif kind in (int, float):
+            options["type"] = kind
+        # the rest (str, Path, Literal, and the tuples whose validators split a string) stay text: pydantic checks them
+        options.update({k: v for k, v in FLAG_EXCEPTIONS.get(name, {}).items() if k != "names"})
+        parser.add_argument(*flag_names(name), **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,10 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "model_arg", nargs="?", metavar="MODEL", default=None, help="checkpoint directory (the same as --model)"
     )
-    for flag, dest, type_, help_ in FLAGS:
-        names = ("-t", flag) if flag == "--threads" else (flag,)  # -t as llama.cpp and minigpt-train
-        nargs = "+" if dest == "lora_modules" else None  # NAME=PATH [NAME=PATH ...], as vLLM
-        parser.add_argument(*names, dest=dest, type=type_, default=None, help=help_, nargs=nargs)
+    add_settings_flags(parser, Settings)
     return parser
 
 
@@ -106,9 +122,9 @@ def settings_from_args(argv: list[str] | None = None) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
-        flags = {dest: flag for flag, dest, _, _ in FLAGS}
         where = ".".join(str(p) for p in first["loc"] if not isinstance(p, int))
-        sys.exit(fail(f"{flags.get(where, where)}: {first['msg']}" if where else first["msg"], 2))
+        flag = flag_names(where)[-1] if where in Settings.model_fields else where
+        sys.exit(fail(f"{flag}: {first['msg']}" if where else first["msg"], 2))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -162,8 +178,8 @@ def serve(settings: Settings, uvicorn_options: dict[str, Any]) -> int:
 def _serve_on(sock: socket.socket, settings: Settings, uvicorn_options: dict[str, Any]) -> int:
     import torch
 
-    from minigpt_core.checkpoint import resolve_device
     from minigpt_core.errors import ConfigError
+    from minigpt_core.resources import resolve_device
     from minigpt_core.threads import configure_threads
     from server.app import create_app
 

@@ -2,7 +2,8 @@
 
 This is the serving configuration only (where the model is, how many sequences run at once, limits, auth).
 It is not the model's shape (`minigpt_core.config`) and not sampling defaults (`minigpt_core.sampling`).
-`server.__main__` turns argparse flags into a `Settings`; nothing deeper than `create_app` sees argparse.
+`server.__main__` derives one flag per field (its type, its description as help) and turns the flags into a
+`Settings`; nothing deeper than `create_app` sees argparse. Importing this module does not import torch.
 """
 
 from __future__ import annotations
@@ -14,46 +15,66 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from minigpt_core.resources import DEMO_MODEL_DIR
+
 
 class Settings(BaseSettings):
     """Everything `create_app` needs. Every field can be set as `MINIGPT_<NAME>` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix="MINIGPT_", extra="ignore", frozen=True)
 
-    model: Path | None = Field(default=None, description="checkpoint directory; None = bundled demo model")
-    served_model_name: str | None = Field(default=None, description="name clients send as `model`")
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    api_key: str | None = Field(default=None, description="if set, every route but /health needs it")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    model: Path | None = Field(default=None, description="checkpoint directory (default: the bundled demo model)")
+    served_model_name: str | None = Field(
+        default=None, description="the model id clients send as `model` (default: the checkpoint folder's name)"
+    )
+    host: str = Field(default="127.0.0.1", description="bind address")
+    port: int = Field(default=8000, ge=0, le=65535, description="port")
+    api_key: str | None = Field(
+        default=None, description="require `Authorization: Bearer KEY` on every route but /health, /ready, /version"
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(default="auto", description="where the model runs")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="weights and activations (auto: bfloat16 on CUDA, else float32)"
+    )
     compile_decode: bool = Field(
-        default=True, description="CUDA only: torch.compile the decode step before capturing it (2x faster steps)"
+        default=True,
+        description="CUDA only: torch.compile the decode step before capturing it (2x faster steps, slower start)",
     )
     decode_steps: int | None = Field(
-        default=None, ge=1, le=64, description="decode steps per engine call (K); None = 8"
+        default=None, ge=1, le=64, description="decode steps per engine call, K (default: 8)"
     )
     max_prefill_tokens: int = Field(
         default=8192, ge=16, description="prompt tokens prefilled together in one step (one batched forward)"
     )
-    max_num_seqs: int = Field(default=8, ge=1, le=1024)
-    max_model_len: int | None = Field(default=None, ge=16, description="None = the model's max_seq_len")
-    max_queued: int = Field(default=64, ge=1)
-    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="larger request bodies get 413")
-    default_max_tokens: int = Field(default=256, ge=1, description="when the request sets no max_tokens")
-    retry_after_s: int = Field(default=1, ge=0, description="Retry-After header on 429")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    max_num_seqs: int = Field(default=8, ge=1, le=1024, description="sequences decoded at once (KV-cache slots)")
+    max_model_len: int | None = Field(
+        default=None, ge=16, description="context length per sequence (default: the model's max_seq_len)"
+    )
+    max_queued: int = Field(default=64, ge=1, description="waiting requests beyond which the server answers 429")
+    max_body_bytes: int = Field(default=1_000_000, ge=1024, description="request bodies above this get 413")
+    default_max_tokens: int = Field(default=256, ge=1, description="completion budget when a request sets none")
+    retry_after_s: int = Field(default=1, ge=0, description="seconds in the Retry-After header of a 429")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level (debug logs prompt text)"
+    )
     threads: int | None = Field(
-        default=None, ge=1, description="CPU threads for torch; None = OMP_NUM_THREADS, else half the usable CPUs"
+        default=None,
+        ge=1,
+        description="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
     )
     allowed_origins: Annotated[tuple[str, ...], NoDecode] = Field(
-        default=(), description="CORS: origins (scheme://host[:port]) whose pages may call the API; '*' = any"
+        default=(),
+        description="CORS: comma-separated origins (scheme://host[:port]) whose web pages may call the API; '*' = any",
     )
     max_connections: int = Field(
         default=256, ge=1, description="open connections beyond which new requests get 503 (uvicorn's cap)"
     )
-    body_timeout_s: float = Field(default=30.0, gt=0, description="a request body must arrive within this (408)")
-    keep_alive_timeout_s: int = Field(default=5, ge=1, description="idle keep-alive connections close after this")
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="seconds within which a request body must arrive (else 408)"
+    )
+    keep_alive_timeout_s: int = Field(
+        default=5, ge=1, description="seconds after which an idle keep-alive connection closes"
+    )
     lora_modules: Annotated[tuple[tuple[str, Path], ...], NoDecode] = Field(
         default=(),
         description="LoRA adapters served beside the base model, NAME=PATH each (PEFT adapter directories); "
@@ -63,7 +84,9 @@ class Settings(BaseSettings):
         default=None, description="a Jinja chat template file (or the template itself) in place of the built-in one"
     )
     drain_timeout_s: float = Field(
-        default=30.0, ge=0, description="after SIGTERM, how long in-flight requests may run before the server exits"
+        default=30.0,
+        ge=0,
+        description="after SIGTERM, seconds in-flight requests may run before the server exits anyway",
     )
 
     @field_validator("api_key", "served_model_name", "chat_template")
@@ -137,9 +160,7 @@ class Settings(BaseSettings):
         """The checkpoint directory to load: `model`, or the demo model bundled with `minigpt_core`."""
         if self.model is not None:
             return self.model
-        from minigpt_core import checkpoint
-
-        return Path(checkpoint.DEMO_MODEL_DIR)
+        return DEMO_MODEL_DIR
 
     def model_name(self) -> str:
         """The id reported by /v1/models and accepted in requests."""
