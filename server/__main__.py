@@ -30,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from server.app import ServerState
+    from server.state import ServerState
 
 logger = logging.getLogger(__name__)
 

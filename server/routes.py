@@ -9,7 +9,6 @@ A client that disconnects, streaming or not, cancels its engine requests. No err
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
@@ -22,11 +21,12 @@ from starlette.types import Receive, Scope, Send
 from minigpt_core.custom_template import render_prompt
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.output_parser import OutputParser
-from server.app import ServerState, package_version
 from server.chat import prepare_chat, resolve_max_tokens, sampling_params
 from server.generation import ChoiceJob, merge_choices, submit_all
+from server.metrics import CONTENT_TYPE
 from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, HealthStatus, errors, text_response
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.state import ServerState, package_version
 from server.streaming import (
     ResponseMeta,
     Usage,
@@ -310,11 +310,8 @@ async def version() -> dict[str, str]:
     response_class=PlainTextResponse,
     responses={200: text_response("text/plain", "Prometheus text exposition (format 0.0.4)"), **errors(400, 401)},
 )
-async def metrics(request: Request) -> PlainTextResponse:
-    state = _state(request)
-    stats = state.engine.stats() if state.engine is not None else None
-    snapshot = stats if stats is None or isinstance(stats, dict) else dataclasses.asdict(stats)
-    return PlainTextResponse(state.metrics.render(snapshot), media_type="text/plain; version=0.0.4")
+async def metrics(request: Request) -> Response:
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 @router.post("/tokenize", responses=errors(*BODY_ERRORS, 404, 503))
