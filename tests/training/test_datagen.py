@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from tools.registry import default_registry
 from training.datagen import __main__ as cli
 from training.datagen import arithmetic, generate_corpus, iter_texts, math_dialogues, schema_errors
 from training.datagen.base import TEMPLATE_REGISTRY, make_rng
-from training.datagen.tool_schemas import FALLBACK_SCHEMAS, local_result
-from training.datagen.tools_data import BUILTIN_NAMES
+from training.datagen.stand_ins import current_time_result, search_result
+from training.datagen.tools_data import builtin_schema
 
 FILES = (
     "pretrain_train",
@@ -146,7 +147,7 @@ def test_tool_calls_validate_against_offered_schema(corpus: Path) -> None:
 
 
 def test_schema_checker_rejects_bad_arguments() -> None:
-    schema = FALLBACK_SCHEMAS["date_add"]["function"]["parameters"]
+    schema = builtin_schema("date_add")["function"]["parameters"]
     assert not schema_errors(schema, {"date": "2024-01-01", "days": 3})
     assert schema_errors(schema, {"date": "2024-01-01"})
     assert schema_errors(schema, {"date": "2024-01-01", "days": "3"})
@@ -166,7 +167,7 @@ def test_held_out_prompts_and_tools_never_appear_in_train(corpus: Path) -> None:
     def synthetic_names(split: str) -> set[str]:
         names = set()
         for conv in all_conversations(corpus, split):
-            names |= {n for n in offered_and_calls(conv)[0] if n not in FALLBACK_SCHEMAS and n != "date_diff"}
+            names |= {n for n in offered_and_calls(conv)[0] if n not in default_registry()}
         return names
 
     train_names, val_names = synthetic_names("train"), synthetic_names("val")
@@ -248,18 +249,19 @@ def test_iter_texts_covers_all_files(corpus: Path) -> None:
     assert len(texts) > sum(len(load(corpus, n)) for n in FILES)
 
 
-def test_stand_in_results_match_the_real_tools() -> None:
-    registry_module = pytest.importorskip("tools.registry")
-    registry = registry_module.default_registry()
-    cases = {
-        "calculator": {"expression": "(123 - 45) * 7"},
-        "date_add": {"date": "2024-02-27", "days": 3},
-        "unit_convert": {"value": 5, "from_unit": "km", "to_unit": "mi"},
-    }
-    for name, arguments in cases.items():
-        assert local_result(name, arguments) == registry.call(name, arguments), name
-    names = {s["function"]["name"] for s in registry.schemas()}
-    assert set(BUILTIN_NAMES) <= names
+def test_stand_ins_answer_in_the_real_tools_formats() -> None:
+    """current_time and search_docs answer through fixed stand-ins (the real ones read the clock or a folder)."""
+    import datetime as dt
+
+    registry = default_registry()
+    utc = dt.datetime(2025, 3, 1, 23, 30, tzinfo=dt.UTC)
+    stand_in = json.loads(current_time_result("Asia/Kolkata", utc))
+    assert stand_in.keys() == json.loads(registry.call("current_time", {"timezone": "Asia/Kolkata"})).keys()
+    assert stand_in["datetime"] == "2025-03-02T05:00:00+05:30" and stand_in["weekday"] == "Sunday"
+    passages = json.loads(search_result("resume a run", top_k=2))
+    real = json.loads(registry.call("search_docs", {"query": "resume a run", "top_k": 2}))
+    assert len(passages) == 2 and [p.keys() for p in passages] == [p.keys() for p in real]
+    assert "--resume" in passages[0]["text"]
 
 
 def test_cli_writes_the_corpus(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

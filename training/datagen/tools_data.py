@@ -1,10 +1,9 @@
 """Tool-use scenarios for the six built-in tools: a request, the call's arguments, a tool result, the answer.
 
 What it is: per-tool scenario builders (`ToolScenario`) with split-disjoint phrasings and values. Schemas and
-real results come from `tools.registry.default_registry()` when that package is importable, so the model learns
-the true result formats; otherwise (and always for `current_time`, whose real result depends on the clock, and
-`search_docs`, whose result depends on a folder) a local stand-in in the same format keeps the corpus
-deterministic.
+results come from the real tools (`tools.registry.default_registry()`), so the model learns the true formats;
+only `current_time`, whose real result depends on the clock, and `search_docs`, whose result depends on a folder,
+answer through the deterministic stand-ins of stand_ins.py.
 What it is not: the conversation assembly (tool_dialogues.py) or the synthetic schemas (synthetic_tools.py).
 """
 
@@ -13,18 +12,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import logging
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools.registry import ToolRegistry, default_registry
 from training.datagen import values
 from training.datagen.base import Split, compose_templates, is_zh, register_templates, split_pool, value_split
-from training.datagen.tool_schemas import FALLBACK_SCHEMAS, SEARCH_SNIPPETS, TIMEZONES, local_result
-
-logger = logging.getLogger(__name__)
+from training.datagen.stand_ins import TIMEZONES, current_time_result, search_result
 
 
 @dataclass
@@ -43,34 +40,19 @@ class ToolScenario:
 
 
 @functools.lru_cache(maxsize=1)
-def _registry() -> Any | None:
-    try:
-        from tools.registry import default_registry
-    except ImportError:
-        logger.info("tools.registry not available: using built-in stand-in schemas and results")
-        return None
+def _registry() -> ToolRegistry:
     return default_registry()
 
 
 def builtin_schema(name: str) -> dict[str, Any]:
-    """The OpenAI schema of a built-in tool: the registry's when available, else the stand-in."""
-    registry = _registry()
-    if registry is not None:
-        for schema in registry.schemas():
-            if schema["function"]["name"] == name:
-                return dict(schema)
-    return FALLBACK_SCHEMAS[name]
+    """The OpenAI schema of a built-in tool, as the registry publishes it."""
+    (schema,) = _registry().schemas([name])
+    return dict(schema)
 
 
 def run_tool(name: str, arguments: dict[str, Any]) -> str:
-    """The tool's real result through the registry when it is deterministic, else the stand-in's."""
-    registry = _registry()
-    if registry is not None and name not in ("current_time", "search_docs"):
-        try:
-            return str(registry.call(name, arguments))
-        except Exception as exc:  # a tool refusing our value must not stop corpus generation
-            logger.warning("tool %s refused %s (%s); using the stand-in result", name, arguments, exc)
-    return local_result(name, arguments)
+    """The real tool's result (a ToolError here means the generator drew a value the tool refuses: a bug)."""
+    return _registry().call(name, arguments)
 
 
 def _lang(text: str) -> str:
@@ -426,7 +408,7 @@ def time_scenario(rng: random.Random, split: Split) -> ToolScenario:
     base = dt.datetime(2025, 1, 1, tzinfo=dt.UTC) + dt.timedelta(minutes=rng.randint(0, 700 * 24 * 60))
     request = rng.choice(TIME[split]).format(tz=tz)
     arguments = {"timezone": tz}
-    result = local_result("current_time", {**arguments, "_utc": base.isoformat()})
+    result = current_time_result(tz, base)
     data = json.loads(result)
     if _lang(request) == "zh":
         answer = f"{tz} 现在是 {data['date']} {data['time'][:5]}，{data['weekday']}。"
@@ -503,7 +485,7 @@ def search_scenario(rng: random.Random, split: Split) -> ToolScenario:
         request += (
             f" Show me {arguments['top_k']} results." if _lang(request) == "en" else f" 返回 {arguments['top_k']} 条。"
         )
-    result = local_result("search_docs", arguments)
+    result = search_result(query, int(arguments.get("top_k", 3)))
     top = json.loads(result)[0]
     answer = f"According to {top['source']}: {top['text']}"
     return ToolScenario(
@@ -525,5 +507,3 @@ BUILTIN_SCENARIOS: dict[str, Callable[[random.Random, Split], ToolScenario]] = {
     "search_docs": search_scenario,
 }
 BUILTIN_NAMES = tuple(BUILTIN_SCENARIOS)
-assert set(BUILTIN_NAMES) == set(FALLBACK_SCHEMAS)  # internal invariant of this package
-assert SEARCH_SNIPPETS  # stand-in corpus must not be empty
