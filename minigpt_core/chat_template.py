@@ -130,17 +130,21 @@ class RenderedChat:
 
 
 @dataclass(frozen=True)
-class _ToolCall:
+class ToolCall:
+    """A validated tool call of an assistant message."""
+
     name: str
     arguments: str  # JSON object text, exactly as rendered
 
 
 @dataclass(frozen=True)
-class _Message:
+class Message:
+    """A validated message (`parse_messages` builds them from OpenAI-style dicts); `render` takes them as they are."""
+
     role: str
     content: str
     reasoning: str = ""
-    tool_calls: list[_ToolCall] = field(default_factory=list)
+    tool_calls: list[ToolCall] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -150,7 +154,7 @@ class _Segment:
     trainable: bool
 
 
-# ----- validation: OpenAI-style dicts -> _Message -----
+# ----- validation: OpenAI-style dicts -> Message -----
 
 
 def _content_text(value: Any, param: str) -> str:
@@ -178,14 +182,18 @@ def json_error_text(exc: BaseException) -> str:
     return text
 
 
-def _tool_call(value: Any, param: str) -> _ToolCall:
+def _tool_call(value: Any, param: str) -> ToolCall:
     fn = value.get("function") if isinstance(value, Mapping) else None
     if not isinstance(fn, Mapping):
         raise InvalidRequest(f"{param} must be {{'type': 'function', 'function': {{...}}}}", param=param)
-    name = fn.get("name")
+    return make_tool_call(fn.get("name"), fn.get("arguments"), param)
+
+
+def make_tool_call(name: Any, args: Any, param: str) -> ToolCall:
+    """A validated `ToolCall`: a non-empty name, arguments a JSON object (text or a dict); `param` names the call
+    in errors (`messages[i].tool_calls[j]`)."""
     if not isinstance(name, str) or not name:
         raise InvalidRequest(f"{param}.function.name must be a non-empty string", param=f"{param}.function.name")
-    args = fn.get("arguments")
     if isinstance(args, str):
         try:
             parsed = json.loads(args)
@@ -198,10 +206,10 @@ def _tool_call(value: Any, param: str) -> _ToolCall:
             raise InvalidRequest(
                 f"{param}.function.arguments must be a JSON object", param=f"{param}.function.arguments"
             )
-        return _ToolCall(name, args)
+        return ToolCall(name, args)
     if isinstance(args, Mapping):
         try:
-            return _ToolCall(name, json.dumps(dict(args), ensure_ascii=False))
+            return ToolCall(name, json.dumps(dict(args), ensure_ascii=False))
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(
                 f"{param}.function.arguments is not JSON-serialisable: {exc}", param=f"{param}.function.arguments"
@@ -211,7 +219,7 @@ def _tool_call(value: Any, param: str) -> _ToolCall:
     )
 
 
-def _message(value: Any, i: int) -> _Message:
+def _message(value: Any, i: int) -> Message:
     param = f"messages[{i}]"
     if not isinstance(value, Mapping):
         raise InvalidRequest(f"{param} must be an object", param=param)
@@ -223,7 +231,7 @@ def _message(value: Any, i: int) -> _Message:
         tool_call_id = value.get("tool_call_id")
         if role == "tool" and tool_call_id is not None and not isinstance(tool_call_id, str):
             raise InvalidRequest(f"{param}.tool_call_id must be a string", param=f"{param}.tool_call_id")
-        return _Message(role, content)
+        return Message(role, content)
     reasoning = value.get("reasoning_content")
     if reasoning is not None and not isinstance(reasoning, str):
         raise InvalidRequest(f"{param}.reasoning_content must be a string", param=f"{param}.reasoning_content")
@@ -231,13 +239,18 @@ def _message(value: Any, i: int) -> _Message:
     if raw_calls is not None and not isinstance(raw_calls, list):
         raise InvalidRequest(f"{param}.tool_calls must be a list", param=f"{param}.tool_calls")
     calls = [_tool_call(c, f"{param}.tool_calls[{j}]") for j, c in enumerate(raw_calls or [])]
-    return _Message(role, content, (reasoning or "").strip("\n"), calls)
+    return Message(role, content, (reasoning or "").strip("\n"), calls)
 
 
-def _validate(messages: Any, tools: Any) -> tuple[list[_Message], list[str]]:
+def parse_messages(messages: Sequence[Message | Mapping[str, Any]]) -> list[Message]:
+    """Validate OpenAI-style message dicts into `Message`s (those already typed are kept); raises InvalidRequest."""
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise InvalidRequest("messages must be a non-empty list", param="messages")
-    msgs = [_message(m, i) for i, m in enumerate(messages)]
+    return [m if isinstance(m, Message) else _message(m, i) for i, m in enumerate(messages)]
+
+
+def _validate(messages: Any, tools: Any) -> tuple[list[Message], list[str]]:
+    msgs = parse_messages(messages)
     tool_lines: list[str] = []
     if tools is not None:
         if not isinstance(tools, Sequence) or isinstance(tools, str):
@@ -255,7 +268,7 @@ def _validate(messages: Any, tools: Any) -> tuple[list[_Message], list[str]]:
     return msgs, tool_lines
 
 
-# ----- layout: _Message list -> segments -----
+# ----- layout: Message list -> segments -----
 
 
 class _Builder:
@@ -274,7 +287,7 @@ class _Builder:
             self.segments.append(_Segment(text, False, trainable))
 
 
-def _assistant(b: _Builder, m: _Message, keep_reasoning: bool) -> None:
+def _assistant(b: _Builder, m: Message, keep_reasoning: bool) -> None:
     b.template("<|im_start|>assistant\n")
     if keep_reasoning and m.reasoning:
         b.template("<think>\n")
@@ -294,7 +307,7 @@ def _assistant(b: _Builder, m: _Message, keep_reasoning: bool) -> None:
 
 
 def _segments(
-    msgs: list[_Message], tool_lines: list[str], add_generation_prompt: bool, enable_thinking: bool
+    msgs: list[Message], tool_lines: list[str], add_generation_prompt: bool, enable_thinking: bool
 ) -> list[_Segment]:
     b = _Builder()
     first_is_system = msgs[0].role == "system"
@@ -373,7 +386,7 @@ def tool_call_text(name: object, arguments_json: str) -> str:
 
 
 def render_text(
-    messages: Sequence[Mapping[str, Any]],
+    messages: Sequence[Message | Mapping[str, Any]],
     tools: Sequence[Mapping[str, Any]] | None = None,
     *,
     add_generation_prompt: bool = False,
@@ -385,14 +398,16 @@ def render_text(
 
 
 def render(
-    messages: Sequence[Mapping[str, Any]],
+    messages: Sequence[Message | Mapping[str, Any]],
     tools: Sequence[Mapping[str, Any]] | None = None,
     *,
     add_generation_prompt: bool = False,
     enable_thinking: bool = False,
     tokenizer: Tokenizer,
 ) -> RenderedChat:
-    """Render to ids, the assistant-body training mask and text. Raises InvalidRequest on malformed messages."""
+    """Render to ids, the assistant-body training mask and text. Raises InvalidRequest on malformed messages.
+
+    `messages` are `Message`s (validated once, where they were built) or OpenAI-style dicts (validated here)."""
     msgs, tool_lines = _validate(messages, tools)
     segments = _segments(msgs, tool_lines, add_generation_prompt, enable_thinking)
     ids, mask = _tokenize(segments, tokenizer)

@@ -1,7 +1,7 @@
 """Token constraints: the small interface the engine applies before sampling, and the built-in ones.
 
 What it is: a `Constraint` protocol (a mask of allowed next tokens, `advance` with the token actually
-generated, `is_finished`), `AllOf` to combine several, and `ThinkBudget`, which caps the length of a
+generated, `is_finished`), `AllOf` and `FirstOf` to combine several, and `ThinkBudget`, which caps the length of a
 `<think>` block exactly by allowing only `</think>` once the budget is spent.
 
 What it is not: no grammar engine lives here. The llguidance-backed constraint for JSON schemas and tool
@@ -19,7 +19,7 @@ Semantics the engine relies on:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -78,19 +78,53 @@ class AllOf:
         return any(constraint.is_finished() for constraint in self.constraints)
 
 
+class FirstOf:
+    """Either member, decided by the tokens: allows what any still-viable member allows.
+
+    Each generated token is passed to the members that allowed it; the others drop out. Used for tools plus
+    `response_format`: the answer is either tool calls or the structured answer, never free text.
+    """
+
+    def __init__(self, members: Sequence[Constraint]) -> None:
+        self.members: list[Constraint] = list(members)
+        self._masks: list[torch.Tensor | None] = []
+
+    def allowed(self) -> torch.Tensor | None:
+        self._masks = [m.allowed() for m in self.members]
+        if any(mask is None for mask in self._masks):
+            return None
+        union = self._masks[0]
+        assert union is not None
+        for mask in self._masks[1:]:
+            assert mask is not None
+            union = union | mask
+        return union
+
+    def advance(self, token_id: int) -> None:
+        masks = self._masks if len(self._masks) == len(self.members) else [m.allowed() for m in self.members]
+        kept = [m for m, mask in zip(self.members, masks, strict=True) if mask is None or bool(mask[token_id])]
+        self.members = kept or self.members[:1]  # an all-False mask already failed the request upstream
+        self._masks = []
+        for member in self.members:
+            member.advance(token_id)
+
+    def is_finished(self) -> bool:
+        return any(m.is_finished() for m in self.members)
+
+
 class ThinkBudget:
     """Cap a `<think>` block at exactly `max_thinking_tokens` tokens, then force `</think>`.
 
-    Counting starts when generation starts inside a think block (`inside=True`, the engine decides from the
-    prompt) or when the model emits `think_id` itself. After `max_thinking_tokens` generated tokens without
+    Counting starts when generation starts inside a think block (`inside=True`, `minigpt_core.prompting` decides
+    from the prompt) or when the model emits `think_id` itself. After `max_thinking_tokens` generated tokens without
     `think_end_id`, only `think_end_id` is allowed; once `</think>` is seen the constraint stops restricting.
     A budget of 0 forces `</think>` at once. The budget counts only tokens strictly inside the block.
 
     When the budget forced the close, `stop_ids` (end-of-turn tokens) stay banned for the next
     `min_answer_tokens` tokens: a model cut off mid-thought tends to end the turn at once, and a client that
-    capped the reasoning still asked for an answer. The engine passes its end tokens and 3 (the template's
-    "\n\n" after `</think>` is two tokens, so at least one answer token follows). A block the model closes
-    itself is not touched.
+    capped the reasoning still asked for an answer. `minigpt_core.prompting` passes the end-of-turn tokens and 3
+    (the template's "\n\n" after `</think>` is two tokens, so at least one answer token follows). A block the
+    model closes itself is not touched.
     """
 
     def __init__(

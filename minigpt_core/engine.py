@@ -8,6 +8,8 @@ batched prefill forward for the new requests and one decode call of K steps for 
 a Condition when idle. `handle.cancel()` (or closing the iteration) frees the slot at the next step.
 
 What it is not: it knows nothing about text, chat templates or HTTP; it takes token ids and yields token ids.
+Chat policy (a thinking budget, tool and JSON grammars) reaches it as a `Constraint` built by
+`minigpt_core.prompting`; `SamplingParams.max_thinking_tokens` is not read here.
 Torch never runs on the caller's asyncio loop.
 """
 
@@ -25,7 +27,7 @@ from types import TracebackType
 
 import torch
 
-from minigpt_core.constraints import AllOf, Constraint, ThinkBudget, prompt_ends_inside_think
+from minigpt_core.constraints import Constraint
 from minigpt_core.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -39,7 +41,7 @@ from minigpt_core.lora import MultiLoRALinear
 from minigpt_core.model import MiniGPT
 from minigpt_core.sampling import RequestSampler, SamplingParams
 from minigpt_core.scheduler import Scheduler, Sequence, TokenEvent
-from minigpt_core.tokenizer import EOT_ID, IM_END_ID, THINK_END_ID, THINK_ID
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID
 
 __all__ = ["Engine", "EngineStats", "RequestHandle", "TokenEvent"]
 
@@ -362,19 +364,6 @@ class Engine:
         prompt = self._validate(prompt_ids, params)
         if isinstance(adapter, bool) or not isinstance(adapter, int) or not 0 <= adapter <= self.num_adapters:
             raise InvalidRequest(f"LoRA adapter {adapter!r} is not one of this engine's {self.num_adapters}")
-        if params.max_thinking_tokens is not None:
-            budget = ThinkBudget(
-                params.max_thinking_tokens,
-                THINK_END_ID,
-                vocab_size=self.vocab_size,
-                think_id=THINK_ID,
-                inside=prompt_ends_inside_think(prompt, THINK_ID, THINK_END_ID),
-                # A grammar constraint decides itself when the answer may end (and a JSON value is never
-                # empty), so the "answer after a forced </think>" rule only applies to free text.
-                stop_ids=self._scheduler.eos_token_ids,
-                min_answer_tokens=3 if constraint is None else 0,
-            )
-            constraint = budget if constraint is None else AllOf([constraint, budget])
         request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
         handle = RequestHandle(self, request_id, len(prompt), loop)
         seq = Sequence(

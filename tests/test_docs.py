@@ -412,7 +412,7 @@ def command_parsers() -> dict[str, argparse.ArgumentParser]:
     for name, sub in _subparsers(mod("training.eval_cli").build_parser()).items():
         out[f"minigpt-eval {name}"] = sub
     out["minigpt-serve"] = mod("server.__main__").build_parser()
-    out["minigpt-generate"] = mod("server.generate").build_parser()
+    out["minigpt-generate"] = mod("server.generate_cli").build_parser()
     out["minigpt-export"] = mod("training.export").build_parser()
     for name, sub in _subparsers(mod("server.bench").build_parser()).items():
         out[f"minigpt-bench {name}"] = _captured_parser(mod("training.bench").main) if name == "train" else sub

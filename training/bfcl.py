@@ -96,20 +96,11 @@ class Answer:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    from training.evals import jsonl_records  # the evals' reader (it imports the engine, so not at the top)
+
     if not path.is_file():
         raise BfclError(f"{path}: no such file")
-    out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError as exc:
-            raise DataError(f"{path}:{lineno}: not JSON ({str(exc).splitlines()[0]})") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
-            raise DataError(f"{path}:{lineno}: expected an object with an 'id'")
-        out.append(record)
-    return out
+    return list(jsonl_records(path, "id", str))
 
 
 def load_cases(data_dir: Path, category: str, limit: int | None = None) -> list[Case]:
@@ -321,24 +312,19 @@ def _parse_arguments(text: str) -> Any:
 def generate_in_process(engine: Any, tok: Any, cases: Sequence[Case], *, max_new_tokens: int) -> list[Answer]:
     """Greedy answers from our engine, prepared as `minigpt-serve` prepares a chat request with `tools`
     (tool_choice "auto", parallel calls allowed, thinking off): template, grammar, output parser."""
-    from minigpt_core.chat_template import render
     from minigpt_core.errors import InvalidRequest
-    from minigpt_core.grammar import ToolCallConstraint
     from minigpt_core.output_parser import parse_all
-    from training.evals import Job, greedy, run_jobs
+    from minigpt_core.prompting import ChatRequest
+    from training.evals import Job, chat_job, run_jobs
 
     jobs: list[Job | None] = []
     errors: dict[int, str] = {}
     for i, case in enumerate(cases):
-        tools = case.tools
         try:
-            constraint = ToolCallConstraint(tok, tools, "auto", parallel=True, vocab_size=engine.vocab_size)
+            jobs.append(chat_job(tok, engine.vocab_size, ChatRequest(case.messages, case.tools), max_new_tokens))
         except InvalidRequest as exc:  # the server would answer 400
             errors[i] = f"400: {exc}"
             jobs.append(None)
-            continue
-        ids = render(case.messages, tools, add_generation_prompt=True, tokenizer=tok).ids
-        jobs.append(Job(ids, greedy(max_new_tokens, tools=True), constraint))
     generations = iter(run_jobs(engine, [j for j in jobs if j is not None]))
     answers = []
     for i, job in enumerate(jobs):

@@ -6,13 +6,15 @@ dict of metrics plus per-sample rows), and the pure scoring functions they use (
 `answer_correct`, `reasoning_token_count`, `arguments_match`, `score_tool_call`, `result_mentioned`,
 `identity_hit`), which the tests drive with hand-made outputs.
 
-Every generation goes through the chat template and `OutputParser`, exactly as the server and the CLI do.
+Every generation is prepared by `minigpt_core.prompting` (template, banned ids, grammar, thinking budget) and read
+by `OutputParser`, exactly as the server and the CLI do.
 What it is not: a CLI (training/eval_cli.py), a benchmark harness for speed, or a data generator (the held-out
 files come from training/datagen).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -22,12 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from minigpt_core.chat_template import render
 from minigpt_core.constraints import Constraint
 from minigpt_core.engine import Engine, TokenEvent
 from minigpt_core.output_parser import ParsedOutput, parse_all
+from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import EOT_ID, IM_END_ID, NUM_SPECIAL, THINK_END_ID, THINK_ID, TOOL_CALL_ID, Tokenizer
+from minigpt_core.tokenizer import EOT_ID, IM_END_ID, NUM_SPECIAL, THINK_END_ID, THINK_ID, Tokenizer
 from tools.base import ToolError
 from tools.registry import default_registry
 from training.datagen.schema_check import arguments_valid
@@ -83,21 +85,19 @@ def run_jobs(engine: Engine, jobs: Sequence[Job]) -> list[Generation]:
     return out
 
 
-def greedy(max_new_tokens: int, max_thinking_tokens: int | None = None, *, tools: bool = False) -> SamplingParams:
-    """Greedy decoding as the server does it: without offered tools the tool-call tag cannot be sampled."""
-    return SamplingParams(
-        max_new_tokens=max_new_tokens,
-        temperature=0.0,
-        max_thinking_tokens=max_thinking_tokens,
-        banned_token_ids=() if tools else (TOOL_CALL_ID,),
-    )
+def greedy(max_new_tokens: int, banned_token_ids: tuple[int, ...] = ()) -> SamplingParams:
+    return SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, banned_token_ids=banned_token_ids)
 
 
-def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file (blank lines skipped), at most `limit`; DataError on a bad line."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
-    records: list[dict[str, Any]] = []
+def chat_job(tok: Tokenizer, vocab_size: int, chat: ChatRequest, max_new_tokens: int) -> Job:
+    """A chat prepared as `minigpt-serve` prepares it (template, banned ids, grammar, thinking budget)."""
+    prep = prepare(chat, tok, vocab_size=vocab_size)
+    return Job(prep.prompt_ids, greedy(max_new_tokens, prep.banned_token_ids), prep.constraint())
+
+
+def jsonl_records(path: Path, key: str, kind: type) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file in order (blank lines skipped), each holding `key` of type `kind`;
+    DataError names the line of a bad one. The one JSONL reader of the evals (this module's and BFCL's)."""
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -107,11 +107,17 @@ def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{lineno}: not JSON ({str(exc).splitlines()[0]})") from exc
         except RecursionError as exc:
             raise DataError(f"{path}:{lineno}: not JSON (nested too deeply)") from exc
-        if not isinstance(record, dict) or not isinstance(record.get("messages"), list):
-            raise DataError(f"{path}:{lineno}: expected an object with a 'messages' list")
-        records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
+        if not isinstance(record, dict) or not isinstance(record.get(key), kind):
+            article = "an" if key[0] in "aeiou" else "a"
+            raise DataError(f"{path}:{lineno}: expected an object with {article} '{key}' {kind.__name__}")
+        yield record
+
+
+def load_records(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file (blank lines skipped), at most `limit`; DataError on a bad line."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    records = list(itertools.islice(jsonl_records(path, "messages", list), limit))
     if not records:
         raise DataError(f"{path}: no records")
     return records
@@ -170,15 +176,11 @@ def evaluate_think(
 ) -> dict[str, Any]:
     """Thinking on, off, and on with `max_thinking_tokens=budget`: format, accuracy and budget compliance."""
 
-    def prompts(thinking: bool) -> list[list[int]]:
-        return [
-            render(r["messages"], add_generation_prompt=True, enable_thinking=thinking, tokenizer=tok).ids
-            for r in records
-        ]
+    def jobs_of(thinking: bool, cap: int | None = None) -> list[Job]:
+        chats = [ChatRequest(r["messages"], thinking=thinking, max_thinking_tokens=cap) for r in records]
+        return [chat_job(tok, engine.vocab_size, c, max_new_tokens) for c in chats]
 
-    on, off = prompts(True), prompts(False)
-    jobs = [Job(p, greedy(max_new_tokens)) for p in on] + [Job(p, greedy(max_new_tokens)) for p in off]
-    jobs += [Job(p, greedy(max_new_tokens, budget)) for p in on]
+    jobs = jobs_of(True) + jobs_of(False) + jobs_of(True, budget)
     gens = run_jobs(engine, jobs)
     n = len(records)
     samples: list[dict[str, Any]] = []
@@ -241,10 +243,7 @@ def identity_hit(content: str, must_contain: Sequence[str]) -> bool:
 def evaluate_identity(
     engine: Engine, tok: Tokenizer, records: Sequence[dict[str, Any]], *, max_new_tokens: int = 96
 ) -> dict[str, Any]:
-    jobs = [
-        Job(render(r["messages"], add_generation_prompt=True, tokenizer=tok).ids, greedy(max_new_tokens))
-        for r in records
-    ]
+    jobs = [chat_job(tok, engine.vocab_size, ChatRequest(r["messages"]), max_new_tokens) for r in records]
     samples = []
     for record, gen in zip(records, run_jobs(engine, jobs), strict=True):
         parsed, _ = parse_all(tok, gen.token_ids, thinking=False, parse_tools=False)
@@ -364,12 +363,9 @@ def _tool_jobs(
     tok: Tokenizer, records: Sequence[dict[str, Any]], constrained: bool, max_new_tokens: int, vocab_size: int
 ) -> tuple[list[Job], list[Job], list[str]]:
     """First-round jobs, final-answer jobs (after the expected call and its result) and the results fed."""
-    from minigpt_core.grammar import ToolCallConstraint
 
     def job(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> Job:
-        ids = render(messages, tools, add_generation_prompt=True, tokenizer=tok).ids
-        constraint = ToolCallConstraint(tok, tools, "auto", vocab_size=vocab_size) if constrained else None
-        return Job(ids, greedy(max_new_tokens, tools=bool(tools)), constraint)
+        return chat_job(tok, vocab_size, ChatRequest(messages, tools, grammar=constrained), max_new_tokens)
 
     first, final, results = [], [], []
     for i, record in enumerate(records):

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from minigpt_core.chat_template import render
 from minigpt_core.engine import Engine
 from minigpt_core.output_parser import parse_all
+from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
@@ -146,14 +146,10 @@ def prompt_sets(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
 
 
 def prompt_ids(record: dict[str, Any], tokenizer: Tokenizer, thinking: bool) -> list[int]:
-    rendered = render(
-        record["messages"],
-        record.get("tools"),
-        add_generation_prompt=True,
-        enable_thinking=thinking,
-        tokenizer=tokenizer,
-    )
-    return list(rendered.ids)
+    """The record's prompt as every chat is prepared (minigpt_core.prompting). Rollouts use only the ids: they sample
+    the policy unconstrained (no grammar, no banned ids), as GRPO's probability ratios assume."""
+    chat = ChatRequest(record["messages"], record.get("tools"), thinking=thinking, grammar=False)
+    return prepare(chat, tokenizer, vocab_size=tokenizer.vocab_size).prompt_ids
 
 
 def rollout(

@@ -15,6 +15,7 @@ from minigpt_core.engine import Engine, RequestHandle, TokenEvent
 from minigpt_core.errors import ContextLengthExceeded, EngineClosed, EngineOverloaded, InvalidRequest
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
+from minigpt_core.prompting import with_think_budget
 from minigpt_core.sampling import RequestSampler, SamplingParams
 from minigpt_core.scheduler import Scheduler, Sequence
 from minigpt_core.tokenizer import IM_END_ID, THINK_END_ID, THINK_ID
@@ -307,9 +308,12 @@ def test_think_budget_is_exact() -> None:
 
 
 def test_engine_applies_think_budget(engine: Engine) -> None:
+    # the budget reaches the engine as a constraint (minigpt_core.prompting builds it for every chat caller)
     for n in (0, 3):
-        sp = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True, max_thinking_tokens=n)
-        tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], sp)))
+        sp = SamplingParams(temperature=0.0, max_new_tokens=10, ignore_eos=True)
+        prompt = [20, 21, THINK_ID]
+        budget = with_think_budget(None, prompt, n, vocab_size=engine.vocab_size)
+        tokens = tokens_of(list(engine.generate(prompt, sp, budget)))
         assert THINK_END_ID in tokens[: n + 1]
         assert THINK_END_ID not in tokens[: tokens.index(THINK_END_ID)]
 
@@ -335,8 +339,9 @@ def test_engine_answers_after_a_forced_think_close(engine: Engine) -> None:
     # The bias makes the model want to end the turn at every step; after the forced </think> it may not do so
     # for three tokens, so the answer is not empty. Without a budget it ends at once, as asked.
     eager_end = ((IM_END_ID, 100.0),)
-    forced = SamplingParams(temperature=0.0, max_new_tokens=10, max_thinking_tokens=0, logit_bias=eager_end)
-    tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], forced)))
+    forced = SamplingParams(temperature=0.0, max_new_tokens=10, logit_bias=eager_end)
+    budget = with_think_budget(None, [20, 21, THINK_ID], 0, vocab_size=engine.vocab_size)
+    tokens = tokens_of(list(engine.generate([20, 21, THINK_ID], forced, budget)))
     assert tokens[0] == THINK_END_ID and IM_END_ID not in tokens[1:4] and tokens[4] == IM_END_ID
     free = SamplingParams(temperature=0.0, max_new_tokens=10, logit_bias=eager_end)
     assert tokens_of(list(engine.generate([20, 21, THINK_ID], free))) == [IM_END_ID]

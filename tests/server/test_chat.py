@@ -239,3 +239,37 @@ def test_tools_are_accepted(live: LiveServer, tool_choice: Any) -> None:
     plain = chat(live, max_tokens=1, temperature=0)
     grew = body["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
     assert grew == (tool_choice != "none")
+
+
+def test_typed_messages_render_as_the_wire_dicts_do() -> None:
+    """The built-in template takes the wire messages as validated `Message`s (no dict round trip); a custom
+    template gets dicts. Both forms render the same prompt, and both refuse a call whose arguments are not JSON."""
+    from pathlib import Path
+
+    from minigpt_core.chat_template import render
+    from minigpt_core.errors import InvalidRequest
+    from minigpt_core.tokenizer import Tokenizer
+    from server.chat import chat_request
+    from server.protocol import ChatCompletionRequest
+
+    tok = Tokenizer.from_file(Path(__file__).parents[2] / "minigpt_core" / "assets" / "tokenizer.json")
+    call = {"id": "call_1", "type": "function", "function": {"name": "calc", "arguments": '{"x": 1}'}}
+    messages = [
+        {"role": "developer", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
+        {"role": "assistant", "content": None, "reasoning_content": "\nhm\n", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "name": "calc", "content": "2"},
+    ]
+    req = ChatCompletionRequest.model_validate({"model": MODEL_NAME, "messages": messages})
+    typed, wire = chat_request(req).messages, chat_request(req, typed_messages=False).messages
+    assert not isinstance(typed[0], dict) and isinstance(wire[0], dict)
+    for thinking in (False, True):
+        expected = render(wire, add_generation_prompt=True, enable_thinking=thinking, tokenizer=tok)
+        assert render(typed, add_generation_prompt=True, enable_thinking=thinking, tokenizer=tok) == expected
+    call["function"]["arguments"] = "[1]"
+    bad = ChatCompletionRequest.model_validate({"model": MODEL_NAME, "messages": messages})
+    with pytest.raises(InvalidRequest, match="must be a JSON object") as typed_err:
+        chat_request(bad)
+    with pytest.raises(InvalidRequest, match="must be a JSON object") as wire_err:
+        render(chat_request(bad, typed_messages=False).messages, tokenizer=tok)
+    assert typed_err.value.param == wire_err.value.param == "messages[2].tool_calls[0].function.arguments"

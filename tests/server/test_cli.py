@@ -17,8 +17,8 @@ import uvicorn
 
 from server.__main__ import settings_from_args
 from server.app import create_app
-from server.generate import Generator, run_chat
-from server.generate import main as generate_main
+from server.generate_cli import Generator, run_chat
+from server.generate_cli import main as generate_main
 from server.settings import Settings
 from tests.server.conftest import MODEL_NAME, LiveServer
 

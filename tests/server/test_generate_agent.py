@@ -18,8 +18,8 @@ from minigpt_core.engine import Engine
 from minigpt_core.model import MiniGPT
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.tokenizer import TOOL_CALL_ID, Tokenizer
-from server.generate import Generator, agent_turn, run_chat, tool_registry
-from server.generate import main as generate_main
+from server.generate_cli import Generator, agent_turn, run_chat, tool_registry
+from server.generate_cli import main as generate_main
 from tests.conftest import tiny_config
 from tools.registry import default_registry
 

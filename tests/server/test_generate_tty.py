@@ -66,7 +66,7 @@ class Terminal:
 
 
 def test_chat_lines_have_editing_and_history(tiny_checkpoint: Path) -> None:
-    argv = [sys.executable, "-m", "server.generate", "--model", str(tiny_checkpoint)]
+    argv = [sys.executable, "-m", "server.generate_cli", "--model", str(tiny_checkpoint)]
     term = Terminal([*argv, "--max-length", "2", "--temperature", "0", "--threads", "1"])
     try:
         term.wait_for("> ")

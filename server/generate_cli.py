@@ -1,8 +1,9 @@
-"""`minigpt-generate`: talk to a checkpoint in-process, without HTTP (chat, single prompt, or a batch file).
+"""`minigpt-generate` (also `python -m server.generate_cli`): talk to a checkpoint in-process, without HTTP (chat,
+single prompt, or a batch file). Not to be confused with `server/generation.py`, the server's per-choice runner.
 
-It loads the checkpoint, starts an `Engine` in this process and uses the same chat template and
-`OutputParser` as the server, so what you see here is what the API returns. Chat mode keeps the history and
-streams tokens as they come; a line starting with `think:` turns on thinking for that turn (`--ultra-think`
+It loads the checkpoint, starts an `Engine` in this process, prepares each chat with `minigpt_core.prompting` and
+reads it with `OutputParser`, as the server does, so what you see here is what the API returns. Chat mode keeps the
+history and streams tokens as they come; a line starting with `think:` turns on thinking for that turn (`--ultra-think`
 for every turn); reasoning is shown dimmed on a terminal, or in a `[thinking]` block otherwise. Batch mode
 queues every prompt at once (the engine batches them) and prints one JSON line per prompt. On a terminal, chat
 lines can be edited and earlier ones recalled with the arrow keys (readline); Ctrl-C stops an answer.
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import logging
 import sys
@@ -31,8 +31,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from minigpt_core.chat_template import render
-from minigpt_core.constraints import prompt_ends_inside_think
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.output_parser import (
     Content,
@@ -43,9 +41,9 @@ from minigpt_core.output_parser import (
     ToolCallStart,
     parse_tool_call,
 )
+from minigpt_core.prompting import ChatRequest, PreparedChat, prepare
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.scheduler import TokenEvent
-from minigpt_core.tokenizer import THINK_END_ID, THINK_ID, TOOL_CALL_ID
 from server.generation import tool_call_id
 from tools.base import ToolError
 from tools.registry import ToolRegistry, default_registry
@@ -114,12 +112,16 @@ class Generator:
         self.engine, self.tokenizer, self.params = engine, tokenizer, params
         self.registry = registry
 
-    def _prompt(self, messages: list[dict[str, Any]], thinking: bool) -> tuple[list[int], SamplingParams]:
+    def _prepare(self, messages: list[dict[str, Any]], thinking: bool, tool_choice: Choice = "auto") -> PreparedChat:
+        """The chat as the server prepares it; the tools stay in view in a round that bans calls ("none")."""
         tools = self.registry.schemas() if self.registry is not None else None
-        ids = render(
-            messages, tools, add_generation_prompt=True, enable_thinking=thinking, tokenizer=self.tokenizer
-        ).ids
-        return ids, self._budget(ids, f"the conversation ({len(ids)} tokens) fills the context; start a new one")
+        chat = ChatRequest(messages, tools, tool_choice, thinking=thinking, show_tools_when_none=True)
+        return prepare(chat, self.tokenizer, vocab_size=self.engine.vocab_size)
+
+    def _prompt(self, prep: PreparedChat) -> tuple[list[int], SamplingParams]:
+        ids = prep.prompt_ids
+        params = self._budget(ids, f"the conversation ({len(ids)} tokens) fills the context; start a new one")
+        return ids, replace(params, banned_token_ids=prep.banned_token_ids)
 
     def raw_prompt(self, text: str) -> tuple[list[int], SamplingParams]:
         """Plain text -> ids, no template (as /v1/completions encodes a prompt), and the budget that fits."""
@@ -143,26 +145,13 @@ class Generator:
             if isinstance(seg, Content):
                 yield "content", seg.text
 
-    def _constraint(self, ids: list[int], tool_choice: Choice) -> Any:
-        if self.registry is None:
-            return None
-        from minigpt_core.grammar import ToolCallConstraint
-
-        return ToolCallConstraint(
-            self.tokenizer,
-            self.registry.schemas(),
-            tool_choice,
-            inside_think=prompt_ends_inside_think(ids, THINK_ID, THINK_END_ID),
-            vocab_size=self.engine.vocab_size,
-        )
-
     def answer(
         self, messages: list[dict[str, Any]], thinking: bool, tool_choice: Choice = "auto"
     ) -> Iterator[tuple[str, str]]:
-        ids, params = self._prompt(messages, thinking)
-        parse_tools = self.registry is not None
-        parser = OutputParser(self.tokenizer, thinking=thinking, parse_tools=parse_tools)
-        stream = self.engine.generate(ids, params, self._constraint(ids, tool_choice))
+        prep = self._prepare(messages, thinking, tool_choice)
+        ids, params = self._prompt(prep)
+        parser = OutputParser(self.tokenizer, thinking=thinking, parse_tools=prep.parse_tools)
+        stream = self.engine.generate(ids, params, prep.constraint())
         names: dict[int, str] = {}
         for seg in _segments(stream, parser):
             if isinstance(seg, Reasoning):
@@ -353,7 +342,8 @@ def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO, *
     """Queue all prompts first (the engine batches them), then collect each answer in order."""
     streams = []
     for prompt in prompts:
-        ids, params = gen.raw_prompt(prompt) if raw else gen._prompt([{"role": "user", "content": prompt}], thinking)
+        chat = [{"role": "user", "content": prompt}]
+        ids, params = gen.raw_prompt(prompt) if raw else gen._prompt(gen._prepare(chat, thinking))
         streams.append((prompt, ids, gen.engine.generate(ids, params)))
     for prompt, _, stream in streams:
         segments = list(_segments(stream, OutputParser(gen.tokenizer, thinking=thinking, parse_tools=False)))
@@ -385,8 +375,6 @@ def main(argv: list[str] | None = None) -> int:
         registry = tool_registry(args.tools)
         if registry is not None and args.mode == "batch":
             raise MiniGPTError("--tools works with --mode chat or single")
-        if registry is None and not args.raw:  # no tools offered: the model may not start a call (as the server)
-            params = dataclasses.replace(params, banned_token_ids=(TOOL_CALL_ID,))
     except (MiniGPTError, OSError, ToolError) as exc:
         print(f"minigpt-generate: error: {exc}", file=sys.stderr)
         return 2
