@@ -1,4 +1,8 @@
-"""Live-server fixtures: a real uvicorn in a thread on a free port, started on the tiny random checkpoint."""
+"""Live-server fixtures: a real uvicorn in a thread on a free port, started on the tiny random checkpoint.
+
+`serve_app` is the one launcher of the in-process server tests: it waits on an event
+that uvicorn's startup sets, never on a sleep. `live_server` puts the tiny model behind it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.engine import Engine
@@ -38,14 +43,55 @@ class LiveServer:
 
 
 def _free_port() -> int:
+    """A port that was free a moment ago, for servers started as processes (`python -m server --port N`)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
+class ThreadedServer(uvicorn.Server):
+    """uvicorn's server whose `ready` event is set once it listens, or once it gave up trying."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.ready = threading.Event()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets=sockets)
+        finally:
+            self.ready.set()
+
+    def run_in_thread(self) -> None:
+        try:
+            self.run()
+        finally:
+            self.ready.set()  # a failed start (uvicorn exits its thread) must not leave the waiter hanging
+
+
+@contextlib.contextmanager
+def serve_app(app: FastAPI, **options: Any) -> Iterator[str]:
+    """`app` behind a real uvicorn in a thread on a free port (chosen by the OS): its URL once it listens.
+
+    `options` go to `uvicorn.Config` (e.g. `log_level="warning"`, or `log_config=None` so that the server's
+    loggers propagate to the root). The app's model may still be loading: wait on `app.state.server.load_done`.
+    """
+    server = ThreadedServer(uvicorn.Config(app, host="127.0.0.1", port=0, lifespan="on", **options))
+    thread = threading.Thread(target=server.run_in_thread, daemon=True)
+    thread.start()
+    try:
+        if not server.ready.wait(60) or not server.started:
+            raise RuntimeError("uvicorn did not start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
 @contextlib.contextmanager
 def live_server(checkpoint: Path, **settings: Any) -> Iterator[LiveServer]:
-    """Start engine + app + uvicorn; wait on `server.started` (never sleep); tear everything down."""
+    """Start engine + app + uvicorn on the tiny checkpoint (a caller-owned engine); tear everything down."""
     engine_kw = {k: settings.pop(k) for k in ("max_num_seqs", "max_queued") if k in settings}
     model, _ = load_checkpoint(checkpoint, "cpu")
     engine = Engine(
@@ -55,26 +101,11 @@ def live_server(checkpoint: Path, **settings: Any) -> Iterator[LiveServer]:
         max_model_len=512,
     )
     engine.start()
-    cfg = Settings(model=checkpoint, served_model_name=MODEL_NAME, **settings)
-    app = create_app(cfg, engine=engine)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    started = threading.Event()
-
-    def wait_started() -> None:
-        while not server.started and thread.is_alive():
-            started.wait(0.01)
-
-    wait_started()
-    if not server.started:
-        raise RuntimeError("uvicorn did not start")
     try:
-        yield LiveServer(f"http://127.0.0.1:{port}", engine, cfg.api_key)
+        cfg = Settings(model=checkpoint, served_model_name=MODEL_NAME, **settings)
+        with serve_app(create_app(cfg, engine=engine), log_level="warning") as url:
+            yield LiveServer(url, engine, cfg.api_key)
     finally:
-        server.should_exit = True
-        thread.join(10)
         engine.shutdown()
 
 

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
-import uvicorn
 
 from server.__main__ import settings_from_args
 from server.app import create_app
 from server.generate_cli import Generator, run_chat
 from server.generate_cli import main as generate_main
 from server.settings import Settings
-from tests.server.conftest import MODEL_NAME, LiveServer
+from tests.server.conftest import MODEL_NAME, LiveServer, serve_app
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -53,38 +49,24 @@ def test_model_as_positional_argument_and_threads_setting(
 
 def test_app_loads_model_in_lifespan(tiny_checkpoint: Path) -> None:
     settings = Settings(model=tiny_checkpoint, served_model_name="t", max_model_len=128, max_num_seqs=2)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        while not server.started and thread.is_alive():
-            time.sleep(0.01)
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-            deadline = time.monotonic() + 20
-            while c.get("/health").status_code == 503 and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert c.get("/health").status_code == 200
-            r = c.post(
-                "/v1/chat/completions",
-                json={"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
-            )
-            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
-            assert c.get("/v1/models").json()["data"][0]["max_model_len"] == 128
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    app = create_app(settings)
+    with serve_app(app, log_level="warning") as url, httpx.Client(base_url=url, timeout=30) as c:
+        assert app.state.server.load_done.wait(20)
+        assert c.get("/health").status_code == 200
+        r = c.post(
+            "/v1/chat/completions",
+            json={"model": "t", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+        )
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] >= 1
+        assert c.get("/v1/models").json()["data"][0]["max_model_len"] == 128
 
 
 def test_app_reports_missing_model(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(Settings(model=tmp_path / "nope"))) as client:
-        deadline = time.monotonic() + 10
-        while client.get("/health").json()["status"] == "loading" and time.monotonic() < deadline:
-            time.sleep(0.02)
+    app = create_app(Settings(model=tmp_path / "nope"))
+    with TestClient(app) as client:
+        assert app.state.server.load_done.wait(10)
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "error" and "nope" in r.json()["detail"]
         r = client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from pydantic import ValidationError
 
@@ -23,7 +22,7 @@ from minigpt_core.engine import Engine
 from server.__main__ import settings_from_args
 from server.app import create_app
 from server.settings import Settings
-from tests.server.conftest import MODEL_NAME, LiveServer, live_server
+from tests.server.conftest import MODEL_NAME, LiveServer, live_server, serve_app
 from tests.server.test_errors import envelope
 
 MSGS = [{"role": "user", "content": "hi"}]
@@ -59,25 +58,9 @@ def watch_logs(until: str) -> Iterator[LogWatch]:
         root.setLevel(before)
 
 
-@contextlib.contextmanager
-def serve(app: FastAPI, **options: Any) -> Iterator[str]:
-    """`app` behind a real uvicorn on a free port (its loggers propagate to the root: log_config=None)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on", **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    started = threading.Event()
-    while not server.started and thread.is_alive():
-        started.wait(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def serve(app: FastAPI, **options: Any) -> contextlib.AbstractContextManager[str]:
+    """`app` behind a real uvicorn whose loggers propagate to the root (log_config=None), for `watch_logs`."""
+    return serve_app(app, log_config=None, **options)
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 
 from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.lora import LoRAWeights, merge_lora, save_adapter
@@ -28,6 +24,7 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
 from server.app import create_app
 from server.settings import Settings
+from tests.server.conftest import _free_port, serve_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,33 +60,15 @@ def adapter_dirs(adapters: dict[str, LoRAWeights], tmp_path_factory: pytest.Temp
     return {name: save_adapter(root / name, weights) for name, weights in adapters.items()}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def serving(settings: Settings) -> Iterator[str]:
-    """uvicorn in a thread on the app as minigpt-serve builds it; yields the URL once /health says the model is up."""
-    port = _free_port()
-    app = create_app(settings.model_copy(update={"port": port}))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    tick = threading.Event()
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(6000):  # the model loads in a worker thread behind /health: up to 60 s
-            if server.started and httpx.get(url + "/health", timeout=10).status_code == 200:
-                break
-            if not thread.is_alive() or app.state.server.load_error:
-                raise RuntimeError(f"the server did not come up: {app.state.server.load_error}")
-            tick.wait(0.01)
+    """The app as minigpt-serve builds it (it loads its own model) behind uvicorn; the URL once the model is up."""
+    app = create_app(settings)
+    with serve_app(app, log_level="warning") as url:
+        state = app.state.server
+        if not state.load_done.wait(60) or state.load_error:
+            raise RuntimeError(f"the server did not come up: {state.load_error}")
         yield url
-    finally:
-        server.should_exit = True
-        thread.join(20)
 
 
 @pytest.fixture(scope="module")

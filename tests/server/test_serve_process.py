@@ -20,13 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.server.conftest import _free_port
+
 SERVE = [sys.executable, "-m", "server"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _run(args: list[str], timeout_s: float = 90) -> subprocess.CompletedProcess[str]:

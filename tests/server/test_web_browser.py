@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import uvicorn
 
 from minigpt_core.checkpoint import save_checkpoint
 from minigpt_core.engine import Engine
@@ -27,7 +25,7 @@ from minigpt_core.tokenizer import Tokenizer
 from server.app import create_app
 from server.settings import Settings
 from tests.conftest import tiny_config
-from tests.server.conftest import LiveServer, live_server
+from tests.server.conftest import LiveServer, live_server, serve_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -205,18 +203,10 @@ def long_live(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Tokenize
     engine = Engine(model, max_num_seqs=2, max_model_len=LONG_CONTEXT)
     engine.start()
     app = create_app(Settings(model=checkpoint, served_model_name="tiny"), engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    started = threading.Event()
-    while not server.started and thread.is_alive():
-        started.wait(0.01)
     try:
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
+        with serve_app(app, log_level="warning") as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
         engine.shutdown()
 
 
