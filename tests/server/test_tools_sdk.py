@@ -49,12 +49,8 @@ CALL_BIAS = {str(TOOL_CALL_ID): 100}  # in "auto" / "none": try to open a call a
 
 
 def valid(schema: dict[str, Any], value: Any) -> bool:
-    """`schema_errors` (training's checker) plus the string maxLength it does not check."""
+    """`schema_errors` (training's jsonschema check, string maxLength included) finds nothing."""
     assert schema_errors(schema, value) == [], (schema, value)
-    if isinstance(value, dict):
-        for key, item in value.items():
-            limit = schema.get("properties", {}).get(key, {}).get("maxLength")
-            assert limit is None or len(item) <= limit, (key, item)
     return True
 
 

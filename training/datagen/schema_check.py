@@ -1,74 +1,43 @@
-"""A small JSON-schema checker for the subset the generator and tool evals use.
+"""Tool arguments against a JSON Schema, through the `jsonschema` package: what the generator tests and the tool
+evals score with.
 
-What it is: `schema_errors(schema, value)` for type (string, integer, number, boolean, array, object, null),
-enum, required, properties, additionalProperties: false, items, minimum/maximum and minItems. Enough to check
-that generated or predicted tool arguments fit the offered schema, without a `jsonschema` dependency.
-What it is not: a full JSON-schema implementation ($ref, oneOf, patterns and formats are not checked).
+What it is: `schema_errors(schema, value)`, every way a decoded value breaks a schema as "path: message" strings
+(empty when it validates), and `arguments_valid(tool, arguments)` for an OpenAI tool dict. Draft 2020-12, with one
+narrowing: "integer" means a JSON integer, not also a float such as 3.0, because a tool call whose argument
+decodes to a float has not written an integer. Formats are not checked (as jsonschema does by default); a schema
+naming a type that JSON Schema does not know yields an error rather than an exception.
+What it is not: a check of the schema itself, or the constrained decoder that makes a model's arguments fit one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,),
-    "integer": (int,),
-    "number": (int, float),
-    "boolean": (bool,),
-    "array": (list,),
-    "object": (dict,),
-    "null": (type(None),),
-}
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import UnknownType
 
 
-def _type_ok(expected: str | list[str], value: Any) -> bool:
-    names = [expected] if isinstance(expected, str) else expected
-    for name in names:
-        kinds = _TYPES.get(name)
-        if kinds is None:
-            return True  # unknown type keyword: not ours to judge
-        if isinstance(value, bool) and name in ("integer", "number"):
-            continue  # JSON booleans are not numbers
-        if isinstance(value, kinds):
-            return True
-    return False
+def _is_integer(_checker: object, instance: object) -> bool:
+    return isinstance(instance, int) and not isinstance(instance, bool)
 
 
-def _object_errors(schema: dict[str, Any], value: dict[str, Any], path: str) -> list[str]:
-    errors: list[str] = []
-    properties: dict[str, Any] = schema.get("properties", {})
-    for name in schema.get("required", []):
-        if name not in value:
-            errors.append(f"{path}: missing required property {name!r}")
-    for name, item in value.items():
-        if name in properties:
-            errors += schema_errors(properties[name], item, f"{path}.{name}")
-        elif schema.get("additionalProperties") is False:
-            errors.append(f"{path}: unexpected property {name!r}")
-    return errors
+_Validator = validators.extend(
+    Draft202012Validator, type_checker=Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer)
+)
 
 
-def schema_errors(schema: dict[str, Any], value: Any, path: str = "$") -> list[str]:
-    """Every way `value` breaks `schema` (empty when it validates)."""
-    if "type" in schema and not _type_ok(schema["type"], value):
-        return [f"{path}: expected {schema['type']}, got {type(value).__name__}"]
-    errors: list[str] = []
-    if "enum" in schema and value not in schema["enum"]:
-        errors.append(f"{path}: {value!r} is not one of {schema['enum']}")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{path}: {value} < minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{path}: {value} > maximum {schema['maximum']}")
-    if isinstance(value, dict):
-        errors += _object_errors(schema, value, path)
-    if isinstance(value, list):
-        if len(value) < schema.get("minItems", 0):
-            errors.append(f"{path}: fewer than {schema['minItems']} items")
-        if "items" in schema:
-            for index, item in enumerate(value):
-                errors += schema_errors(schema["items"], item, f"{path}[{index}]")
-    return errors
+def _path(parts: Iterable[str | int]) -> str:
+    return "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts)
+
+
+def schema_errors(schema: dict[str, Any], value: Any) -> list[str]:
+    """Every way `value` breaks `schema` (empty when it validates), each as "$.path: message"."""
+    try:
+        errors = sorted(_Validator(schema).iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path])
+    except UnknownType as exc:
+        return [f"$: the schema names an unknown type {exc.type!r}"]
+    return [f"{_path(error.absolute_path)}: {error.message}" for error in errors]
 
 
 def arguments_valid(tool: dict[str, Any], arguments: Any) -> bool:
