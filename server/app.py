@@ -103,7 +103,7 @@ async def _load(state: ServerState) -> None:
     state.attach(engine, tokenizer, model_dir)
 
 
-def create_app(settings: Settings, engine: Engine | None = None, tokenizer: Tokenizer | None = None) -> FastAPI:
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     """The FastAPI app. With `engine` given, the caller owns it and the tokenizer comes from `settings.model`."""
     from server.apidocs import router as apidocs_router
     from server.responses_route import router as responses_router
@@ -120,7 +120,7 @@ def create_app(settings: Settings, engine: Engine | None = None, tokenizer: Toke
         loader: asyncio.Task[None] | None = None
         if engine is not None:
             model_dir = settings.resolved_model_dir()
-            tok = tokenizer if tokenizer is not None else Tokenizer.from_dir(model_dir)
+            tok = Tokenizer.from_dir(model_dir)
             await asyncio.to_thread(warm_grammar, tok, int(engine.vocab_size))
             state.attach(engine, tok, model_dir)
         else:
