@@ -34,7 +34,6 @@ from training.config import (
     DTYPES,
     MODES,
     REWARD_FEATURES,
-    STAGE_MODES,
     UNIMPLEMENTED_MODES,
     TrainConfig,
     resolve_config,
@@ -42,7 +41,7 @@ from training.config import (
 )
 from training.errors import ResumeError, TrainingDiverged, TrainingError
 from training.interrupt import TrainingInterrupted
-from training.state import TRAINER_STATE_DIR, TrainerState, find_resume_point, read_trainer_state, run_dir_of
+from training.state import TRAINER_STATE_DIR, find_resume_point, read_trainer_state, run_dir_of
 
 logger = logging.getLogger("training.cli")
 REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
@@ -214,8 +213,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
         overrides.setdefault("out_dir", str(Path("checkpoints") / f"{kind}_{Path(args.config).stem}"))
         settings.update(overrides)
         return resolve_config(settings), None
-    if args.mode in STAGE_MODES:
-        raise UsageError(f"--resume is not supported for --mode {args.mode}; start again with --init")
     if not Path(args.resume).exists():
         raise UsageError(f"--resume {args.resume}: no such folder")
     if args.init is not None:
@@ -223,8 +220,6 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     point = find_resume_point(args.resume)
     saved = dict(read_trainer_state(point).config)
     saved.pop("threads", None)  # a property of this machine, not of the run
-    if saved.get("mode") in STAGE_MODES:
-        raise UsageError(f"--resume is not supported for {saved['mode']} runs; start again with --init")
     if args.mode is not None and args.mode != saved.get("mode"):
         raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved.get('mode')}); use --init instead")
     overrides.setdefault("out_dir", str(run_dir_of(point)))
@@ -274,34 +269,11 @@ def _train_main(argv: list[str]) -> int:
     from minigpt_core.threads import configure_threads  # imports torch: only once the flags are valid
 
     cfg = cfg.replace(threads=configure_threads(cfg.threads))  # the count in force lands in run_config.json
-    if cfg.mode in STAGE_MODES:
-        state = _run_stage(cfg)
-    elif cfg.lora_rank:
-        from training.lora_train import run_lora_sft
+    from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
 
-        state = run_lora_sft(cfg)
-    else:
-        from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
-
-        state = run_training(cfg, resume_from)
+    state = run_training(cfg, resume_from)
     logger.info("done: step %d, %d tokens, run folder %s", state.step, state.tokens_seen, cfg.out_dir)
     return 0
-
-
-def _run_stage(cfg: TrainConfig) -> TrainerState:
-    if cfg.mode == "dpo":
-        from training.dpo import run_dpo
-
-        return run_dpo(cfg)
-    if cfg.mode == "reward":
-        from training.reward import run_reward
-
-        return run_reward(cfg)
-    from training.rewards import parse_reward_names
-    from training.rlhf import run_rlhf
-
-    parse_reward_names(cfg.rewards)  # fail on a typo before loading anything
-    return run_rlhf(cfg)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,28 +2,32 @@
 
 What it is: `dpo_loss` (the sigmoid loss of Rafailov et al. 2023 and the IPO loss of Azar et al. 2023 on summed
 assistant-token log-probabilities), `evaluate_dpo` (held-out preference accuracy: how often the policy gives the
-chosen answer the higher log-probability; plus the implicit-reward accuracy and margin against the reference)
-and `run_dpo`, the stage: a trainable policy and a frozen reference, both the --init checkpoint; the reference's
-log-probs are computed without gradients for each batch. Each log line of metrics.jsonl holds loss, chosen and
-rejected rewards (beta times the policy/reference log-ratio), the margin and the preference accuracy.
-What it is not: pair loading or log-prob code (training.preference) or the loop scaffolding (training.stage).
+chosen answer the higher log-probability; plus the implicit-reward accuracy and margin against the reference),
+`DPOStage` and its builder `build_dpo`: a trainable policy and a frozen reference, both the --init checkpoint;
+the reference's log-probs are computed without gradients for each batch. Each log line of metrics.jsonl holds
+loss, chosen and rejected rewards (beta times the policy/reference log-ratio), the margin and the preference accuracy.
+What it is not: pair loading or log-prob code (training.preference) or the loop (training.loop).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from minigpt_core.model import MiniGPT
+from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.dataset import resolve_data_files
-from training.loop import build_optimizer, clip_and_step
+from training.loop import clip_and_step, set_lr
 from training.preference import Pair, PairBatcher, batches, by_kind, collate, sequence_logprobs, split_pairs
-from training.runtime import setup_runtime
-from training.stage import StageRun, frozen_copy, load_init, run_loop, save_stage, set_lr
-from training.state import TrainerState
+from training.runtime import Runtime
+from training.stage import PolicyStage, load_init, load_reference
+from training.state import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -104,56 +108,67 @@ def evaluate_dpo(
     return out
 
 
-def dpo_step(
-    policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    pairs: Sequence[Pair],
-    cfg: TrainConfig,
-    device: torch.device,
-) -> dict[str, float]:
-    """One optimizer step on one batch of pairs; returns the logged metrics."""
-    with torch.no_grad():
-        rc, rr = _pair_logprobs(reference, pairs, device)
-    pc, pr = _pair_logprobs(policy, pairs, device)
-    loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.dpo_loss)
-    loss.backward()
-    grad_norm = clip_and_step(policy, optimizer, cfg.grad_clip)
-    return {
-        "loss": float(loss.detach()),
-        "grad_norm": float(grad_norm),
-        "rewards_chosen": float(stats["chosen_rewards"].mean()),
-        "rewards_rejected": float(stats["rejected_rewards"].mean()),
-        "reward_margin": float(stats["margins"].mean()),
-        "pref_accuracy": float(stats["accuracies"].mean()),
-    }
+class DPOStage(PolicyStage):
+    """A trainable policy and the frozen reference, both the --init checkpoint; one batch of pairs per step."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rt: Runtime,
+        policy: MiniGPT,
+        reference: torch.nn.Module,
+        tokenizer: Tokenizer,
+        train: Sequence[Pair],
+        val: Sequence[Pair],
+    ) -> None:
+        super().__init__(cfg, rt, policy, reference, tokenizer)
+        self.val = val
+        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.batch_size, seed=cfg.seed)
+        with rt.autocast():  # the reference's held-out log-probs never change: computed once
+            self.ref_val = reference_logprobs(reference, val, rt.device, cfg.batch_size)
+
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, device = self.cfg, self.rt.device
+        lr = set_lr(self.optimizer, step, cfg)
+        pairs = self.batcher.next_batch()
+        with self.rt.autocast():
+            with torch.no_grad():
+                rc, rr = _pair_logprobs(self.reference, pairs, device)
+            pc, pr = _pair_logprobs(self.forward, pairs, device)
+            loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.dpo_loss)
+            loss.backward()
+            grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+        return {
+            "loss": float(loss.detach()),
+            "grad_norm": float(grad_norm),
+            "rewards_chosen": float(stats["chosen_rewards"].mean()),
+            "rewards_rejected": float(stats["rejected_rewards"].mean()),
+            "reward_margin": float(stats["margins"].mean()),
+            "pref_accuracy": float(stats["accuracies"].mean()),
+            "lr": lr,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Every rank scores the whole held-out set (the same numbers; rank 0 logs them)."""
+        cfg = self.cfg
+        with self.rt.autocast():
+            return evaluate_dpo(
+                self.model, self.val, self.rt.device, ref_logps=self.ref_val, beta=cfg.beta, batch_size=cfg.batch_size
+            )
+
+    def data_state(self) -> dict[str, Any]:
+        return self.batcher.state_dict()
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.batcher.load_state_dict(state)
 
 
-def run_dpo(cfg: TrainConfig) -> TrainerState:
-    """Train the --init policy with DPO against a frozen copy of itself; writes a servable run folder."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    policy, tokenizer, cfg = load_init(cfg, required=True)
-    run = StageRun.create(cfg, rt)
-    cfg.save(run.run_dir / "run_config.json")
+def build_dpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> DPOStage:
+    """DPO on the --init policy (or the resumed one) against a frozen copy of the --init checkpoint."""
+    policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
     files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
     train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
     policy.to(rt.device)
-    reference = frozen_copy(policy)
-    optimizer = build_optimizer(policy, cfg, rt.device)
-    batcher = PairBatcher(train, cfg.batch_size, seed=cfg.seed)
+    reference = load_reference(cfg, policy, resumed=loaded is not None)
     logger.info("dpo (%s, beta %g): %d train / %d held-out pairs", cfg.dpo_loss, cfg.beta, len(train), len(val))
-
-    def step() -> dict[str, float]:
-        lr = set_lr(optimizer, run.state.step, cfg)
-        with rt.autocast():
-            metrics = dpo_step(policy, reference, optimizer, batcher.next_batch(), cfg, rt.device)
-        return {**metrics, "lr": lr}
-
-    with rt.autocast():
-        ref_val = reference_logprobs(reference, val, rt.device, cfg.batch_size)
-
-    def evaluate() -> dict[str, float]:
-        with rt.autocast():
-            return evaluate_dpo(policy, val, rt.device, ref_logps=ref_val, beta=cfg.beta, batch_size=cfg.batch_size)
-
-    return run_loop(run, step, evaluate, lambda: save_stage(run, policy, tokenizer, optimizer))
+    return DPOStage(cfg, rt, policy, reference, tokenizer, train, val)

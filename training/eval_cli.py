@@ -72,7 +72,7 @@ def run_loss(args: argparse.Namespace) -> int:
     from minigpt_core.checkpoint import load_checkpoint
     from training.data import detect_format, open_shard
     from training.dataset import documents_of, token_byte_lengths
-    from training.loop import evaluate_docs
+    from training.lm_stage import evaluate_docs
     from training.pipeline import PACKING
     from training.runtime import setup_runtime
     from training.state import trained_seq_len

@@ -1,26 +1,29 @@
-"""Builds a run from a resolved TrainConfig and trains it: tokenizer, model, data, optimizer, resume.
+"""Builds a run from a resolved TrainConfig and trains it: the one path of every mode, new or resumed.
 
-What it is: `run_training(cfg, resume_from=None)`, the one function behind `minigpt-train --mode pretrain|sft`.
-It picks the tokenizer (resumed or `--init` checkpoint's, `--tokenizer`, a new one with `--retrain-tokenizer`, else
-the bundled one), builds or loads the model, tokenizes the data (rank 0 first under torchrun), wraps the model
-in DDP and/or torch.compile, restores trainer state when resuming, then calls `training.loop.fit`.
-What it is not: argument parsing (training.cli) or the loop itself (training.loop).
+What it is: `run_training(cfg, resume_from=None)`, the one function behind `minigpt-train`. It prepares the run
+folder, loads the checkpoint to resume from, has the mode's builder make its `training.loop.Stage` (pretrain and
+SFT here, `build_lm_stage`, LoRA included; DPO, reward model and GRPO in their modules), writes run_config.json,
+restores optimizer, data position and RNG when resuming, runs `training.loop.fit`, draws the loss plot and turns a
+signal into `TrainingInterrupted`. For pretrain/SFT it also picks the tokenizer (resumed or `--init` checkpoint's,
+`--tokenizer`, a new one with `--retrain-tokenizer`, else the bundled one), builds or loads the model and
+tokenizes the data (rank 0 first under torchrun).
+What it is not: argument parsing (training.cli), the loop (training.loop) or a stage's loss.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from minigpt_core.chat_template import tool_call_text
 from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint
 from minigpt_core.errors import ConfigError
+from minigpt_core.lora import apply_lora, parse_targets
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer, train_tokenizer
 from training.config import TrainConfig
@@ -36,10 +39,12 @@ from training.dataset import (
 )
 from training.errors import DataError, ResumeError
 from training.interrupt import TrainingInterrupted
-from training.loop import Trainer, build_optimizer, fit
+from training.lm_stage import LMStage, LoRAStage
+from training.loop import Run, Stage, build_optimizer, fit
 from training.plaintext import is_text_file, iter_text_pieces
 from training.plot import plot_after_run
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
+from training.stage import distribute
 from training.state import (
     TRAINER_STATE_DIR,
     LoadedCheckpoint,
@@ -148,6 +153,18 @@ def _datasets(cfg: TrainConfig, files: DataFiles, tokenizer: Tokenizer, rt: Runt
     return train, val
 
 
+def _prepare_run_dir(cfg: TrainConfig, rt: Runtime, fresh: bool) -> Path:
+    """RUN created, the leftovers of a killed save removed; a new run starts a new metrics.jsonl."""
+    run_dir = Path(cfg.out_dir)
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        clean_stale(run_dir)
+        if fresh:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    rt.barrier()
+    return run_dir
+
+
 def _truncate_metrics(run_dir: Path, step: int) -> None:
     """On resume, forget metrics logged after the checkpoint (they will be produced again)."""
     path = run_dir / "metrics.jsonl"
@@ -157,14 +174,17 @@ def _truncate_metrics(run_dir: Path, step: int) -> None:
         path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
 
 
-def _restore(loaded: LoadedCheckpoint, optimizer: torch.optim.Optimizer, loader: PackedLoader) -> None:
+def _restore(loaded: LoadedCheckpoint, stage: Stage) -> None:
     """Put the optimizer, data position and RNG back where the checkpoint left them; ResumeError names the file."""
     sd = loaded.path / TRAINER_STATE_DIR
     try:
-        optimizer.load_state_dict(loaded.optimizer)
+        stage.optimizer.load_state_dict(loaded.optimizer)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
         raise ResumeError(f"{sd / 'optimizer.pt'}: does not fit this model's optimizer ({exc})") from exc
-    loader.load_state_dict(loaded.state.loader)
+    try:
+        stage.load_data_state(loaded.state.loader)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ResumeError(f"{sd / 'state.json'}: not a usable data position ({exc})") from exc
     try:
         set_rng_state(loaded.rng)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
@@ -172,7 +192,7 @@ def _restore(loaded: LoadedCheckpoint, optimizer: torch.optim.Optimizer, loader:
 
 
 def run_training(cfg: TrainConfig, resume_from: Path | None = None) -> TrainerState:
-    """Train per `cfg`; with `resume_from` (a step directory) continue that checkpoint exactly."""
+    """Train per `cfg` (any mode); with `resume_from` (a step directory) continue that checkpoint exactly."""
     rt = setup_runtime(cfg.device, cfg.dtype)
     try:
         return _run(cfg, rt, resume_from)
@@ -181,77 +201,87 @@ def run_training(cfg: TrainConfig, resume_from: Path | None = None) -> TrainerSt
 
 
 def _run(cfg: TrainConfig, rt: Runtime, resume_from: Path | None) -> TrainerState:
-    run_dir = Path(cfg.out_dir)
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale(run_dir)
-    rt.barrier()
-    files = resolve_data_files(cfg.data, cfg.mode, cfg.val_data)
+    run_dir = _prepare_run_dir(cfg, rt, fresh=resume_from is None)
     loaded = load_training_checkpoint(resume_from) if resume_from is not None else None
+    stage = _builder(cfg.mode)(cfg, rt, run_dir, loaded)
+    if rt.is_main:
+        stage.cfg.save(run_dir / "run_config.json")
+    cfg = stage.resolve_length() if isinstance(stage, LMStage) else stage.cfg
+    state = TrainerState(config=cfg.to_dict())
+    if loaded is not None:
+        _restore(loaded, stage)
+        state = loaded.state
+        if rt.is_main:
+            _truncate_metrics(run_dir, state.step)
+        logger.info("resuming from %s at step %d", loaded.path, state.step)
+    run = Run(cfg, rt, run_dir, stage, state)
+    with stage.session():
+        final = fit(run)
+    if rt.is_main and isinstance(stage, LMStage) and stage.loader.truncated:
+        logger.warning("%d conversations were longer than --seq-len and were truncated", stage.loader.truncated)
+    if rt.is_main:
+        plot_after_run(run_dir)
+    if run.stopped_by is not None:
+        raise TrainingInterrupted(run.stopped_by, final.step, step_dir(run_dir, final.step), resumable=True)
+    return final
+
+
+Builder = Callable[[TrainConfig, Runtime, Path, "LoadedCheckpoint | None"], Stage]
+
+
+def _builder(mode: str) -> Builder:
+    """The function that builds the stage of `mode` (imported on demand: each pulls in its own dependencies)."""
+    if mode in ("pretrain", "sft"):
+        return build_lm_stage
+    if mode == "dpo":
+        from training.dpo import build_dpo
+
+        return build_dpo
+    if mode == "reward":
+        from training.reward import build_reward
+
+        return build_reward
+    from training.rlhf import build_grpo
+
+    return build_grpo
+
+
+def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> LMStage:
+    """Pretrain / SFT: tokenizer, model (fresh, --init or resumed), data, optimizer; a LoRA adapter with
+    --lora-rank."""
+    files = resolve_data_files(cfg.data, cfg.mode, cfg.val_data)
     if loaded is not None:
         model, tokenizer = loaded.model, loaded.tokenizer
         cfg = cfg.replace(model=model.config)
     else:
         tokenizer = choose_tokenizer(cfg, files, rt, run_dir)
         model, cfg = build_model(cfg, tokenizer)
-    if rt.is_main:
-        cfg.save(run_dir / "run_config.json")
     train_docs, val_docs = _datasets(cfg, files, tokenizer, rt)
     model.to(rt.device)
+    lora_params = None
+    if cfg.lora_rank:
+        seed_everything(cfg.seed)
+        targets = parse_targets(cfg.lora_targets)
+        lora_params = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets)
     optimizer = build_optimizer(model, cfg, rt.device)
     loader = PackedLoader(
-        train_docs,
-        cfg.seq_len,
-        cfg.batch_size,
-        pack=PACKING[cfg.mode],
-        seed=cfg.seed,
-        rank=rt.rank,
+        train_docs, cfg.seq_len, cfg.batch_size, pack=PACKING[cfg.mode], seed=cfg.seed, rank=rt.rank,
         world_size=rt.world_size,
-    )
-    state = TrainerState(config=cfg.to_dict())
-    if loaded is not None:
-        _restore(loaded, optimizer, loader)
-        state = loaded.state
-        if rt.is_main:
-            _truncate_metrics(run_dir, state.step)
-        logger.info("resuming from %s at step %d", loaded.path, state.step)
-    forward: torch.nn.Module = model
-    if rt.distributed:
-        forward = DistributedDataParallel(model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    if cfg.compile:
-        forward = torch.compile(forward)  # type: ignore[assignment]
-    trainer = Trainer(
-        cfg=cfg,
-        rt=rt,
-        run_dir=run_dir,
-        model=model,
-        forward=forward,
-        tokenizer=tokenizer,
-        optimizer=optimizer,
-        train_loader=loader,
-        val_docs=val_docs,
-        byte_lengths=token_byte_lengths(tokenizer),
-        state=state,
-    )
+    )  # fmt: skip
+    forward = distribute(model, rt, compile=cfg.compile)
+    args = (cfg, rt, model, forward, tokenizer, optimizer, loader, val_docs, token_byte_lengths(tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "%s %s: %.2fM parameters, %d train / %d val documents, %d tokens per step on %d rank(s), device %s, "
         "%d CPU thread(s)",
-        cfg.mode,
-        cfg.config_name,
-        n_params / 1e6,
-        len(train_docs),
-        len(val_docs),
-        cfg.tokens_per_step * rt.world_size,
-        rt.world_size,
-        rt.device,
-        torch.get_num_threads(),
-    )
-    final = fit(trainer)
-    if rt.is_main and loader.truncated:
-        logger.warning("%d conversations were longer than --seq-len and were truncated", loader.truncated)
-    if rt.is_main:
-        plot_after_run(run_dir)
-    if trainer.stopped_by is not None:
-        raise TrainingInterrupted(trainer.stopped_by, final.step, step_dir(run_dir, final.step), resumable=True)
-    return final
+        cfg.mode, cfg.config_name, n_params / 1e6, len(train_docs), len(val_docs), cfg.tokens_per_step * rt.world_size,
+        rt.world_size, rt.device, torch.get_num_threads(),
+    )  # fmt: skip
+    if lora_params is None:
+        return LMStage(*args)
+    base = str(Path(cfg.init).resolve()) if cfg.init else None
+    logger.info(
+        "LoRA on %s: rank %d, alpha %g, %s; %d trainable parameters",
+        base, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, cfg.lora_targets, sum(p.numel() for p in lora_params),
+    )  # fmt: skip
+    return LoRAStage(*args, base_model=base)

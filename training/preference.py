@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +111,14 @@ class PairBatcher:
                 self._order = self._rng.permutation(len(self.pairs)).tolist()
             out.append(self.pairs[self._order.pop()])
         return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the data (JSON): the permutation generator's state and what is left of this epoch."""
+        return {"rng": self._rng.bit_generator.state, "order": list(self._order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._order = [int(i) for i in state["order"]]
 
 
 def batches(pairs: Sequence[Pair], batch_size: int) -> Iterator[list[Pair]]:

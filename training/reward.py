@@ -4,9 +4,9 @@ What it is: `RewardModel` (a `MiniGPT` whose final hidden state at the last toke
 `Linear(n_embd, 1)` score head, plus by default a learned weight, starting at 1, times the response's log-likelihood
 under the model; `--reward-features last` drops that term), `bradley_terry_loss`
 (-log sigmoid(r_chosen - r_rejected)), `pairwise_accuracy`,
-`save_reward_model` / `load_reward_model` and `run_reward`, the stage. On disk a reward model is a normal checkpoint
-directory (it loads with `minigpt_core.checkpoint.load_checkpoint` and serves as a language model) plus
-`reward_head.safetensors`, which holds the head; only `load_reward_model` reads that file.
+`save_head` / `load_reward_model` and `RewardStage` with its builder `build_reward`. On disk a reward model is a
+normal checkpoint directory (it loads with `minigpt_core.checkpoint.load_checkpoint` and serves as a language
+model) plus `reward_head.safetensors`, which holds the head; only `load_reward_model` reads that file.
 What it is not: the RLHF stage that consumes the scores (training.rlhf) or pair loading (training.preference).
 """
 
@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.dataset import resolve_data_files
-from training.loop import build_optimizer, clip_and_step
+from training.loop import Stage, build_optimizer, clip_and_step, set_lr
 from training.preference import (
     Pair,
     PairBatcher,
@@ -39,13 +40,14 @@ from training.preference import (
     pad_rows,
     split_pairs,
 )
-from training.runtime import setup_runtime
-from training.stage import StageRun, load_init, run_loop, save_stage, set_lr
-from training.state import TrainerState
+from training.runtime import Runtime
+from training.stage import distribute, load_init
+from training.state import SERVABLE_FILES, LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
 
 HEAD_FILE = "reward_head.safetensors"
+REWARD_CONFIG_FILE = "reward_config.json"
 
 
 class RewardModel(torch.nn.Module):
@@ -103,7 +105,7 @@ def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Te
     return -F.logsigmoid(chosen - rejected).mean()
 
 
-def _pair_scores(rm: RewardModel, pairs: Sequence[Pair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pair_scores(rm: torch.nn.Module, pairs: Sequence[Pair], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     ids, mask, lengths = collate(pairs, device)
     scores = rm(ids, lengths, mask)  # (2B,)
     return scores[: len(pairs)], scores[len(pairs) :]
@@ -131,7 +133,7 @@ def save_head(rm: RewardModel, directory: Path) -> None:
     state["loglik_weight"] = rm.loglik_weight.detach().to("cpu").reshape(1).contiguous()
     save_file(state, str(directory / HEAD_FILE), metadata={"format": "pt", "kind": "minigpt-reward-head"})
     info = {"head_file": HEAD_FILE, "pooling": "last_token", "features": rm.features, "loss": "bradley_terry"}
-    (directory / "reward_config.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (directory / REWARD_CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu") -> tuple[RewardModel, Tokenizer]:
@@ -141,10 +143,17 @@ def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu")
     if not head.is_file():
         raise CheckpointError(f"{head}: missing: {model_dir} is not a reward model (train one with --mode reward)")
     try:
-        info = json.loads((Path(model_dir) / "reward_config.json").read_text(encoding="utf-8"))
+        info = json.loads((Path(model_dir) / REWARD_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         info = {}
     rm = RewardModel(lm, features=str(info.get("features", "last")))
+    load_head(rm, Path(model_dir))
+    return rm.to(device).eval(), tokenizer
+
+
+def load_head(rm: RewardModel, directory: Path) -> None:
+    """Read `directory`'s head file into `rm` (score head and log-likelihood weight)."""
+    head = directory / HEAD_FILE
     try:
         state = load_file(str(head), device="cpu")
         weight = state.pop("loglik_weight", None)
@@ -153,29 +162,36 @@ def load_reward_model(model_dir: str | Path, device: str | torch.device = "cpu")
             rm.loglik_weight.data.copy_(weight.reshape(()))
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise CheckpointError(f"{head}: cannot load the reward head ({exc})") from exc
-    return rm.to(device).eval(), tokenizer
 
 
-def run_reward(cfg: TrainConfig) -> TrainerState:
-    """Train a Bradley-Terry reward model on preference pairs (from --init when given, else from scratch)."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    lm, tokenizer, cfg = load_init(cfg, required=False)
-    run = StageRun.create(cfg, rt)
-    cfg.save(run.run_dir / "run_config.json")
-    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
-    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
-    rm = RewardModel(lm, cfg.reward_features).to(rt.device).train()
-    optimizer = build_optimizer(rm, cfg, rt.device)
-    batcher = PairBatcher(train, cfg.batch_size, seed=cfg.seed)
-    logger.info("reward model: %d train / %d held-out pairs", len(train), len(val))
+class RewardStage(Stage):
+    """Bradley-Terry training of a `RewardModel`; checkpoints are servable LM folders plus the head file."""
 
-    def step() -> dict[str, float]:
-        lr = set_lr(optimizer, run.state.step, cfg)
-        with rt.autocast():
-            c, r = _pair_scores(rm, batcher.next_batch(), rt.device)
+    published = (*SERVABLE_FILES, HEAD_FILE, REWARD_CONFIG_FILE)
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rt: Runtime,
+        rm: RewardModel,
+        tokenizer: Tokenizer,
+        train: Sequence[Pair],
+        val: Sequence[Pair],
+    ) -> None:
+        self.cfg, self.rt, self.rm, self.model, self.tokenizer = cfg, rt, rm, rm.lm, tokenizer
+        self.optimizer = build_optimizer(rm, cfg, rt.device)
+        # With features "last" the log-likelihood weight gets no gradient, which DDP must be told.
+        self.forward = distribute(rm, rt, find_unused_parameters=rm.features == "last")
+        self.val = val
+        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.batch_size, seed=cfg.seed)
+
+    def step(self, step: int) -> dict[str, Any]:
+        lr = set_lr(self.optimizer, step, self.cfg)
+        with self.rt.autocast():
+            c, r = _pair_scores(self.forward, self.batcher.next_batch(), self.rt.device)
             loss = bradley_terry_loss(c, r)
         loss.backward()
-        grad_norm = clip_and_step(rm, optimizer, cfg.grad_clip)
+        grad_norm = clip_and_step(self.rm, self.optimizer, self.cfg.grad_clip)
         return {
             "loss": float(loss.detach()),
             "grad_norm": float(grad_norm),
@@ -184,11 +200,30 @@ def run_reward(cfg: TrainConfig) -> TrainerState:
             "lr": lr,
         }
 
-    def evaluate() -> dict[str, float]:
-        with rt.autocast():
-            return pairwise_accuracy(rm, val, rt.device, batch_size=cfg.batch_size)
+    def evaluate(self) -> dict[str, float]:
+        with self.rt.autocast():
+            return pairwise_accuracy(self.rm, self.val, self.rt.device, batch_size=self.cfg.batch_size)
 
-    def save() -> Path:
-        return save_stage(run, lm, tokenizer, optimizer, extra=lambda tmp: save_head(rm, tmp))
+    def data_state(self) -> dict[str, Any]:
+        return self.batcher.state_dict()
 
-    return run_loop(run, step, evaluate, save)
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        self.batcher.load_state_dict(state)
+
+    def write_files(self, directory: Path) -> None:
+        super().write_files(directory)
+        save_head(self.rm, directory)
+
+
+def build_reward(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> RewardStage:
+    """A Bradley-Terry reward model on preference pairs (from --init when given, else from scratch; resumed with
+    its head)."""
+    lm, tokenizer, cfg = load_init(cfg, loaded, required=False)
+    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
+    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
+    rm = RewardModel(lm, cfg.reward_features)
+    if loaded is not None:
+        load_head(rm, loaded.path)
+    rm = rm.to(rt.device).train()
+    logger.info("reward model: %d train / %d held-out pairs", len(train), len(val))
+    return RewardStage(cfg, rt, rm, tokenizer, train, val)

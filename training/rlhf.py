@@ -4,7 +4,8 @@ What it is: `grpo_advantages` (each sample's reward standardised within its grou
 `grpo_loss` (PPO-style clipped ratio on those advantages plus a KL penalty to the frozen reference with the k3
 estimator exp(ref - logp) - (ref - logp) - 1, averaged over each answer's tokens, then over answers),
 `rollout` (G samples per prompt generated through the project's `Engine`: batched, KV-cached, the policy's own
-weights), `evaluate_rlhf` (greedy answers on held-out prompts, mean verifiable reward) and `run_rlhf`, the stage.
+weights), `evaluate_rlhf` (greedy answers on held-out prompts, mean verifiable reward) and `GRPOStage` with its
+builder `build_grpo`.
 Logged: mean reward (and per rule), KL, clip fraction, response length, loss.
 Prompts: `--data FILE` (JSONL records `{"messages", "answer"}` and/or `{"messages", "tools", "expected"}`), by
 default fresh train-split arithmetic problems from the bundled generator (train-split tool requests when the
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from minigpt_core.engine import Engine
+from minigpt_core.model import MiniGPT
 from minigpt_core.output_parser import parse_all
 from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
@@ -32,13 +34,13 @@ from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.data import iter_lines
 from training.errors import DataError
-from training.loop import build_optimizer, clip_and_step
+from training.loop import clip_and_step, set_lr
 from training.preference import pad_rows, token_logprobs
 from training.reward import RewardModel, load_reward_model
 from training.rewards import Completion, RewardSet, parse_reward_names
-from training.runtime import setup_runtime
-from training.stage import StageRun, frozen_copy, load_init, run_loop, save_stage, set_lr
-from training.state import TrainerState
+from training.runtime import Runtime
+from training.stage import PolicyStage, load_init, load_reference
+from training.state import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -220,87 +222,99 @@ def evaluate_rlhf(
     return out
 
 
-def run_rlhf(cfg: TrainConfig) -> TrainerState:
-    """GRPO from the --init checkpoint; the policy's weights are shared with the rollout engine."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
-    policy, tokenizer, cfg = load_init(cfg, required=True)
-    run = StageRun.create(cfg, rt)
-    cfg.save(run.run_dir / "run_config.json")
-    rules = RewardSet(parse_reward_names(cfg.rewards))
+class GRPOStage(PolicyStage):
+    """GRPO: rollouts of batch_size prompts x group_size samples through the engine, then grpo_epochs optimizer
+    steps on them. The policy's weights are shared with the rollout engine; under torchrun each rank draws its
+    prompts from its own share of the training set."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        rt: Runtime,
+        policy: MiniGPT,
+        reference: torch.nn.Module,
+        tokenizer: Tokenizer,
+        prompts: tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]],
+        rewards: tuple[RewardSet, RewardModel | None],
+    ) -> None:
+        super().__init__(cfg, rt, policy, reference, tokenizer)
+        self.train, self.val = list(prompts[0])[rt.rank :: rt.world_size], prompts[1]
+        self.rules, self.rm = rewards
+        rows = cfg.batch_size * cfg.group_size
+        max_len = min(policy.config.max_seq_len, cfg.seq_len + cfg.max_new_tokens)
+        self.engine = Engine(
+            policy, max_num_seqs=min(64, rows), max_model_len=max_len, max_queued=max(256, rows, len(self.val)),
+            device=rt.device, output_vocab=tokenizer.vocab_size,
+        )  # fmt: skip
+        self.rng = random.Random(cfg.seed)
+
+    def session(self) -> Engine:
+        return self.engine
+
+    def step(self, step: int) -> dict[str, Any]:
+        cfg, device = self.cfg, self.rt.device
+        lr = set_lr(self.optimizer, step, cfg)
+        chosen = self.rng.sample(self.train, min(cfg.batch_size, len(self.train)))
+        records = [r for r in chosen for _ in range(cfg.group_size)]
+        base = self.rng.randrange(1 << 30)
+        params = [
+            SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=base + i)
+            for i in range(len(records))
+        ]
+        prompts, completions = rollout(self.engine, self.tokenizer, records, params, thinking=cfg.thinking)
+        totals, breakdown = score(completions, prompts, self.rules, self.rm)
+        rewards = torch.tensor(totals, dtype=torch.float32).view(len(chosen), cfg.group_size)
+        advantages = grpo_advantages(rewards).view(-1).to(device)
+        with torch.no_grad():
+            old_logp, mask = answer_logprobs(self.model, prompts, completions, device)
+            ref_logp, _ = answer_logprobs(self.reference, prompts, completions, device)
+        self.model.train()
+        for _ in range(cfg.grpo_epochs):
+            logp, _ = answer_logprobs(self.forward, prompts, completions, device)
+            loss, stats = grpo_loss(
+                logp, old_logp, ref_logp, advantages, mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef
+            )
+            loss.backward()
+            grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+        lengths = [len(c.token_ids) for c in completions]
+        return {
+            "loss": float(loss.detach()),
+            "reward_mean": float(rewards.mean()),
+            "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+            **breakdown,
+            "kl": float(stats["kl"]),
+            "clip_fraction": float(stats["clip_fraction"]),
+            "response_len": sum(lengths) / len(lengths),
+            "grad_norm": float(grad_norm),
+            "lr": lr,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        cfg = self.cfg
+        return evaluate_rlhf(
+            self.engine, self.tokenizer, self.val, self.rules, self.rm,
+            max_new_tokens=cfg.max_new_tokens, thinking=cfg.thinking,
+        )  # fmt: skip
+
+    def data_state(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {"rng": [version, list(internal), gauss]}
+
+    def load_data_state(self, state: dict[str, Any]) -> None:
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+
+
+def build_grpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> GRPOStage:
+    """GRPO from the --init checkpoint (or the resumed policy) against a frozen copy of --init."""
+    rules = RewardSet(parse_reward_names(cfg.rewards))  # a typo fails before anything is loaded
+    policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
     rm = load_reward_model(cfg.reward_model, rt.device)[0] if cfg.reward_model else None
     train, val = prompt_sets(cfg)
     train = [r for r in train if len(prompt_ids(r, tokenizer, cfg.thinking)) <= cfg.seq_len]
     if not train:
         raise DataError(f"no training prompt fits in --seq-len {cfg.seq_len}")
     policy.to(rt.device)
-    reference = frozen_copy(policy)
-    optimizer = build_optimizer(policy, cfg, rt.device)
-    max_len = min(policy.config.max_seq_len, cfg.seq_len + cfg.max_new_tokens)
-    engine = Engine(
-        policy, max_num_seqs=min(64, cfg.batch_size * cfg.group_size), max_model_len=max_len,
-        max_queued=max(256, cfg.batch_size * cfg.group_size, len(val)), device=rt.device,
-        output_vocab=tokenizer.vocab_size,
-    )  # fmt: skip
-    rng = random.Random(cfg.seed)
+    reference = load_reference(cfg, policy, resumed=loaded is not None)
     logger.info("grpo: %d train / %d held-out prompts, rewards %s", len(train), len(val), ", ".join(rules.names))
-
-    def step() -> dict[str, float]:
-        return grpo_step(cfg, rt.device, policy, reference, optimizer, engine, tokenizer, train, rules, rm, rng, run)
-
-    def evaluate() -> dict[str, float]:
-        return evaluate_rlhf(
-            engine, tokenizer, val, rules, rm, max_new_tokens=cfg.max_new_tokens, thinking=cfg.thinking
-        )
-
-    with engine:
-        return run_loop(run, step, evaluate, lambda: save_stage(run, policy, tokenizer, optimizer))
-
-
-def grpo_step(
-    cfg: TrainConfig,
-    device: torch.device,
-    policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    engine: Engine,
-    tokenizer: Tokenizer,
-    train: Sequence[dict[str, Any]],
-    rules: RewardSet,
-    rm: RewardModel | None,
-    rng: random.Random,
-    run: StageRun,
-) -> dict[str, float]:
-    """Rollouts for batch_size prompts x group_size samples, then grpo_epochs optimizer steps on them."""
-    lr = set_lr(optimizer, run.state.step, cfg)
-    chosen = rng.sample(list(train), min(cfg.batch_size, len(train)))
-    records = [r for r in chosen for _ in range(cfg.group_size)]
-    base = rng.randrange(1 << 30)
-    params = [
-        SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=base + i)
-        for i in range(len(records))
-    ]
-    prompts, completions = rollout(engine, tokenizer, records, params, thinking=cfg.thinking)
-    totals, breakdown = score(completions, prompts, rules, rm)
-    rewards = torch.tensor(totals, dtype=torch.float32).view(len(chosen), cfg.group_size)
-    advantages = grpo_advantages(rewards).view(-1).to(device)
-    with torch.no_grad():
-        old_logp, mask = answer_logprobs(policy, prompts, completions, device)
-        ref_logp, _ = answer_logprobs(reference, prompts, completions, device)
-    policy.train()
-    for _ in range(cfg.grpo_epochs):
-        logp, _ = answer_logprobs(policy, prompts, completions, device)
-        loss, stats = grpo_loss(logp, old_logp, ref_logp, advantages, mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef)
-        loss.backward()
-        grad_norm = clip_and_step(policy, optimizer, cfg.grad_clip)
-    lengths = [len(c.token_ids) for c in completions]
-    return {
-        "loss": float(loss.detach()),
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
-        **breakdown,
-        "kl": float(stats["kl"]),
-        "clip_fraction": float(stats["clip_fraction"]),
-        "response_len": sum(lengths) / len(lengths),
-        "grad_norm": float(grad_norm),
-        "lr": lr,
-    }
+    return GRPOStage(cfg, rt, policy, reference, tokenizer, (train, val), (rules, rm))

@@ -6,7 +6,8 @@ Layout of a run folder:
     RUN/config.json model.safetensors tokenizer*.json generation_config.json   <- latest save, servable as is
     RUN/checkpoints/step_0000500/{servable files, trainer_state/{state.json, optimizer.pt, rng.pt}}
 
-Each step directory is built in a temp directory and renamed into place (minigpt_core.checkpoint.save_checkpoint),
+Each step directory is built in a temp directory, fsynced and renamed into place
+(minigpt_core.checkpoint.write_dir_atomically),
 so a crash or SIGKILL mid-save leaves the previous checkpoints untouched; the top-level servable files are then
 hard-linked (or copied) over one by one with `os.replace`. Everything loads without unpickling arbitrary objects
 (`torch.load(weights_only=True)`).
@@ -20,14 +21,14 @@ import logging
 import os
 import re
 import shutil
-import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from minigpt_core.checkpoint import load_checkpoint, save_checkpoint
+from minigpt_core.checkpoint import load_checkpoint, write_dir_atomically
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.errors import ResumeError
@@ -44,9 +45,11 @@ SERVABLE_FILES = (
     "tokenizer_config.json",
     "generation_config.json",
 )
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")  # a full checkpoint or a LoRA adapter
 _STEP_RE = re.compile(r"^step_(\d+)$")
-# Test hook: pause inside the save of this step (after writing, before the rename) so a test can SIGKILL us.
-PAUSE_ENV = "MINIGPT_TEST_PAUSE_SAVE_AT_STEP"
+# Called as hook(step, temp_dir) once a checkpoint's files are written and fsynced, before the rename that
+# publishes them: the place where tests inject a fault (a crash mid-save). Empty in normal runs.
+SAVE_HOOKS: list[Callable[[int, Path], None]] = []
 
 
 @dataclass
@@ -88,15 +91,17 @@ def step_dir(run_dir: Path, step: int) -> Path:
 
 def save_training_checkpoint(
     run_dir: Path,
-    model: MiniGPT,
-    tokenizer: Tokenizer,
+    write_files: Callable[[Path], None],
     optimizer: torch.optim.Optimizer,
     state: TrainerState,
     keep_last: int,
+    published: Sequence[str] = SERVABLE_FILES,
 ) -> Path:
-    """Write RUN/checkpoints/step_N atomically, publish it at the top level, prune old steps."""
+    """Write RUN/checkpoints/step_N atomically (`write_files(tmp)` puts the servable files in, then
+    trainer_state/; all fsynced before the rename), publish `published` at the top level, prune old steps."""
 
-    def add_trainer_state(tmp: Path) -> None:
+    def fill(tmp: Path) -> None:
+        write_files(tmp)
         sd = tmp / TRAINER_STATE_DIR
         sd.mkdir()
         torch.save(optimizer.state_dict(), sd / "optimizer.pt")
@@ -105,24 +110,18 @@ def save_training_checkpoint(
         for f in sd.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _maybe_pause(state.step, run_dir)
+        for hook in SAVE_HOOKS:
+            hook(state.step, tmp)
 
-    target = save_checkpoint(step_dir(run_dir, state.step), model, tokenizer, extra=add_trainer_state)
-    publish(target, run_dir)
+    target = write_dir_atomically(step_dir(run_dir, state.step), fill)
+    publish(target, run_dir, published)
     prune(run_dir, keep_last)
     return target
 
 
-def _maybe_pause(step: int, run_dir: Path) -> None:
-    wanted = os.environ.get(PAUSE_ENV)
-    if wanted and int(wanted) == step:
-        (run_dir / ".save-paused").write_text(str(os.getpid()))
-        time.sleep(600)
-
-
-def publish(src: Path, run_dir: Path) -> None:
+def publish(src: Path, run_dir: Path, names: Sequence[str] = SERVABLE_FILES) -> None:
     """Make RUN itself servable: replace each top-level file atomically with the new step's copy."""
-    for name in SERVABLE_FILES:
+    for name in names:
         if not (src / name).exists():
             continue
         tmp = run_dir / f".{name}.tmp-{os.getpid()}"
@@ -142,7 +141,8 @@ def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     found = []
     for d in root.iterdir():
         m = _STEP_RE.match(d.name)
-        if m and (d / TRAINER_STATE_DIR / "state.json").is_file() and (d / "model.safetensors").is_file():
+        weights = any((d / name).is_file() for name in WEIGHT_FILES)
+        if m and (d / TRAINER_STATE_DIR / "state.json").is_file() and weights:
             found.append((int(m.group(1)), d))
     return sorted(found)
 
@@ -162,7 +162,6 @@ def clean_stale(run_dir: Path) -> None:
                 shutil.rmtree(d, ignore_errors=True)
     for f in run_dir.glob(".*.tmp-*"):
         f.unlink(missing_ok=True)
-    (run_dir / ".save-paused").unlink(missing_ok=True)
 
 
 def find_resume_point(path: str | Path) -> Path:
@@ -223,7 +222,8 @@ def read_trainer_state(step_path: Path) -> TrainerState:
         if key in raw and (not isinstance(raw[key], kinds) or isinstance(raw[key], bool)):
             raise ResumeError(f"{path}: {key!r} has the wrong type ({type(raw[key]).__name__})")
     loader = raw["loader"]
-    for key in ("epoch", "cursor", "offset"):
+    packed = raw["config"].get("mode", "pretrain") in ("pretrain", "sft")  # the other stages keep other positions
+    for key in ("epoch", "cursor", "offset") if packed else ():
         value = loader.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ResumeError(f"{path}: loader position {key!r} must be a non-negative integer, got {value!r}")

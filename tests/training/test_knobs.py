@@ -25,7 +25,8 @@ from tests.training.helpers import base_args
 from training import cli
 from training.config import TrainConfig
 from training.dataset import PackedLoader, load_datasets, resolve_data_files
-from training.loop import clip_and_step, steps_per_epoch
+from training.lm_stage import steps_per_epoch
+from training.loop import clip_and_step
 from training.state import list_checkpoints
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -112,7 +112,10 @@ def test_signal_stops_a_dpo_run_after_saving(tiny_checkpoint: Path, tmp_path: Pa
     err = _stop(proc, signal.SIGINT)
     assert proc.returncode == 130, err[-2000:]
     saved = list_checkpoints(out)
-    assert len(saved) == 1 and f"stopped by SIGINT at step {saved[0][0]}" in err, err[-2000:]
-    assert "--resume" not in err  # DPO runs cannot be resumed; the message only says where the weights are
+    step = saved[0][0]
+    assert len(saved) == 1 and f"stopped by SIGINT at step {step}" in err, err[-2000:]
+    assert f"continue with --resume {out}" in err
     assert (out / "loss.png").is_file()
     load_checkpoint(out)
+    assert cli.main(["--resume", str(out), "--max-steps", str(step + 2), "-q"]) == 0  # DPO resumes like pretrain
+    assert [s for s, _ in list_checkpoints(out)] == [step, step + 2]
