@@ -29,7 +29,8 @@ COPY minigpt_core ./minigpt_core
 COPY server ./server
 COPY tools ./tools
 COPY training ./training
-# The demo model ships inside minigpt_core/assets (package data), so the image serves out of the box.
+# The demo model ships inside minigpt_core/assets (package data), so the image serves out of the box. Serving needs no
+# extras; `pip install '.[gguf]'` (minigpt-export --format gguf) or '.[plot]' (loss.png) would add them.
 RUN pip install . && python -c "from minigpt_core.checkpoint import DEMO_MODEL_DIR; print(DEMO_MODEL_DIR)"
 
 RUN useradd --create-home --uid 10001 minigpt

@@ -212,7 +212,7 @@ def export_gguf(
     try:
         import gguf
     except ImportError as exc:
-        raise ExportError("the `gguf` package is needed for --format gguf (pip install gguf)") from exc
+        raise ExportError("--format gguf needs the gguf package: pip install 'minigpt[gguf]'") from exc
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     src, out = Path(model_dir), Path(out_path)

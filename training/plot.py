@@ -1,7 +1,9 @@
 """The loss-curve PNG of a run folder (`minigpt-train plot RUN_DIR`, and at the end of every run).
 
 What it is: reading `metrics.jsonl` and drawing training loss (and validation loss / bits-per-byte when present)
-against the step with matplotlib's Agg backend into `RUN_DIR/loss.png`.
+against the step with matplotlib's Agg backend into `RUN_DIR/loss.png`. matplotlib is the optional `plot` extra
+(`pip install 'minigpt[plot]'`); without it the end-of-run plot is skipped with a warning and `minigpt-train plot`
+stops with an error that names the extra.
 What it is not: a dashboard; no live updates, no other metrics.
 """
 
@@ -32,11 +34,27 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+class PlotUnavailable(TrainingError):
+    """matplotlib (the `plot` extra) is not installed."""
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise PlotUnavailable("the loss plot needs matplotlib: pip install 'minigpt[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_after_run(run_dir: str | Path) -> None:
     """The loss plot at the end of a training run; without matplotlib (a bare GPU box) a warning, not a failure."""
     try:
         plot_run(run_dir)
-    except ImportError as exc:
+    except PlotUnavailable as exc:
         logger.warning("no loss plot: %s", exc)
 
 
@@ -48,11 +66,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path | None:
     bpb = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r]
     if not train and not val:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss", linewidth=1.0)
