@@ -22,8 +22,9 @@ from typing import Any
 import torch
 
 from minigpt_core.chat_template import render
-from minigpt_core.checkpoint import BUNDLED_TOKENIZER, DEMO_MODEL_DIR, load_checkpoint, save_checkpoint
+from minigpt_core.checkpoint import load_checkpoint, save_checkpoint
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer, train_tokenizer
 from training.config import resolve_config, train_preset
 from training.data import iter_lines, normalize_conversation

@@ -142,8 +142,9 @@ def _add_generation_args(name: str, max_new_tokens: int) -> Callable[[argparse.A
 
 
 def _load_for_generation(args: argparse.Namespace, name: str) -> tuple[Any, Any, list[dict[str, Any]]]:
-    from minigpt_core.checkpoint import load_checkpoint, resolve_device
+    from minigpt_core.checkpoint import load_checkpoint
     from minigpt_core.engine import Engine
+    from minigpt_core.resources import resolve_device
     from training.evals import load_records
 
     for flag in ("limit", "max_new_tokens", "max_num_seqs", "budget"):
@@ -294,8 +295,9 @@ def _bfcl_answers(args: argparse.Namespace, cases: list[Any]) -> tuple[str, list
             concurrency=args.concurrency,
         )
         return f"{name} at {args.base_url}", answers
-    from minigpt_core.checkpoint import load_checkpoint, resolve_device
+    from minigpt_core.checkpoint import load_checkpoint
     from minigpt_core.engine import Engine
+    from minigpt_core.resources import resolve_device
 
     if not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such folder")

@@ -3,7 +3,7 @@
 What it is: `Runtime` (rank, world size, device, autocast settings, and for float16 the loss scaler) built from
 the environment that `torchrun` sets (WORLD_SIZE, RANK, LOCAL_RANK), with gloo on CPU and nccl on CUDA, plus small
 collective helpers that are no-ops in a single process, and the RNG snapshot that goes into `trainer_state/`.
-The device is resolved by `minigpt_core.checkpoint.resolve_device`, the same check `minigpt-serve` makes.
+The device is resolved by `minigpt_core.resources.resolve_device`, the same check `minigpt-serve` makes.
 What it is not: the training loop or any model code; no home-made distribution, only torch.distributed.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from minigpt_core.checkpoint import resolve_device
 from minigpt_core.errors import ConfigError
+from minigpt_core.resources import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ import pydantic
 import pytest
 from openai.types.responses import Response, ResponseStreamEvent
 
-from minigpt_core.checkpoint import DEMO_MODEL_DIR
 from minigpt_core.errors import EngineClosed
+from minigpt_core.resources import DEMO_MODEL_DIR
 from server.generation import ChoiceDelta
 from server.responses_stream import ResponsesMeta, responses_stream
 from tests.server.conftest import MODEL_NAME, LiveServer, live_server

@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from minigpt_core.checkpoint import DEMO_MODEL_DIR
+from minigpt_core.resources import DEMO_MODEL_DIR
 from minigpt_core.tokenizer import Tokenizer
 from tests.server.conftest import MODEL_NAME, LiveServer, live_server
 
