@@ -358,7 +358,7 @@ def test_word_and_copy_documents() -> None:
 def test_inflections_geography_and_topics() -> None:
     import random
 
-    from training.datagen import pretrain, synthetic_tools, tools_data, values, vocabulary
+    from training.datagen import pretrain, synthetic_params, tools_data, values, vocabulary
 
     forms = {v: (vocabulary.gerund(v), vocabulary.third_person(v)) for v in ("sample", "stop", "see", "carry", "fix")}
     assert forms == {
@@ -372,8 +372,8 @@ def test_inflections_geography_and_topics() -> None:
     geography = " ".join(pretrain.geography_document(rng) for _ in range(200))
     assert len({city for city, _ in vocabulary.CITIES if city in geography}) > 60
     # world cities are pretraining text, but never a training argument value that the held-out split owns
-    held_out = set(synthetic_tools.split_pool(synthetic_tools.CITIES, "val"))
-    assert held_out and not held_out & set(synthetic_tools._TRAIN_WORLD_CITIES)
+    held_out = set(synthetic_params.split_pool(synthetic_params.CITIES, "val"))
+    assert held_out and not held_out & set(synthetic_params._TRAIN_WORLD_CITIES)
     topics = {values.query(rng, "train") for _ in range(3000)}
     assert any(" the " in f" {t} " for t in topics)  # vocabulary topics are drawn
     assert not topics & {values.query(random.Random(i), "val") for i in range(300)}

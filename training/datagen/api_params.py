@@ -6,82 +6,49 @@ Schema (under one of several real-world names, with a description, an enum or a 
 (split-disjoint where the value space allows, see base.value_split) and states that value in a request the way
 people do: in words around it, with units, as a date in several formats, quoted, as a list, in English or
 Chinese. A call must then carry the value in the schema's form (ISO dates, minutes, lower-case enums).
+The value makers and sayers the kinds are built from live in api_values.py.
 What it is not: the tools themselves (api_tools.py) or conversation assembly.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from training.datagen import values
-from training.datagen.base import Split, split_pool
-
-MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
-          "November", "December")  # fmt: skip
-PLACES = (
-    "Oslo", "Lima", "Quito", "Hanoi", "Vienna", "Dublin", "Nairobi", "Cairo", "Porto", "Kyoto", "Perth", "Bergen",
-    "Tallinn", "Krakow", "Seville", "Leeds", "Geneva", "Tucson", "Halifax", "Bilbao", "Lyon", "Graz", "Utrecht",
-    "Cusco", "Accra", "Dakar", "Busan", "Osaka", "Taipei", "Chengdu", "Xiamen", "Hangzhou",
-)  # fmt: skip
-LANGUAGES = ("French", "German", "Spanish", "Italian", "Japanese", "Korean", "Dutch", "Polish", "Swedish", "Greek")
-
-
-def _join(items: list[str], zh: bool = False) -> str:
-    if zh:
-        return "、".join(items[:-1]) + ("和" if len(items) > 1 else "") + items[-1]
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def place(rng: random.Random, split: Split) -> str:
-    if rng.random() < 0.6:
-        return rng.choice(split_pool(PLACES, split))
-    return values.proper_name(rng, split)
-
-
-def iso_date(rng: random.Random, split: Split) -> str:
-    return values.split_draw(
-        rng, split, "api_date", lambda r: f"{r.randint(2024, 2027)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
-    )
-
-
-def say_date(rng: random.Random, iso: str, zh: bool) -> str:
-    """An ISO date as people write it (the call must carry the ISO form)."""
-    year, month, day = (int(x) for x in iso.split("-"))
-    if zh:
-        return rng.choice((f"{year}年{month}月{day}日", iso))
-    return rng.choice(
-        (
-            iso,
-            f"{MONTHS[month - 1]} {day}, {year}",
-            f"{day} {MONTHS[month - 1]} {year}",
-            f"{MONTHS[month - 1][:3]} {day} {year}",
-        )
-    )
-
-
-def clock(rng: random.Random, split: Split) -> str:
-    return values.split_draw(
-        rng, split, "api_time", lambda r: f"{r.randint(6, 21):02d}:{r.choice((0, 15, 30, 45)):02d}"
-    )
-
-
-def say_clock(rng: random.Random, hhmm: str, zh: bool) -> str:
-    hour, minute = (int(x) for x in hhmm.split(":"))
-    if zh:
-        return f"{'下午' if hour >= 12 else '上午'}{hour - 12 if hour > 12 else hour}点" + (
-            f"{minute}分" if minute else ""
-        )
-    if rng.random() < 0.5:
-        return hhmm
-    h12 = hour - 12 if hour > 12 else hour
-    return f"{h12}:{minute:02d} {'pm' if hour >= 12 else 'am'}" if minute else f"{h12} {'pm' if hour >= 12 else 'am'}"
-
-
-def quoted(rng: random.Random, text: str) -> str:
-    return rng.choice((f'"{text}"', f"'{text}'", f"“{text}”", text))
+from training.datagen.api_values import (
+    ACTIVITIES,
+    ARCHIVES,
+    CABINS,
+    ENVS,
+    LANGUAGES,
+    LEVELS,
+    MODES,
+    PLACE_KINDS,
+    SORTS,
+    TEMP_UNITS,
+    clock,
+    draw_code,
+    draw_emails,
+    draw_ident,
+    draw_money,
+    draw_slug,
+    draw_words,
+    enum_schema,
+    iso_date,
+    pick,
+    place,
+    quoted,
+    say_clock,
+    say_date,
+    say_emails,
+    say_enum,
+    say_list,
+    say_minutes,
+)
+from training.datagen.base import Split
 
 
 @dataclass(frozen=True)
@@ -107,103 +74,6 @@ class ParamKind:
         return out
 
 
-def _pick(options: tuple[str, ...]) -> Callable[[random.Random, Any, bool], str]:
-    """Phrasings with `{v}` (English) or `{zh}`-marked ones (Chinese) filled with the value as text."""
-    en = tuple(o for o in options if not o.startswith("zh:"))
-    zh = tuple(o[3:] for o in options if o.startswith("zh:"))
-    return lambda rng, v, is_zh: rng.choice(zh if is_zh and zh else en).format(v=v)
-
-
-def _minutes_say(rng: random.Random, minutes: int, zh: bool) -> str:
-    if zh:
-        return f"{minutes // 60}小时" if minutes % 60 == 0 and rng.random() < 0.6 else f"{minutes}分钟"
-    if minutes % 60 == 0 and rng.random() < 0.6:
-        hours = minutes // 60
-        return f"{hours} hour{'s' if hours > 1 else ''}"
-    return rng.choice((f"{minutes} minutes", f"{minutes} min"))
-
-
-def _emails_say(rng: random.Random, emails: list[str], zh: bool) -> str:
-    return _join(emails, zh)
-
-
-def _list_say(rng: random.Random, items: list[str], zh: bool) -> str:
-    if not zh and rng.random() < 0.3:
-        return ", ".join(f'"{i}"' for i in items)
-    return _join(items, zh)
-
-
-def _enum_say(words: Mapping[str, tuple[str, ...]]) -> Callable[[random.Random, Any, bool], str]:
-    """Enum values stated by synonyms ("°F", "Fahrenheit" -> "fahrenheit"); `zh:` synonyms for Chinese."""
-
-    def say(rng: random.Random, value: Any, zh: bool) -> str:
-        options = words[value]
-        zh_opts = tuple(o[3:] for o in options if o.startswith("zh:"))
-        en_opts = tuple(o for o in options if not o.startswith("zh:"))
-        return rng.choice(zh_opts if zh and zh_opts else en_opts)
-
-    return say
-
-
-def _enum(values_: tuple[str, ...]) -> dict[str, Any]:
-    return {"type": "string", "enum": list(values_)}
-
-
-def _money(rng: random.Random, split: Split) -> float:
-    return values.split_draw(
-        rng, split, "api_money", lambda r: r.choice((r.randint(5, 5000), round(r.uniform(1, 999), 2)))
-    )
-
-
-def _emails(rng: random.Random, split: Split) -> list[str]:
-    return [values.email(rng, split) for _ in range(rng.randint(1, 3))]
-
-
-def _words(rng: random.Random, split: Split) -> list[str]:
-    return list(dict.fromkeys(values.word(rng, split) for _ in range(rng.randint(2, 4))))
-
-
-def _code(rng: random.Random, split: Split) -> str:
-    letters = "ABCDEFGHJKLMNPQRSTUVWXYZ"
-    return values.split_draw(
-        rng, split, "api_code", lambda r: "".join(r.choice(letters) for _ in range(r.randint(3, 4)))
-    )
-
-
-def _ident(prefix: str) -> Callable[[random.Random, Split], str]:
-    return lambda rng, split: values.split_draw(rng, split, "api_id", lambda r: f"{prefix}-{r.randint(1000, 99999)}")
-
-
-def _slug(rng: random.Random, split: Split) -> str:
-    return "-".join(values.word(rng, split) for _ in range(rng.randint(1, 2)))
-
-
-TEMP_UNITS = {
-    "celsius": ("in Celsius", "in °C", "in degrees Celsius", "zh:用摄氏度"),
-    "fahrenheit": ("in Fahrenheit", "in °F", "zh:用华氏度"),
-}
-CABINS = {"economy": ("economy", "economy class", "zh:经济舱"), "business": ("business class", "business", "zh:商务舱")}
-MODES = {
-    "driving": ("by car", "driving", "zh:开车"),
-    "walking": ("on foot", "walking", "zh:步行"),
-    "cycling": ("by bike", "cycling", "zh:骑车"),
-    "transit": ("by public transport", "by bus or train", "zh:坐公交"),
-}
-LEVELS = {"error": ("error", "errors", "zh:错误"), "warning": ("warning", "warnings", "zh:警告"), "info": ("info",)}
-ENVS = {
-    "staging": ("staging", "the staging environment", "zh:预发环境"),
-    "production": ("production", "prod", "zh:生产环境"),
-}
-ACTIVITIES = {"running": ("running", "a run", "zh:跑步"), "cycling": ("cycling", "a bike ride", "zh:骑行"),
-              "swimming": ("swimming", "a swim", "zh:游泳"), "yoga": ("yoga", "zh:瑜伽")}  # fmt: skip
-SORTS = {"price": ("cheapest first", "by price", "zh:按价格"), "rating": ("best rated first", "by rating", "zh:按评分")}
-PLACE_KINDS = {
-    "restaurant": ("restaurants", "somewhere to eat", "zh:餐厅"),
-    "pharmacy": ("pharmacies", "a pharmacy", "zh:药店"),
-    "parking": ("parking", "a car park", "zh:停车场"),
-    "atm": ("ATMs", "a cash machine", "zh:取款机"),
-}
-ARCHIVES = {"zip": ("zip", "a .zip"), "tar.gz": ("tar.gz", "a tarball")}
 P = ParamKind
 PARAMS: dict[str, ParamKind] = {
     p.key: p
@@ -213,21 +83,21 @@ PARAMS: dict[str, ParamKind] = {
             ("city", "location", "city_name"),
             {"type": "string"},
             place,
-            _pick(("in {v}", "for {v}", "{v}", "zh:{v}")),
+            pick(("in {v}", "for {v}", "{v}", "zh:{v}")),
         ),
         P(
             "origin",
             ("origin", "from_city", "departure_city"),
             {"type": "string"},
             place,
-            _pick(("from {v}", "leaving {v}", "zh:从{v}出发")),
+            pick(("from {v}", "leaving {v}", "zh:从{v}出发")),
         ),
         P(
             "destination",
             ("destination", "to_city", "arrival_city"),
             {"type": "string"},
             place,
-            _pick(("to {v}", "going to {v}", "zh:到{v}")),
+            pick(("to {v}", "going to {v}", "zh:到{v}")),
         ),
         P(
             "date",
@@ -248,15 +118,15 @@ PARAMS: dict[str, ParamKind] = {
             ("days", "num_days", "forecast_days"),
             {"type": "integer", "minimum": 1, "maximum": 14},
             lambda r, s: r.randint(1, 14),
-            _pick(("for the next {v} days", "{v}-day", "over {v} days", "zh:未来{v}天")),
+            pick(("for the next {v} days", "{v}-day", "over {v} days", "zh:未来{v}天")),
             3,
         ),
         P(
             "temp_unit",
             ("unit", "units", "temperature_unit"),
-            _enum(tuple(TEMP_UNITS)),
+            enum_schema(tuple(TEMP_UNITS)),
             lambda r, s: r.choice(tuple(TEMP_UNITS)),
-            _enum_say(TEMP_UNITS),
+            say_enum(TEMP_UNITS),
             "celsius",
         ),
         P(
@@ -264,15 +134,15 @@ PARAMS: dict[str, ParamKind] = {
             ("passengers", "adults", "travellers"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.randint(1, 6),
-            _pick(("for {v} people", "{v} passengers", "{v} adults", "zh:{v}个人")),
+            pick(("for {v} people", "{v} passengers", "{v} adults", "zh:{v}个人")),
             1,
         ),
         P(
             "cabin",
             ("cabin", "cabin_class", "travel_class"),
-            _enum(tuple(CABINS)),
+            enum_schema(tuple(CABINS)),
             lambda r, s: r.choice(tuple(CABINS)),
-            _enum_say(CABINS),
+            say_enum(CABINS),
             "economy",
         ),
         P(
@@ -280,7 +150,7 @@ PARAMS: dict[str, ParamKind] = {
             ("nonstop", "direct_only"),
             {"type": "boolean"},
             lambda r, s: True,
-            _pick(("nonstop only", "direct flights only", "zh:只要直飞")),
+            pick(("nonstop only", "direct flights only", "zh:只要直飞")),
             False,
         ),
         P(
@@ -288,31 +158,31 @@ PARAMS: dict[str, ParamKind] = {
             ("nights", "num_nights", "stay_nights"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.randint(1, 14),
-            _pick(("for {v} nights", "{v} nights", "zh:住{v}晚")),
+            pick(("for {v} nights", "{v} nights", "zh:住{v}晚")),
         ),
         P(
             "max_price",
             ("max_price", "price_limit", "budget"),
             {"type": "number"},
-            _money,
-            _pick(("under ${v}", "for at most {v} dollars", "below {v} USD", "zh:{v}元以内")),
+            draw_money,
+            pick(("under ${v}", "for at most {v} dollars", "below {v} USD", "zh:{v}元以内")),
         ),
-        P("amount", ("amount", "value", "sum"), {"type": "number"}, _money, _pick(("{v}", "zh:{v}"))),
+        P("amount", ("amount", "value", "sum"), {"type": "number"}, draw_money, pick(("{v}", "zh:{v}"))),
         P(
             "currency_from",
             ("from_currency", "source_currency", "base"),
             {"type": "string"},
             lambda r, s: r.choice(("USD", "EUR", "GBP", "JPY", "CNY", "CHF")),
-            _pick(("{v}", "zh:{v}")),
+            pick(("{v}", "zh:{v}")),
         ),
         P(
             "currency_to",
             ("to_currency", "target_currency", "quote"),
             {"type": "string"},
             lambda r, s: r.choice(("SEK", "NOK", "INR", "BRL", "AUD", "CAD")),
-            _pick(("into {v}", "to {v}", "zh:换成{v}")),
+            pick(("into {v}", "to {v}", "zh:换成{v}")),
         ),
-        P("symbol", ("symbol", "ticker"), {"type": "string"}, _code, _pick(("{v}", "ticker {v}", "zh:{v}"))),
+        P("symbol", ("symbol", "ticker"), {"type": "string"}, draw_code, pick(("{v}", "ticker {v}", "zh:{v}"))),
         P(
             "title",
             ("title", "name", "summary"),
@@ -345,28 +215,28 @@ PARAMS: dict[str, ParamKind] = {
             ("duration_minutes", "minutes", "length_minutes"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.choice((15, 20, 30, 45, 60, 90, 120, 180)),
-            lambda r, v, zh: ("" if zh else "for ") + _minutes_say(r, v, zh),
+            lambda r, v, zh: ("" if zh else "for ") + say_minutes(r, v, zh),
         ),
         P(
             "attendees",
             ("attendees", "invitees", "participants"),
             {"type": "array", "items": {"type": "string"}},
-            _emails,
-            lambda r, v, zh: ("邀请" if zh else r.choice(("with ", "inviting "))) + _emails_say(r, v, zh),
+            draw_emails,
+            lambda r, v, zh: ("邀请" if zh else r.choice(("with ", "inviting "))) + say_emails(r, v, zh),
         ),
         P(
             "recipients",
             ("to", "recipients"),
             {"type": "array", "items": {"type": "string"}},
-            _emails,
-            lambda r, v, zh: ("发给" if zh else "to ") + _emails_say(r, v, zh),
+            draw_emails,
+            lambda r, v, zh: ("发给" if zh else "to ") + say_emails(r, v, zh),
         ),
         P(
             "limit",
             ("limit", "max_results", "top_n"),
             {"type": "integer", "minimum": 1, "maximum": 50},
             lambda r, s: r.randint(2, 20),
-            _pick(("just {v} results", "the top {v}", "at most {v}", "zh:最多{v}条")),
+            pick(("just {v} results", "the top {v}", "at most {v}", "zh:最多{v}条")),
             10,
         ),
         P(
@@ -381,15 +251,15 @@ PARAMS: dict[str, ParamKind] = {
             ("unread_only", "only_unread"),
             {"type": "boolean"},
             lambda r, s: True,
-            _pick(("only unread ones", "just the unread", "zh:只看未读")),
+            pick(("only unread ones", "just the unread", "zh:只看未读")),
             False,
         ),
         P(
             "sort",
             ("sort_by", "order_by"),
-            _enum(tuple(SORTS)),
+            enum_schema(tuple(SORTS)),
             lambda r, s: r.choice(tuple(SORTS)),
-            _enum_say(SORTS),
+            say_enum(SORTS),
             "rating",
         ),
         P(
@@ -397,57 +267,57 @@ PARAMS: dict[str, ParamKind] = {
             ("quantity", "qty", "count"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.randint(1, 12),
-            _pick(("{v} of them", "x{v}", "quantity {v}", "zh:{v}个")),
+            pick(("{v} of them", "x{v}", "quantity {v}", "zh:{v}个")),
         ),
         P(
             "product_id",
             ("product_id", "item_id", "sku"),
             {"type": "string"},
-            _ident("SKU"),
-            _pick(("item {v}", "{v}", "zh:商品{v}")),
+            draw_ident("SKU"),
+            pick(("item {v}", "{v}", "zh:商品{v}")),
         ),
         P(
             "tracking",
             ("tracking_number", "tracking_id"),
             {"type": "string"},
-            _ident("TRK"),
-            _pick(("{v}", "number {v}", "zh:单号{v}")),
+            draw_ident("TRK"),
+            pick(("{v}", "number {v}", "zh:单号{v}")),
         ),
         P(
             "ingredients",
             ("ingredients", "items"),
             {"type": "array", "items": {"type": "string"}},
-            _words,
-            lambda r, v, zh: ("用" if zh else "with ") + _list_say(r, v, zh),
+            draw_words,
+            lambda r, v, zh: ("用" if zh else "with ") + say_list(r, v, zh),
         ),
         P(
             "servings",
             ("servings", "portions", "people"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.randint(1, 8),
-            _pick(("for {v} people", "{v} servings", "zh:{v}人份")),
+            pick(("for {v} people", "{v} servings", "zh:{v}人份")),
             2,
         ),
         P(
             "service",
             ("service", "service_name", "app"),
             {"type": "string"},
-            _slug,
-            _pick(("{v}", "the {v} service", "zh:{v}服务")),
+            draw_slug,
+            pick(("{v}", "the {v} service", "zh:{v}服务")),
         ),
         P(
             "env",
             ("environment", "env", "stage"),
-            _enum(tuple(ENVS)),
+            enum_schema(tuple(ENVS)),
             lambda r, s: r.choice(tuple(ENVS)),
-            _enum_say(ENVS),
+            say_enum(ENVS),
         ),
         P(
             "force",
             ("force", "hard"),
             {"type": "boolean"},
             lambda r, s: True,
-            _pick(("forcefully", "force it", "zh:强制")),
+            pick(("forcefully", "force it", "zh:强制")),
             False,
         ),
         P(
@@ -455,29 +325,29 @@ PARAMS: dict[str, ParamKind] = {
             ("replicas", "instances", "replica_count"),
             {"type": "integer", "minimum": 0, "maximum": 100},
             lambda r, s: r.randint(0, 40),
-            _pick(("to {v} replicas", "{v} instances", "zh:{v}个副本")),
+            pick(("to {v} replicas", "{v} instances", "zh:{v}个副本")),
         ),
         P(
             "namespace",
             ("namespace", "cluster_namespace"),
             {"type": "string"},
-            _slug,
-            _pick(("in namespace {v}", "zh:命名空间{v}")),
+            draw_slug,
+            pick(("in namespace {v}", "zh:命名空间{v}")),
             "default",
         ),
         P(
             "level",
             ("level", "severity", "log_level"),
-            _enum(tuple(LEVELS)),
+            enum_schema(tuple(LEVELS)),
             lambda r, s: r.choice(tuple(LEVELS)),
-            _enum_say(LEVELS),
+            say_enum(LEVELS),
         ),
         P(
             "since",
             ("since_minutes", "window_minutes", "lookback_minutes"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.choice((15, 30, 60, 120, 240)),
-            lambda r, v, zh: ("过去" if zh else "from the last ") + _minutes_say(r, v, zh),
+            lambda r, v, zh: ("过去" if zh else "from the last ") + say_minutes(r, v, zh),
             60,
         ),
         P(
@@ -485,57 +355,57 @@ PARAMS: dict[str, ParamKind] = {
             ("host", "hostname", "server"),
             {"type": "string"},
             lambda r, s: f"{values.word(r, s)}.{r.choice(('internal', 'example.net', 'lan'))}",
-            _pick(("{v}", "host {v}", "zh:{v}")),
+            pick(("{v}", "host {v}", "zh:{v}")),
         ),
         P(
             "port",
             ("port", "port_number"),
             {"type": "integer", "minimum": 1, "maximum": 65535},
             lambda r, s: r.choice((22, 80, 443, 5432, 6379, 8080, 9000, r.randint(1024, 65535))),
-            _pick(("port {v}", ":{v}", "zh:{v}端口")),
+            pick(("port {v}", ":{v}", "zh:{v}端口")),
         ),
         P(
             "timeout",
             ("timeout_seconds", "timeout_s", "timeout"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.choice((2, 5, 10, 30)),
-            _pick(("with a {v} second timeout", "timeout {v}s", "zh:超时{v}秒")),
+            pick(("with a {v} second timeout", "timeout {v}s", "zh:超时{v}秒")),
             5,
         ),
         P(
             "database",
             ("database", "db_name"),
             {"type": "string"},
-            _slug,
-            _pick(("the {v} database", "db {v}", "zh:{v}数据库")),
+            draw_slug,
+            pick(("the {v} database", "db {v}", "zh:{v}数据库")),
         ),
         P(
             "path",
             ("path", "destination_path", "target_path"),
             {"type": "string"},
-            lambda r, s: f"/{r.choice(('srv', 'data', 'backups', 'home/ops'))}/{_slug(r, s)}",
-            _pick(("to {v}", "into {v}", "zh:到{v}")),
+            lambda r, s: f"/{r.choice(('srv', 'data', 'backups', 'home/ops'))}/{draw_slug(r, s)}",
+            pick(("to {v}", "into {v}", "zh:到{v}")),
         ),
         P(
             "repo",
             ("repository", "repo"),
             {"type": "string"},
-            lambda r, s: f"{values.username(r, s)}/{_slug(r, s)}",
-            _pick(("in {v}", "in the {v} repo", "zh:在{v}仓库")),
+            lambda r, s: f"{values.username(r, s)}/{draw_slug(r, s)}",
+            pick(("in {v}", "in the {v} repo", "zh:在{v}仓库")),
         ),
         P(
             "branch",
             ("branch", "branch_name", "new_branch"),
             {"type": "string"},
-            lambda r, s: f"{r.choice(('feature', 'fix', 'chore'))}/{_slug(r, s)}",
-            _pick(("{v}", "called {v}", "zh:{v}分支")),
+            lambda r, s: f"{r.choice(('feature', 'fix', 'chore'))}/{draw_slug(r, s)}",
+            pick(("{v}", "called {v}", "zh:{v}分支")),
         ),
         P(
             "base_branch",
             ("from_branch", "base_branch", "source"),
             {"type": "string"},
             lambda r, s: r.choice(("develop", "release", "trunk")),
-            _pick(("off {v}", "from {v}", "zh:基于{v}")),
+            pick(("off {v}", "from {v}", "zh:基于{v}")),
             "main",
         ),
         P(
@@ -545,22 +415,22 @@ PARAMS: dict[str, ParamKind] = {
             lambda r, s: [
                 f"{values.word(r, s)}.{r.choice(('txt', 'csv', 'log', 'png'))}" for _ in range(r.randint(1, 3))
             ],
-            lambda r, v, zh: _list_say(r, v, zh),
+            lambda r, v, zh: say_list(r, v, zh),
         ),
         P(
             "archive",
             ("format", "archive_format"),
-            _enum(tuple(ARCHIVES)),
+            enum_schema(tuple(ARCHIVES)),
             lambda r, s: r.choice(tuple(ARCHIVES)),
-            _enum_say(ARCHIVES),
+            say_enum(ARCHIVES),
             "zip",
         ),
         P(
             "mode",
             ("mode", "travel_mode", "transport"),
-            _enum(tuple(MODES)),
+            enum_schema(tuple(MODES)),
             lambda r, s: r.choice(tuple(MODES)),
-            _enum_say(MODES),
+            say_enum(MODES),
             "driving",
         ),
         P(
@@ -577,9 +447,9 @@ PARAMS: dict[str, ParamKind] = {
         P(
             "place_kind",
             ("category", "place_type", "kind"),
-            _enum(tuple(PLACE_KINDS)),
+            enum_schema(tuple(PLACE_KINDS)),
             lambda r, s: r.choice(tuple(PLACE_KINDS)),
-            _enum_say(PLACE_KINDS),
+            say_enum(PLACE_KINDS),
         ),
         P(
             "radius",
@@ -594,49 +464,49 @@ PARAMS: dict[str, ParamKind] = {
             ("room", "zone", "area"),
             {"type": "string"},
             lambda r, s: r.choice(("kitchen", "bedroom", "living room", "office", "hallway", "garage")),
-            _pick(("in the {v}", "{v}", "zh:{v}")),
+            pick(("in the {v}", "{v}", "zh:{v}")),
         ),
         P(
             "temperature",
             ("temperature", "target_temperature", "setpoint"),
             {"type": "number"},
             lambda r, s: r.choice((18, 19, 20, 21, 22, 23, 19.5, 20.5, 21.5)),
-            _pick(("to {v} degrees", "at {v}°", "zh:{v}度")),
+            pick(("to {v} degrees", "at {v}°", "zh:{v}度")),
         ),
         P(
             "brightness",
             ("brightness", "level_percent", "brightness_pct"),
             {"type": "integer", "minimum": 0, "maximum": 100},
             lambda r, s: r.choice((10, 25, 40, 50, 60, 75, 100)),
-            _pick(("to {v}%", "{v} percent", "zh:{v}%")),
+            pick(("to {v}%", "{v} percent", "zh:{v}%")),
         ),
         P(
             "activity",
             ("activity", "sport", "exercise"),
-            _enum(tuple(ACTIVITIES)),
+            enum_schema(tuple(ACTIVITIES)),
             lambda r, s: r.choice(tuple(ACTIVITIES)),
-            _enum_say(ACTIVITIES),
+            say_enum(ACTIVITIES),
         ),
         P(
             "distance",
             ("distance_km", "km"),
             {"type": "number"},
             lambda r, s: r.choice((3, 5, 8, 10, 12.5, 21.1, 42.2, r.randint(2, 60))),
-            _pick(("{v} km", "{v} kilometres", "zh:{v}公里")),
+            pick(("{v} km", "{v} kilometres", "zh:{v}公里")),
         ),
         P(
             "weight",
             ("weight_kg", "body_weight_kg"),
             {"type": "number"},
             lambda r, s: r.randint(45, 110),
-            _pick(("I weigh {v} kg", "at {v} kilograms", "zh:体重{v}公斤")),
+            pick(("I weigh {v} kg", "at {v} kilograms", "zh:体重{v}公斤")),
         ),
         P(
             "language",
             ("target_language", "to_language", "language"),
             {"type": "string"},
             lambda r, s: r.choice(LANGUAGES),
-            _pick(("into {v}", "to {v}")),
+            pick(("into {v}", "to {v}")),
         ),
         P(
             "text",
@@ -650,7 +520,7 @@ PARAMS: dict[str, ParamKind] = {
             ("shuffle", "random_order"),
             {"type": "boolean"},
             lambda r, s: True,
-            _pick(("on shuffle", "shuffled", "zh:随机播放")),
+            pick(("on shuffle", "shuffled", "zh:随机播放")),
             False,
         ),
         P(
@@ -658,7 +528,7 @@ PARAMS: dict[str, ParamKind] = {
             ("volume", "volume_percent"),
             {"type": "integer", "minimum": 0, "maximum": 100},
             lambda r, s: r.choice((20, 30, 40, 50, 70)),
-            _pick(("at volume {v}", "at {v}% volume", "zh:音量{v}")),
+            pick(("at volume {v}", "at {v}% volume", "zh:音量{v}")),
             50,
         ),
         P(
@@ -692,7 +562,7 @@ PARAMS: dict[str, ParamKind] = {
             ("express", "priority_shipping"),
             {"type": "boolean"},
             lambda r, s: True,
-            _pick(("by express", "with express shipping", "zh:加急")),
+            pick(("by express", "with express shipping", "zh:加急")),
             False,
         ),
         P(
@@ -700,22 +570,28 @@ PARAMS: dict[str, ParamKind] = {
             ("principal", "loan_amount"),
             {"type": "number"},
             lambda r, s: r.choice((5000, 12000, 25000, 180000, 320000)),
-            _pick(("a {v} loan", "borrowing {v}", "zh:贷款{v}")),
+            pick(("a {v} loan", "borrowing {v}", "zh:贷款{v}")),
         ),
         P(
             "rate",
             ("annual_rate", "interest_rate_percent"),
             {"type": "number"},
             lambda r, s: r.choice((2.5, 3.1, 4.25, 5, 6.75)),
-            _pick(("at {v}% a year", "{v} percent interest", "zh:年利率{v}%")),
+            pick(("at {v}% a year", "{v} percent interest", "zh:年利率{v}%")),
         ),
         P(
             "years",
             ("years", "term_years"),
             {"type": "integer", "minimum": 1},
             lambda r, s: r.choice((3, 5, 10, 15, 20, 30)),
-            _pick(("over {v} years", "for {v} years", "zh:{v}年")),
+            pick(("over {v} years", "for {v} years", "zh:{v}年")),
         ),
-        P("event_id", ("event_id", "id"), {"type": "string"}, _ident("EVT"), _pick(("event {v}", "{v}", "zh:活动{v}"))),
+        P(
+            "event_id",
+            ("event_id", "id"),
+            {"type": "string"},
+            draw_ident("EVT"),
+            pick(("event {v}", "{v}", "zh:活动{v}")),
+        ),
     )
 }
