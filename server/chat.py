@@ -4,12 +4,13 @@ The boundary where wire names (`max_tokens`, `logit_bias`, `reasoning_effort`, .
 chat options become a `minigpt_core.prompting.ChatRequest` (messages as validated `chat_template.Message`s, or as
 dicts for a `--chat-template`), and `minigpt_core.prompting` renders it and builds the constraints, as it does for
 `minigpt-generate`, the evals and GRPO. Here: thinking options (`reasoning_effort`, `ultra_think`, ...), the context
-length check before anything is queued (never silent truncation) and the SamplingParams. It does not run the
-engine or format responses: that is `server.streaming`.
+length check before anything is queued (never silent truncation) and the SamplingParams; `start_chat`, the chat
+routes' common start, submits the prepared choices. It does not format responses: that is `server.streaming`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,8 +20,10 @@ from minigpt_core.chat_template import Message, make_tool_call
 from minigpt_core.constraints import Constraint
 from minigpt_core.custom_template import CustomTemplate
 from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
+from minigpt_core.output_parser import OutputParser
 from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
+from server.generation import ChoiceJob, submit_all
 from server.protocol import ChatCompletionRequest, ChatMessage, NamedToolChoice, SamplingFields, TextPart
 
 logger = logging.getLogger(__name__)
@@ -228,3 +231,35 @@ def prepare_chat(
         single_tool_call=chat.single_tool_call,
         make_constraint=chat.constraint_factory(),
     )
+
+
+async def start_chat(
+    state: Any, engine: Any, req: ChatCompletionRequest, tokenizer: Any, request_id: str
+) -> tuple[PreparedRequest, list[ChoiceJob]]:
+    """The common start of the chat routes (/v1/chat/completions, /v1/responses): `prepare_chat` in a worker thread
+    (a long prompt or a new grammar, compiled and tried there, seconds for some schemas, must not stall every other
+    request and stream on the event loop), then every choice submitted before the first byte (`submit_all`)."""
+    prep = await asyncio.to_thread(
+        prepare_chat,
+        req,
+        tokenizer,
+        max_model_len=state.max_model_len,
+        default_max_tokens=state.settings.default_max_tokens,
+        defaults=state.defaults,
+        vocab_size=state.vocab_size,
+        chat_template=state.chat_template,
+    )
+
+    def make_parser() -> OutputParser:
+        return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
+
+    jobs = await submit_all(
+        engine,
+        [(i, prep.prompt_ids, p) for i, p in enumerate(prep.params)],
+        request_id,
+        make_parser,
+        make_constraint=prep.make_constraint,
+        thinking=prep.thinking,
+        single_tool_call=prep.single_tool_call,
+    )
+    return prep, jobs

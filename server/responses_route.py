@@ -1,15 +1,14 @@
 """The `POST /v1/responses` route: a Responses request run through the chat endpoint's machinery.
 
-The request is mapped onto a chat request (`server.responses.to_chat`) and prepared by `server.chat.prepare_chat`
-in a worker thread, submitted with `server.generation.submit_all` before the first byte (so bad input is a 400 and
-a full queue a 429 exactly as on /v1/chat/completions), and its deltas are written by `server.responses_stream`.
+The request is mapped onto a chat request (`server.responses.to_chat`) and started by `server.chat.start_chat`, as
+a chat request is: prepared in a worker thread and submitted before the first byte (so bad input is a 400 and a
+full queue a 429 exactly as on /v1/chat/completions), and its deltas are written by `server.responses_stream`.
 A client that disconnects cancels its engine request, streaming or not (the chat route's helpers). One output
 per request: Responses has no `n`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -17,9 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from minigpt_core.errors import InvalidRequest
-from minigpt_core.output_parser import OutputParser
-from server.chat import prepare_chat
-from server.generation import merge_choices, submit_all
+from server.chat import start_chat
+from server.generation import merge_choices
 from server.openapi import BODY_ERRORS, STREAMING_OK, errors
 from server.responses import ResponsesRequest, echo_tools, to_chat
 from server.responses_stream import ResponsesMeta, responses_body, responses_stream
@@ -58,35 +56,13 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
     engine = state.engine_for(body.model)  # the base model or a --lora-modules adapter, as on the chat route
     started = time.perf_counter()
     chat = to_chat(body)
+    rid = _request_id(request)
     try:
-        prep = await asyncio.to_thread(
-            prepare_chat,
-            chat,
-            tokenizer,
-            max_model_len=state.max_model_len,
-            default_max_tokens=state.settings.default_max_tokens,
-            defaults=state.defaults,
-            vocab_size=state.vocab_size,
-            chat_template=state.chat_template,
-        )
+        prep, jobs = await start_chat(state, engine, chat, tokenizer, rid)
     except InvalidRequest as exc:  # the chat request's `messages` are this request's `input`
         if exc.param is not None and exc.param.startswith("messages"):
             exc.param = "input"
         raise
-    rid = _request_id(request)
-
-    def make_parser() -> OutputParser:
-        return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
-
-    jobs = await submit_all(
-        engine,
-        [(0, prep.prompt_ids, prep.params[0])],
-        rid,
-        make_parser,
-        make_constraint=prep.make_constraint,
-        thinking=prep.thinking,
-        single_tool_call=prep.single_tool_call,
-    )
     meta = ResponsesMeta(
         id=f"resp_{rid}",
         created_at=int(time.time()),
