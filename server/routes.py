@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from minigpt_core.custom_template import render_prompt
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.output_parser import OutputParser
-from server.chat import prepare_chat, resolve_max_tokens, sampling_params
+from server.chat import resolve_max_tokens, sampling_params, start_chat
 from server.generation import ChoiceJob, merge_choices, submit_all
 from server.metrics import CONTENT_TYPE
 from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, HealthStatus, errors, text_response
@@ -125,32 +125,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     state.check_model(body.model)
     engine = state.engine_for(body.model)
     started = time.perf_counter()
-    # in a worker thread: a long prompt or a new grammar (compiled and tried here, seconds for some schemas)
-    # must not stall every other request and stream on the event loop
-    prep = await asyncio.to_thread(
-        prepare_chat,
-        body,
-        tokenizer,
-        max_model_len=state.max_model_len,
-        default_max_tokens=state.settings.default_max_tokens,
-        defaults=state.defaults,
-        vocab_size=state.vocab_size,
-        chat_template=state.chat_template,
-    )
     rid = _request_id(request)
-
-    def make_parser() -> OutputParser:
-        return OutputParser(tokenizer, thinking=prep.thinking, parse_tools=prep.parse_tools, stops=prep.stops)
-
-    jobs = await submit_all(
-        engine,
-        [(i, prep.prompt_ids, p) for i, p in enumerate(prep.params)],
-        rid,
-        make_parser,
-        make_constraint=prep.make_constraint,
-        thinking=prep.thinking,
-        single_tool_call=prep.single_tool_call,
-    )
+    prep, jobs = await start_chat(state, engine, body, tokenizer, rid)
     meta = ResponseMeta(
         id=f"chatcmpl-{rid}",
         created=int(time.time()),
