@@ -1,10 +1,11 @@
 """`minigpt-serve [MODEL]`: command-line flags -> `Settings` -> `create_app` -> uvicorn.
 
-Flags override `MINIGPT_*` environment variables, which override the defaults in `server.settings`. This is
-the only place that configures logging handlers and torch's CPU threads for the server. It checks a
-`--chat-template` and binds the port before anything is loaded (a busy port fails at once), checks the device,
-then serves while the model loads behind /health; a model that cannot be loaded stops the server. Every failure
-ends with one `minigpt-serve: error: ...` line and a non-zero exit status, as vLLM and llama.cpp's server do.
+Each field of `server.settings.Settings` is a flag (`add_settings_flags`: its type, its description as help), so a
+new setting needs no edit here. Flags override `MINIGPT_*` environment variables, which override the defaults in
+`server.settings`. This is the only place that configures logging handlers and torch's CPU threads for the server.
+It checks a `--chat-template` and binds the port before anything is loaded (a busy port fails at once), checks the
+device, then serves while the model loads behind /health; a model that cannot be loaded stops the server. Every
+failure ends with one `minigpt-serve: error: ...` line and a non-zero exit status, as vLLM and llama.cpp's server do.
 
 SIGTERM drains (what a load balancer or Kubernetes expects): /ready and every new request answer 503 while the
 requests in flight run to their end (at most `--drain-timeout` seconds), then the server closes and exits 0.
