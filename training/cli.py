@@ -20,23 +20,23 @@ What it is not: training logic; everything below `main` takes typed values, neve
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, get_args, get_type_hints
 
 from minigpt_core.config import PRESETS
 from minigpt_core.errors import MiniGPTError
 from training.config import (
-    DEVICES,
-    DPO_LOSSES,
-    DTYPES,
     MODES,
-    REWARD_FEATURES,
-    UNIMPLEMENTED_MODES,
+    SECTIONS,
     TrainConfig,
+    flat_names,
+    from_flat,
     resolve_config,
+    to_flat,
     train_preset,
 )
 from training.errors import ResumeError, TrainingDiverged, TrainingError
@@ -44,54 +44,7 @@ from training.interrupt import TrainingInterrupted
 from training.state import TRAINER_STATE_DIR, find_resume_point, read_trainer_state, run_dir_of
 
 logger = logging.getLogger("training.cli")
-REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
 PROG = "minigpt-train"
-
-# flag dest -> TrainConfig field, for flags that override a preset only when given.
-OVERRIDES = {
-    "data": "data",
-    "val_data": "val_data",
-    "out": "out_dir",
-    "init": "init",
-    "tokenizer": "tokenizer",
-    "max_steps": "max_steps",
-    "epochs": "epochs",
-    "weight_decay": "weight_decay",
-    "grad_clip": "grad_clip",
-    "log_every": "log_every",
-    "tensorboard": "tensorboard",
-    "learning_rate": "learning_rate",
-    "warmup_steps": "warmup_steps",
-    "batch_size": "batch_size",
-    "grad_accum": "grad_accum",
-    "seq_len": "seq_len",
-    "device": "device",
-    "dtype": "dtype",
-    "seed": "seed",
-    "eval_every": "eval_every",
-    "eval_batches": "eval_batches",
-    "save_every": "save_every",
-    "keep_last": "keep_last",
-    "time_limit": "time_limit_s",
-    "max_bad_fraction": "max_bad_fraction",
-    "beta": "beta",
-    "loss": "dpo_loss",
-    "reward_features": "reward_features",
-    "reward": "rewards",
-    "reward_model": "reward_model",
-    "group_size": "group_size",
-    "kl_coef": "kl_coef",
-    "clip_eps": "clip_eps",
-    "max_new_tokens": "max_new_tokens",
-    "temperature": "temperature",
-    "grpo_epochs": "grpo_epochs",
-    "eval_data": "eval_data",
-    "eval_prompts": "eval_prompts",
-    "threads": "threads",
-    "lora_rank": "lora_rank",
-    "lora_alpha": "lora_alpha",
-    "lora_targets": "lora_targets",
-}
 
 
 class UsageError(Exception):
@@ -105,92 +58,49 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train a MiniGPT model (pretrain, sft, dpo, reward, rlhf).")
-    p.add_argument("--mode", choices=[*MODES, *UNIMPLEMENTED_MODES], help="training stage (default: pretrain)")
+    p.add_argument("--mode", choices=MODES, help="training stage (default: pretrain)")
     p.add_argument("--config", default="tiny", help=f"model preset ({', '.join(PRESETS)}) or a JSON file")
-    p.add_argument(
-        "--data", help="JSONL file or folder; pretraining also reads plain .txt (default: the bundled corpus)"
-    )
-    p.add_argument("--val-data", help="validation file or folder (default: *_val files beside --data, else 1 in 50)")
-    p.add_argument("--out", help="run folder (default: checkpoints/<mode>_<config>/)")
     p.add_argument("--resume", help="continue a run (its folder or one of its checkpoints/step_N)")
-    p.add_argument("--init", help="start from a checkpoint's weights and tokenizer (e.g. SFT from pretrain)")
-    p.add_argument("--tokenizer", help="tokenizer.json or a folder holding one (default: the bundled tokenizer)")
-    p.add_argument("--retrain-tokenizer", action="store_true", help="train a new tokenizer on the training data")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--epochs", type=float, help="passes over the training data (instead of --max-steps)")
-    p.add_argument("--learning-rate", type=float, help="peak learning rate")
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay of matrices (default 0.1; norms get none)")
-    p.add_argument("--grad-clip", type=float, help="clip the gradient norm to this (default 1.0; 0 = no clipping)")
-    p.add_argument("--batch-size", type=int, help="rows per micro-batch per process")
-    p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-    p.add_argument("--seq-len", type=int)
-    p.add_argument("--device", choices=DEVICES)
-    p.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        help="auto = bf16 autocast on CUDA, fp32 elsewhere; float16 = fp16 autocast + loss scaling (no-bf16 GPUs)",
-    )
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    p.add_argument(
-        "-t",
-        "--threads",
-        type=int,
-        help="CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)",
-    )
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log-every", type=int, help="a metrics.jsonl row every N steps (default 10)")
-    p.add_argument("--tensorboard", metavar="DIR", help="also write the metrics as TensorBoard events into DIR")
-    p.add_argument("--eval-every", type=int, help="validate every N steps")
-    p.add_argument("--eval-batches", type=int, help="batches per validation")
-    p.add_argument("--save-every", type=int, help="checkpoint every N steps")
-    p.add_argument("--keep-last", type=int, help="checkpoints to keep (default 3)")
-    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="stop and save after this much time")
-    p.add_argument("--max-bad-fraction", type=float, help="fail when more data lines than this are bad")
-    g = p.add_argument_group("dpo / reward (batch size counts pairs)")
-    g.add_argument("--beta", type=float, help="DPO temperature beta (default 0.1)")
-    g.add_argument("--loss", choices=DPO_LOSSES, help="DPO loss (default sigmoid)")
-    g.add_argument(
-        "--reward-features",
-        choices=REWARD_FEATURES,
-        help="reward model score: a head on the last hidden state, plus (default) a learned weight times the "
-        "response's log-likelihood under the model itself",
-    )
-    g = p.add_argument_group("rlhf: GRPO (batch size counts prompts per step)")
-    g.add_argument("--reward", help=f"comma-separated rule rewards: {', '.join(REWARD_RULES)} (default arithmetic)")
-    g.add_argument("--reward-model", help="a reward-model folder (--mode reward) whose score is added")
-    g.add_argument("--group-size", type=int, help="samples per prompt (default 8)")
-    g.add_argument("--kl-coef", type=float, help="weight of the KL penalty to the reference (default 0.04)")
-    g.add_argument("--clip-eps", type=float, help="ratio clipping epsilon (default 0.2)")
-    g.add_argument("--max-new-tokens", type=int, help="answer length limit of a rollout (default 64)")
-    g.add_argument("--temperature", type=float, help="rollout sampling temperature (default 1.0)")
-    g.add_argument("--thinking", action="store_true", default=None, help="prompt with thinking on")
-    g.add_argument("--grpo-epochs", type=int, help="optimizer steps per rollout batch (default 1)")
-    g.add_argument("--eval-data", help="held-out prompt JSONL (default: the bundled eval_think.jsonl)")
-    g.add_argument("--eval-prompts", type=int, help="held-out prompts per evaluation (default 64)")
-    g = p.add_argument_group("LoRA (with --mode sft --init BASE): train only adapter weights, saved in PEFT's layout")
-    g.add_argument("--lora-rank", type=int, metavar="R", help="adapter rank; 0 = full fine-tuning (default)")
-    g.add_argument("--lora-alpha", type=float, metavar="A", help="scaling alpha / rank (default alpha = rank)")
-    g.add_argument(
-        "--lora-targets",
-        metavar="NAMES",
-        help="comma-separated projections (default all: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
-    )
+    add_setting_flags(p)
     p.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     return p
+
+
+def add_setting_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig setting that has one, derived from its field: the option name (--flat-name
+    unless the field says otherwise), its type, choices, metavar and help; `dest` is the flat setting name and the
+    default None, so only the flags given override the preset. Booleans are switches. Each section of options
+    (dpo, grpo, lora) is a group of --help."""
+    groups: dict[str | None, Any] = {None: p}
+    owners: list[tuple[type, str | None]] = [(TrainConfig, None), *SECTIONS.values()]
+    for cls, title in owners:
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if not meta or not meta["cli"]:
+                continue
+            flat = meta["flat"] or f.name
+            names = (*meta.get("names", ()), meta.get("flag") or "--" + flat.replace("_", "-"))
+            kwargs: dict[str, Any] = {"dest": flat, "help": meta["help"]}
+            kwargs.update({k: meta[k] for k in ("choices", "metavar") if k in meta})
+            kind = next(t for t in (*get_args(hints[f.name]), hints[f.name]) if t is not type(None))
+            if kind is bool:
+                kwargs.update(action="store_true", default=None)
+                kwargs.pop("metavar", None)
+            else:
+                kwargs["type"] = None if kind is str else kind  # argparse's default: the string as given
+                if "choices" not in kwargs:  # named after the option, not the dest: `--out OUT`
+                    kwargs.setdefault("metavar", names[-1].lstrip("-").replace("-", "_").upper())
+            groups[title].add_argument(*names, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     """The resolved TrainConfig and the checkpoint to resume from (None for a new run)."""
     overrides: dict[str, Any] = {
-        field: getattr(args, dest) for dest, field in OVERRIDES.items() if getattr(args, dest) is not None
+        name: getattr(args, name) for name in flat_names() if getattr(args, name, None) is not None
     }
-    if args.compile:
-        overrides["compile"] = True
-    if args.retrain_tokenizer:
-        overrides["retrain_tokenizer"] = True
-    if args.thinking:
-        overrides["thinking"] = True
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
     if args.epochs is not None and args.max_steps is not None:
@@ -218,14 +128,14 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
     if args.init is not None:
         raise UsageError("--resume and --init cannot be combined")
     point = find_resume_point(args.resume)
-    saved = dict(read_trainer_state(point).config)
-    saved.pop("threads", None)  # a property of this machine, not of the run
-    if args.mode is not None and args.mode != saved.get("mode"):
-        raise UsageError(f"--mode {args.mode} does not match the resumed run ({saved.get('mode')}); use --init instead")
-    overrides.setdefault("out_dir", str(run_dir_of(point)))
-    saved.update(overrides)
     try:
-        return TrainConfig.from_dict(saved), point
+        saved = to_flat(TrainConfig.from_dict(read_trainer_state(point).config))  # older flat configs too
+        if args.mode is not None and args.mode != saved["mode"]:
+            raise UsageError(
+                f"--mode {args.mode} does not match the resumed run ({saved['mode']}); use --init instead"
+            )  # fmt: skip
+        saved.update(threads=None, out_dir=str(run_dir_of(point)))  # threads: a property of this machine
+        return from_flat({**saved, **overrides}), point
     except (MiniGPTError, TypeError, ValueError) as exc:
         raise ResumeError(f"{point / TRAINER_STATE_DIR / 'state.json'}: its run config is not usable ({exc})") from exc
 
@@ -262,13 +172,10 @@ def _plot_main(argv: list[str]) -> int:
 def _train_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.quiet)
-    if args.mode in UNIMPLEMENTED_MODES:
-        print(f"{PROG}: --mode {args.mode} is not implemented yet (only pretrain and sft)", file=sys.stderr)
-        return 2
     cfg, resume_from = config_from_args(args)
     from minigpt_core.threads import configure_threads  # imports torch: only once the flags are valid
 
-    cfg = cfg.replace(threads=configure_threads(cfg.threads))  # the count in force lands in run_config.json
+    cfg = cfg.replace(threads=configure_threads(cfg.runtime.threads))  # the count in force lands in run_config.json
     from training.pipeline import run_training  # torch-heavy imports only once the flags are valid
 
     state = run_training(cfg, resume_from)

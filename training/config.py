@@ -1,9 +1,12 @@
-"""Training run settings: one frozen, self-validating dataclass plus the named presets per model size and stage.
+"""Training run settings: frozen, self-validating dataclasses in sections, plus the named presets per size and stage.
 
-What it is: `TrainConfig` (every resolved setting of a run, written to `run_config.json`), the presets
-`train_preset(config_name, mode)` and the JSON round trip used by `--resume`.
+What it is: `TrainConfig` (every resolved setting of a run, written to `run_config.json`) with its sections
+(`model`, `data`, `optim`, `schedule`, `runtime`, `dpo`, `reward`, `grpo`, `lora`); each field carries the help of
+its `minigpt-train` flag (`setting`), so a new setting is one field. The flat namespace (`flat_names`, `from_flat`,
+`to_flat`: one name per setting, e.g. `learning_rate`, `dpo_loss`) serves presets, overrides and the flat configs
+that older versions wrote (`TrainConfig.from_dict` reads both). Also the presets `train_preset(config_name, mode)`.
 What it is not: the model's shape (that is `minigpt_core.config.ModelConfig`, nested here) nor argument parsing
-(`training.cli` turns flags into overrides of a preset).
+(`training.cli` derives the flags from these fields).
 """
 
 from __future__ import annotations
@@ -12,181 +15,302 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from minigpt_core.config import PRESETS, ModelConfig, preset
 from minigpt_core.errors import ConfigError
 
 Mode = Literal["pretrain", "sft", "dpo", "reward", "rlhf"]
-MODES: tuple[str, ...] = ("pretrain", "sft", "dpo", "reward", "rlhf")
-STAGE_MODES: tuple[str, ...] = ("dpo", "reward", "rlhf")  # single-process stages built on an --init checkpoint
-UNIMPLEMENTED_MODES: tuple[str, ...] = ()
+MODES: tuple[Mode, ...] = get_args(Mode)
+STAGE_MODES: tuple[str, ...] = ("dpo", "reward", "rlhf")  # the stages built on an --init checkpoint
 DPO_LOSSES: tuple[str, ...] = ("sigmoid", "ipo")
 REWARD_FEATURES: tuple[str, ...] = ("last", "last+loglik")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
+REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # float16: autocast + loss scaling
 
 
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Everything a run needs besides the data itself; `to_dict()` is what lands in run_config.json."""
+def setting(default: Any, help: str | None = None, *, flat: str | None = None, cli: bool = True, **flag: Any) -> Any:
+    """A settings field with its `minigpt-train` flag (unless `cli=False`): `help` and `flag` (flag: the option
+    name when it is not --flat-name, names: extra option strings, choices, metavar) describe it. `flat` is the
+    field's name in the flat settings namespace (presets, overrides, the configs of older versions) when that is
+    not the field name."""
+    return field(default=default, metadata={"help": help, "flat": flat, "cli": cli, **flag})
 
-    mode: str
-    config_name: str
-    model: ModelConfig = field(default_factory=ModelConfig)
-    # data and directories
-    data: str | None = None
-    val_data: str | None = None  # validation file or folder (default: *_val files beside the data, or a holdout)
-    out_dir: str = "checkpoints/run"
-    init: str | None = None
-    tokenizer: str | None = None
-    retrain_tokenizer: bool = False
-    max_bad_fraction: float = 0.05
-    # optimisation
-    seq_len: int = 256
-    batch_size: int = 32  # rows per micro-batch per rank
-    grad_accum: int = 1
-    learning_rate: float = 1e-3
-    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
-    warmup_steps: int = 50
-    max_steps: int = 1000
-    epochs: float | None = None  # passes over the training data; sets max_steps once the data is loaded (loop.fit)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    # bookkeeping
-    eval_every: int = 200
-    eval_batches: int = 20
-    save_every: int = 500
-    keep_last: int = 3
-    log_every: int = 10
-    tensorboard: str | None = None  # also write the metrics.jsonl scalars as TensorBoard events into this folder
-    time_limit_s: float | None = None  # stop (and save) once this much wall time has passed
-    # runtime
-    seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool = False
-    threads: int | None = None  # CPU intra-op threads (None: minigpt_core.threads.default_threads); not resumed
-    # preference stages (dpo, reward); batch_size counts pairs
-    beta: float = 0.1
-    dpo_loss: str = "sigmoid"
-    reward_features: str = "last+loglik"  # reward model score: head(last hidden) [+ w * response log-likelihood]
-    # rlhf (GRPO); batch_size counts prompts per step, each sampled group_size times
-    rewards: str = "arithmetic"  # comma-separated rule names (training.rewards.RULES)
-    reward_model: str | None = None
-    group_size: int = 8
-    kl_coef: float = 0.04
-    clip_eps: float = 0.2
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    thinking: bool = False
-    grpo_epochs: int = 1
-    eval_data: str | None = None
-    eval_prompts: int = 64
-    # LoRA (SFT only): rank 0 = full fine-tuning; alpha None = the rank (scaling 1); comma-separated targets
-    lora_rank: int = 0
-    lora_alpha: float | None = None
-    lora_targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+
+def _positive_ints(obj: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataSettings:
+    """What is trained on and how it is cut into rows."""
+
+    path: str | None = setting(
+        None, "JSONL file or folder; pretraining also reads plain .txt (default: the bundled corpus)", flat="data"
+    )
+    val_data: str | None = setting(
+        None, "validation file or folder (default: *_val files beside --data, else 1 in 50)"
+    )  # fmt: skip
+    tokenizer: str | None = setting(None, "tokenizer.json or a folder holding one (default: the bundled tokenizer)")
+    retrain_tokenizer: bool = setting(False, "train a new tokenizer on the training data")
+    max_bad_fraction: float = setting(0.05, "fail when more data lines than this are bad")
+    seq_len: int = setting(256)
+    batch_size: int = setting(32, "rows per micro-batch per process")
+    grad_accum: int = setting(1, "micro-batches per optimizer step")
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        for name in ("seq_len", "batch_size", "grad_accum", "max_steps", "eval_every", "save_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "eval_batches", "log_every"):
+        _positive_ints(self, "seq_len", "batch_size", "grad_accum")
+        if not 0.0 <= self.max_bad_fraction <= 1.0:
+            raise ConfigError("min_lr_ratio and max_bad_fraction must lie in [0, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimSettings:
+    """AdamW and its learning-rate schedule (linear warmup, cosine decay to min_lr_ratio of the peak)."""
+
+    learning_rate: float = setting(1e-3, "peak learning rate")
+    min_lr_ratio: float = setting(0.1, cli=False)  # cosine decays to this fraction of the peak
+    warmup_steps: int = setting(50)
+    weight_decay: float = setting(0.1, "AdamW weight decay of matrices (default 0.1; norms get none)")
+    beta1: float = setting(0.9, cli=False)
+    beta2: float = setting(0.95, cli=False)
+    grad_clip: float = setting(1.0, "clip the gradient norm to this (default 1.0; 0 = no clipping)")
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ConfigError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError("min_lr_ratio and max_bad_fraction must lie in [0, 1]")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("grad_clip and weight_decay must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScheduleSettings:
+    """How long the run is and when it evaluates, logs and saves."""
+
+    max_steps: int = setting(1000)
+    epochs: float | None = setting(None, "passes over the training data (instead of --max-steps)")
+    log_every: int = setting(10, "a metrics.jsonl row every N steps (default 10)")
+    tensorboard: str | None = setting(
+        None, "also write the metrics as TensorBoard events into DIR", metavar="DIR"
+    )  # fmt: skip
+    eval_every: int = setting(200, "validate every N steps")
+    eval_batches: int = setting(20, "batches per validation")
+    save_every: int = setting(500, "checkpoint every N steps")
+    keep_last: int = setting(3, "checkpoints to keep (default 3)")
+    time_limit_s: float | None = setting(
+        None, "stop and save after this much time", flag="--time-limit", metavar="SECONDS"
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, "max_steps", "eval_every", "save_every")
+        for name in ("eval_batches", "log_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.keep_last < 1:
             raise ConfigError(f"keep_last must be >= 1, got {self.keep_last}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 <= self.max_bad_fraction <= 1.0:
-            raise ConfigError("min_lr_ratio and max_bad_fraction must lie in [0, 1]")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ConfigError("grad_clip and weight_decay must be >= 0")
-        if self.seq_len > self.model.max_seq_len:
-            raise ConfigError(f"seq_len {self.seq_len} exceeds the model's max_seq_len {self.model.max_seq_len}")
+        if self.time_limit_s is not None and self.time_limit_s <= 0:
+            raise ConfigError("time_limit_s must be positive")
+        if self.epochs is not None and not (isinstance(self.epochs, int | float) and self.epochs > 0):
+            raise ConfigError(f"epochs must be a positive number, got {self.epochs!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RuntimeSettings:
+    """Where and how the run executes; `threads` is a property of the machine and is not resumed."""
+
+    seed: int = setting(0)
+    device: str = setting("auto", choices=DEVICES)
+    dtype: str = setting(
+        "auto",
+        "auto = bf16 autocast on CUDA, fp32 elsewhere; float16 = fp16 autocast + loss scaling (no-bf16 GPUs)",
+        choices=DTYPES,
+    )
+    compile: bool = setting(False, "torch.compile the model")
+    threads: int | None = setting(
+        None, "CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)", names=("-t",)
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise ConfigError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.time_limit_s is not None and self.time_limit_s <= 0:
-            raise ConfigError("time_limit_s must be positive")
-        if self.epochs is not None and not (isinstance(self.epochs, int | float) and self.epochs > 0):
-            raise ConfigError(f"epochs must be a positive number, got {self.epochs!r}")
-        if self.mode in STAGE_MODES:
-            for name, value, why in (
-                ("--dtype float16", self.dtype == "float16", "use bfloat16 or float32"),
-                ("--epochs", self.epochs is not None, "use --max-steps"),
-                ("--tensorboard", self.tensorboard is not None, "metrics.jsonl has the same numbers"),
-            ):
-                if value:
-                    raise ConfigError(f"{name} is supported for --mode pretrain and sft, not {self.mode}; {why}")
-        self._check_stage_settings()
-        self._check_lora_settings()
 
-    def _check_lora_settings(self) -> None:
-        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or self.lora_rank < 0:
-            raise ConfigError(f"lora_rank must be a non-negative integer, got {self.lora_rank!r}")
-        if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise ConfigError(f"lora_alpha must be positive, got {self.lora_alpha}")
-        if self.lora_rank and self.mode != "sft":
-            raise ConfigError(f"LoRA (--lora-rank) trains with --mode sft only, not {self.mode}")
-        if self.lora_rank:
-            from minigpt_core.lora import parse_targets
 
-            parse_targets(self.lora_targets)
+@dataclass(frozen=True, kw_only=True)
+class DPOSettings:
+    """DPO (and the pair batches of the reward model: --batch-size counts pairs)."""
 
-    def _check_stage_settings(self) -> None:
+    beta: float = setting(0.1, "DPO temperature beta (default 0.1)")
+    loss: str = setting("sigmoid", "DPO loss (default sigmoid)", flat="dpo_loss", flag="--loss", choices=DPO_LOSSES)
+
+    def __post_init__(self) -> None:
         if not self.beta > 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
-        if self.reward_features not in REWARD_FEATURES:
+        if self.loss not in DPO_LOSSES:
+            raise ConfigError(f"loss must be one of {', '.join(DPO_LOSSES)}, got {self.loss!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardSettings:
+    """The reward model's score: head(last hidden state) [+ a learned weight x the response log-likelihood]."""
+
+    features: str = setting(
+        "last+loglik",
+        "reward model score: a head on the last hidden state, plus (default) a learned weight times the "
+        "response's log-likelihood under the model itself",
+        flat="reward_features",
+        choices=REWARD_FEATURES,
+    )
+
+    def __post_init__(self) -> None:
+        if self.features not in REWARD_FEATURES:
             raise ConfigError(
-                f"reward features must be one of {', '.join(REWARD_FEATURES)}, got {self.reward_features!r}"
-            )
-        if self.dpo_loss not in DPO_LOSSES:
-            raise ConfigError(f"loss must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
-        for name in ("group_size", "max_new_tokens", "grpo_epochs", "eval_prompts"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.mode == "rlhf" and self.group_size < 2:
-            raise ConfigError("group_size must be >= 2 (GRPO compares samples within a group)")
+                f"reward features must be one of {', '.join(REWARD_FEATURES)}, got {self.features!r}"
+            )  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class GRPOSettings:
+    """RLHF with GRPO: --batch-size counts prompts per step, each sampled group_size times."""
+
+    rewards: str = setting(
+        "arithmetic",
+        f"comma-separated rule rewards: {', '.join(REWARD_RULES)} (default arithmetic)",
+        flag="--reward",
+    )
+    reward_model: str | None = setting(None, "a reward-model folder (--mode reward) whose score is added")
+    group_size: int = setting(8, "samples per prompt (default 8)")
+    kl_coef: float = setting(0.04, "weight of the KL penalty to the reference (default 0.04)")
+    clip_eps: float = setting(0.2, "ratio clipping epsilon (default 0.2)")
+    max_new_tokens: int = setting(64, "answer length limit of a rollout (default 64)")
+    temperature: float = setting(1.0, "rollout sampling temperature (default 1.0)")
+    thinking: bool = setting(False, "prompt with thinking on")
+    epochs: int = setting(1, "optimizer steps per rollout batch (default 1)", flat="grpo_epochs")
+    eval_data: str | None = setting(None, "held-out prompt JSONL (default: the bundled eval_think.jsonl)")
+    eval_prompts: int = setting(64, "held-out prompts per evaluation (default 64)")
+
+    def __post_init__(self) -> None:
+        _positive_ints(self, "group_size", "max_new_tokens", "epochs", "eval_prompts")
         if self.kl_coef < 0 or not 0 < self.clip_eps < 1:
             raise ConfigError("kl_coef must be >= 0 and clip_eps in (0, 1)")
         if not 0 < self.temperature <= 2:
             raise ConfigError(f"temperature must be in (0, 2], got {self.temperature}")
-        if self.mode == "rlhf" and not self.reward_model and not self.rewards.strip():
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRASettings:
+    """LoRA (SFT only): rank 0 = full fine-tuning; alpha None = the rank (scaling 1)."""
+
+    rank: int = setting(0, "adapter rank; 0 = full fine-tuning (default)", flat="lora_rank", metavar="R")
+    alpha: float | None = setting(
+        None, "scaling alpha / rank (default alpha = rank)", flat="lora_alpha", metavar="A"
+    )  # fmt: skip
+    targets: str = setting(
+        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+        "comma-separated projections (default all: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)",
+        flat="lora_targets",
+        metavar="NAMES",
+    )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rank, int) or isinstance(self.rank, bool) or self.rank < 0:
+            raise ConfigError(f"lora_rank must be a non-negative integer, got {self.rank!r}")
+        if self.alpha is not None and not self.alpha > 0:
+            raise ConfigError(f"lora_alpha must be positive, got {self.alpha}")
+
+
+# The sections of TrainConfig, each a group of `minigpt-train --help` (None: the main list).
+SECTIONS: dict[str, tuple[type, str | None]] = {
+    "data": (DataSettings, None),
+    "optim": (OptimSettings, None),
+    "schedule": (ScheduleSettings, None),
+    "runtime": (RuntimeSettings, None),
+    "dpo": (DPOSettings, "dpo / reward (batch size counts pairs)"),
+    "reward": (RewardSettings, "dpo / reward (batch size counts pairs)"),
+    "grpo": (GRPOSettings, "rlhf: GRPO (batch size counts prompts per step)"),
+    "lora": (LoRASettings, "LoRA (with --mode sft --init BASE): train only adapter weights, saved in PEFT's layout"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything a run needs besides the data itself, in sections; `to_dict()` is what lands in run_config.json."""
+
+    mode: Mode
+    config_name: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    out_dir: str = setting("checkpoints/run", "run folder (default: checkpoints/<mode>_<config>/)", flag="--out")
+    init: str | None = setting(
+        None, "start from a checkpoint's weights and tokenizer (e.g. SFT from pretrain)"
+    )  # fmt: skip
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    grpo: GRPOSettings = field(default_factory=GRPOSettings)
+    lora: LoRASettings = field(default_factory=LoRASettings)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.data.seq_len > self.model.max_seq_len:
+            raise ConfigError(
+                f"seq_len {self.data.seq_len} exceeds the model's max_seq_len {self.model.max_seq_len}"
+            )  # fmt: skip
+        if self.mode in STAGE_MODES:
+            for name, value, why in (
+                ("--dtype float16", self.runtime.dtype == "float16", "use bfloat16 or float32"),
+                ("--epochs", self.schedule.epochs is not None, "use --max-steps"),
+                ("--tensorboard", self.schedule.tensorboard is not None, "metrics.jsonl has the same numbers"),
+            ):
+                if value:
+                    raise ConfigError(f"{name} is supported for --mode pretrain and sft, not {self.mode}; {why}")
+        if self.mode == "rlhf" and self.grpo.group_size < 2:
+            raise ConfigError("group_size must be >= 2 (GRPO compares samples within a group)")
+        if self.mode == "rlhf" and not self.grpo.reward_model and not self.grpo.rewards.strip():
             raise ConfigError("rlhf needs --reward RULES and/or --reward-model DIR")
+        if self.lora.rank and self.mode != "sft":
+            raise ConfigError(f"LoRA (--lora-rank) trains with --mode sft only, not {self.mode}")
+        if self.lora.rank:
+            from minigpt_core.lora import parse_targets
+
+            parse_targets(self.lora.targets)
 
     @property
     def tokens_per_step(self) -> int:
         """Per rank: rows x seq_len x accumulation."""
-        return self.batch_size * self.seq_len * self.grad_accum
+        return self.data.batch_size * self.data.seq_len * self.data.grad_accum
 
     def replace(self, **changes: Any) -> TrainConfig:
-        return dataclasses.replace(self, **changes)
+        """A copy with flat settings changed (`cfg.replace(max_steps=3, model=...)`), sections rebuilt."""
+        return from_flat({**to_flat(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["model"] = dataclasses.asdict(self.model)
-        return out
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        """A saved config: nested (this version) or flat (run_config.json / state.json of older versions)."""
+        if not any(isinstance(data.get(name), dict) for name in SECTIONS):
+            return from_flat(data)
         values = dict(data)
         values["model"] = model_config_from_dict(values.get("model", {}))
-        return cls(**values)
+        for name, (section, _) in SECTIONS.items():
+            values[name] = _build(section, values.get(name, {}), f"{name} settings")
+        return _build(cls, values, "training settings")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -202,15 +326,56 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
-def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = set(data) - known
+def _build(cls: type, values: dict[str, Any], what: str) -> Any:
+    unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        raise ConfigError(f"unknown {what}: {', '.join(sorted(unknown))}")
     try:
-        return ModelConfig(**data)
+        return cls(**values)
     except TypeError as exc:
-        raise ConfigError(f"invalid model settings: {exc}") from exc
+        raise ConfigError(f"invalid {what}: {exc}") from exc
+
+
+def flat_names() -> dict[str, tuple[str | None, str]]:
+    """Flat setting name -> (section or None for a top-level field, field name), from the dataclasses."""
+    out: dict[str, tuple[str | None, str]] = {}
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in SECTIONS:
+            out[f.name] = (None, f.name)
+    for section, (cls, _) in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            out[f.metadata.get("flat") or f.name] = (section, f.name)
+    return out
+
+
+def to_flat(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings as one flat dict (the inverse of `from_flat`)."""
+    out: dict[str, Any] = {}
+    for flat, (section, name) in flat_names().items():
+        out[flat] = getattr(cfg if section is None else getattr(cfg, section), name)
+    return out
+
+
+def from_flat(settings: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from flat settings (presets and overrides, configs written before the sections existed)."""
+    names = flat_names()
+    unknown = set(settings) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    top: dict[str, Any] = {}
+    sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for flat, value in settings.items():
+        section, name = names[flat]
+        (top if section is None else sections[section])[name] = value
+    if isinstance(top.get("model"), dict):
+        top["model"] = model_config_from_dict(top["model"])
+    for name, (cls, _) in SECTIONS.items():
+        top[name] = _build(cls, sections[name], f"{name} settings")
+    return _build(TrainConfig, top, "training settings")
+
+
+def model_config_from_dict(data: dict[str, Any]) -> ModelConfig:
+    return _build(ModelConfig, data, "model settings")  # type: ignore[no-any-return]
 
 
 # Per (size, stage) defaults. SFT uses a lower peak rate and longer rows (whole conversations).
@@ -241,7 +406,7 @@ _DEFAULT_WARMUP = 100
 
 
 def train_preset(config_name: str, mode: str) -> dict[str, Any]:
-    """The preset's training settings for `mode` (a dict of TrainConfig fields, model included).
+    """The preset's training settings for `mode` (flat settings, see `from_flat`; model included).
 
     `config_name` is a preset name (tiny, small, medium) or a path to a JSON file of ModelConfig fields
     (optionally with a "base" preset name whose training settings it inherits).
@@ -274,14 +439,11 @@ def _model_from_json(path: Path) -> tuple[ModelConfig, str]:
 
 
 def resolve_config(settings: dict[str, Any]) -> TrainConfig:
-    """Build the TrainConfig from merged settings, deriving warmup when it was not given explicitly."""
+    """Build the TrainConfig from merged flat settings, deriving warmup when it was not given explicitly."""
     values = dict(settings)
     if "warmup_steps" not in values:
         max_steps = int(values.get("max_steps", 1000))
         values["warmup_steps"] = min(_DEFAULT_WARMUP, max(1, max_steps // 10))
     if "seq_len" in values and "model" in values and values["seq_len"] > values["model"].max_seq_len:
         raise ConfigError(f"--seq-len {values['seq_len']} exceeds the model's max_seq_len")
-    try:
-        return TrainConfig(**values)
-    except TypeError as exc:
-        raise ConfigError(f"invalid training settings: {exc}") from exc
+    return from_flat(values)

@@ -123,9 +123,9 @@ class DPOStage(PolicyStage):
     ) -> None:
         super().__init__(cfg, rt, policy, reference, tokenizer)
         self.val = val
-        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.batch_size, seed=cfg.seed)
+        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.data.batch_size, seed=cfg.runtime.seed)
         with rt.autocast():  # the reference's held-out log-probs never change: computed once
-            self.ref_val = reference_logprobs(reference, val, rt.device, cfg.batch_size)
+            self.ref_val = reference_logprobs(reference, val, rt.device, cfg.data.batch_size)
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.rt.device
@@ -135,9 +135,9 @@ class DPOStage(PolicyStage):
             with torch.no_grad():
                 rc, rr = _pair_logprobs(self.reference, pairs, device)
             pc, pr = _pair_logprobs(self.forward, pairs, device)
-            loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.beta, loss_type=cfg.dpo_loss)
+            loss, stats = dpo_loss(pc, pr, rc, rr, beta=cfg.dpo.beta, loss_type=cfg.dpo.loss)
             loss.backward()
-            grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+            grad_norm = clip_and_step(self.model, self.optimizer, cfg.optim.grad_clip)
         return {
             "loss": float(loss.detach()),
             "grad_norm": float(grad_norm),
@@ -153,7 +153,12 @@ class DPOStage(PolicyStage):
         cfg = self.cfg
         with self.rt.autocast():
             return evaluate_dpo(
-                self.model, self.val, self.rt.device, ref_logps=self.ref_val, beta=cfg.beta, batch_size=cfg.batch_size
+                self.model,
+                self.val,
+                self.rt.device,
+                ref_logps=self.ref_val,
+                beta=cfg.dpo.beta,
+                batch_size=cfg.data.batch_size,
             )
 
     def data_state(self) -> dict[str, Any]:
@@ -166,9 +171,9 @@ class DPOStage(PolicyStage):
 def build_dpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> DPOStage:
     """DPO on the --init policy (or the resumed one) against a frozen copy of the --init checkpoint."""
     policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
-    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
-    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
+    files = resolve_data_files(cfg.data.path, "dpo", cfg.data.val_data)
+    train, val = split_pairs(files.train, files.val, tokenizer, cfg.data.seq_len, cfg.data.max_bad_fraction)
     policy.to(rt.device)
     reference = load_reference(cfg, policy, resumed=loaded is not None)
-    logger.info("dpo (%s, beta %g): %d train / %d held-out pairs", cfg.dpo_loss, cfg.beta, len(train), len(val))
+    logger.info("dpo (%s, beta %g): %d train / %d held-out pairs", cfg.dpo.loss, cfg.dpo.beta, len(train), len(val))
     return DPOStage(cfg, rt, policy, reference, tokenizer, train, val)

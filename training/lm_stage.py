@@ -58,7 +58,7 @@ class LMStage(Stage):
         """One optimizer step over `grad_accum` micro-batches (device tensors: the loop reads them when it logs)."""
         cfg, rt = self.cfg, self.rt
         batches = []
-        for _ in range(cfg.grad_accum):
+        for _ in range(cfg.data.grad_accum):
             batch = self.loader.next_batch()
             assert batch is not None  # the training loader repeats forever
             batches.append(batch)
@@ -88,15 +88,15 @@ class LMStage(Stage):
             dist_loss = torch.stack([loss_sum.double()])
             torch.distributed.all_reduce(dist_loss)
             loss_sum = dist_loss[0]
-        grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip, rt.scaler)
+        grad_norm = clip_and_step(self.model, self.optimizer, cfg.optim.grad_clip, rt.scaler)
         return {"loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (nats per target token) and bits per byte over up to `eval_batches` batches."""
-        cfg = self.cfg
+        data = self.cfg.data
         return evaluate_docs(
-            self.model, self.val_docs, self.rt, self.byte_lengths,
-            pack=self.loader.pack, seq_len=cfg.seq_len, batch_size=cfg.batch_size, max_batches=cfg.eval_batches,
+            self.model, self.val_docs, self.rt, self.byte_lengths, pack=self.loader.pack, seq_len=data.seq_len,
+            batch_size=data.batch_size, max_batches=self.cfg.schedule.eval_batches,
         )  # fmt: skip
 
     def data_state(self) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class LMStage(Stage):
 
     def resolve_length(self) -> TrainConfig:
         """The config with max_steps derived from `--epochs` (when given)."""
-        if self.cfg.epochs is not None:
+        if self.cfg.schedule.epochs is not None:
             self.cfg = apply_epochs(self.cfg, self.rt, self.loader)
         return self.cfg
 
@@ -193,11 +193,13 @@ def steps_per_epoch(loader: PackedLoader, grad_accum: int) -> int:
 
 def apply_epochs(cfg: TrainConfig, rt: Runtime, loader: PackedLoader) -> TrainConfig:
     """`cfg` with max_steps = epochs x steps per epoch (averaged over ranks); a warmup as long as the run shrinks."""
-    assert cfg.epochs is not None
-    per_epoch = math.ceil(rt.all_reduce_sum([float(steps_per_epoch(loader, cfg.grad_accum))])[0])
+    assert cfg.schedule.epochs is not None
+    per_epoch = math.ceil(rt.all_reduce_sum([float(steps_per_epoch(loader, cfg.data.grad_accum))])[0])
     per_epoch = max(1, math.ceil(per_epoch / rt.world_size))
-    max_steps = max(1, math.ceil(cfg.epochs * per_epoch))
-    warmup = cfg.warmup_steps if cfg.warmup_steps < max_steps else max(1, max_steps // 10)
+    max_steps = max(1, math.ceil(cfg.schedule.epochs * per_epoch))
+    warmup = cfg.optim.warmup_steps if cfg.optim.warmup_steps < max_steps else max(1, max_steps // 10)
     if rt.is_main:
-        logger.info("--epochs %g: %d steps per epoch, %d steps (warmup %d)", cfg.epochs, per_epoch, max_steps, warmup)
+        logger.info(
+            "--epochs %g: %d steps per epoch, %d steps (warmup %d)", cfg.schedule.epochs, per_epoch, max_steps, warmup
+        )
     return cfg.replace(max_steps=max_steps, warmup_steps=warmup)

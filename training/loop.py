@@ -90,11 +90,11 @@ class Run:
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr_ratio."""
-    peak, floor = cfg.learning_rate, cfg.learning_rate * cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return peak * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.max_steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    peak, floor = cfg.optim.learning_rate, cfg.optim.learning_rate * cfg.optim.min_lr_ratio
+    if step < cfg.optim.warmup_steps:
+        return peak * (step + 1) / cfg.optim.warmup_steps
+    span = max(1, cfg.schedule.max_steps - cfg.optim.warmup_steps)
+    progress = min(1.0, (step - cfg.optim.warmup_steps) / span)
     return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
 
 
@@ -109,11 +109,11 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devi
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
     fused = device.type == "cuda"  # fused kernels are a CUDA win; CPU keeps the reference path
-    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.optim.learning_rate, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
 
 def clip_and_step(
@@ -172,7 +172,7 @@ def save(run: Run) -> Path:
         run.state.loader = stage.data_state()
         run.state.config = run.cfg.to_dict()
         path = save_training_checkpoint(
-            run.run_dir, stage.write_files, stage.optimizer, run.state, keep_last=run.cfg.keep_last,
+            run.run_dir, stage.write_files, stage.optimizer, run.state, keep_last=run.cfg.schedule.keep_last,
             published=stage.published,
         )  # fmt: skip
         logger.info("saved %s", path)
@@ -192,14 +192,14 @@ def append_metrics(run: Run, record: dict[str, Any], tensorboard: Any = None) ->
 
 
 def open_tensorboard(cfg: TrainConfig, rt: Runtime) -> Any:
-    """A `SummaryWriter` on `cfg.tensorboard` (rank 0), else None; a missing package is a ConfigError."""
-    if cfg.tensorboard is None or not rt.is_main:
+    """A `SummaryWriter` on `cfg.schedule.tensorboard` (rank 0), else None; a missing package is a ConfigError."""
+    if cfg.schedule.tensorboard is None or not rt.is_main:
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:  # torch's wrapper needs the tensorboard package, an optional dependency
         raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
-    return SummaryWriter(log_dir=cfg.tensorboard)
+    return SummaryWriter(log_dir=cfg.schedule.tensorboard)
 
 
 @contextlib.contextmanager
@@ -235,7 +235,8 @@ def fit(run: Run) -> TrainerState:
     steps up to the next logging step) finishes, is logged and saved, and `run.stopped_by` holds the signal number
     (the caller plots and raises `TrainingInterrupted`).
     """
-    cfg, rt, st, stage = run.cfg, run.rt, run.state, run.stage
+    rt, st, stage = run.rt, run.state, run.stage
+    sch = run.cfg.schedule
     if stage.eval_at_start and st.step == 0:
         before: dict[str, Any] = {"step": 0}
         _evaluate(run, before)
@@ -243,32 +244,32 @@ def fit(run: Run) -> TrainerState:
     started, base_elapsed = time.monotonic(), st.elapsed_s
     tok_rate = 0.0
     last_t, last_step = time.perf_counter(), st.step
-    tensorboard = open_tensorboard(cfg, rt)
+    tensorboard = open_tensorboard(run.cfg, rt)
     with (
         stop_on_signals() as stop,
-        progress_bar(cfg.max_steps, st.step, enabled=rt.is_main) as bar,
+        progress_bar(sch.max_steps, st.step, enabled=rt.is_main) as bar,
         contextlib.closing(tensorboard) if tensorboard is not None else contextlib.nullcontext(),
     ):
-        while st.step < cfg.max_steps:
+        while st.step < sch.max_steps:
             m = stage.step(st.step)
             st.step += 1
             st.tokens_seen += stage.tokens_per_step
             run_s = time.monotonic() - started
             st.elapsed_s = base_elapsed + run_s
             bar.update(1)
-            last = st.step >= cfg.max_steps
+            last = st.step >= sch.max_steps
             # One collective for both flags, so every rank stops at the same step even if only one got the signal.
             # A collective is a host sync: under torchrun it runs every step only with a time limit; otherwise a
             # signal is agreed on at the next logging step, where the loop syncs anyway.
-            if rt.distributed and cfg.time_limit_s is None and not (last or st.step % max(cfg.log_every, 1) == 0):
+            if rt.distributed and sch.time_limit_s is None and not (last or st.step % max(sch.log_every, 1) == 0):
                 over = signalled = 0.0
             else:
-                flags = [float(cfg.time_limit_s is not None and run_s > cfg.time_limit_s), float(stop.requested)]
+                flags = [float(sch.time_limit_s is not None and run_s > sch.time_limit_s), float(stop.requested)]
                 over, signalled = rt.all_reduce_sum(flags)
             out_of_time, stopping = over > 0, signalled > 0
-            checkpoint_due = st.step % cfg.save_every == 0 or last or out_of_time or stopping
-            eval_due = bool(cfg.eval_every) and not stopping and (st.step % cfg.eval_every == 0 or last or out_of_time)
-            log_due = st.step % max(cfg.log_every, 1) == 0 or st.step == 1 or last or eval_due or stopping
+            checkpoint_due = st.step % sch.save_every == 0 or last or out_of_time or stopping
+            eval_due = bool(sch.eval_every) and not stopping and (st.step % sch.eval_every == 0 or last or out_of_time)
+            log_due = st.step % max(sch.log_every, 1) == 0 or st.step == 1 or last or eval_due or stopping
             if rt.device.type == "cuda" and not (log_due or checkpoint_due):
                 continue  # no host sync: the GPU runs ahead while the next batch is prepared
             m = read_metrics(run, m)
@@ -295,7 +296,7 @@ def fit(run: Run) -> TrainerState:
                 run.stopped_by = stop.signum or signal.SIGTERM  # another rank's signal: report it as a TERM
                 break
             if out_of_time:
-                logger.info("time limit of %.0f s reached at step %d", cfg.time_limit_s, st.step)
+                logger.info("time limit of %.0f s reached at step %d", sch.time_limit_s, st.step)
                 break
     return st
 

@@ -96,14 +96,14 @@ def _tool_texts(message: dict[str, Any]) -> Iterator[str]:
 
 
 def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: Path) -> Tokenizer:
-    if cfg.init and cfg.retrain_tokenizer:
+    if cfg.init and cfg.data.retrain_tokenizer:
         raise ConfigError("--retrain-tokenizer cannot be combined with --init (the weights belong to its tokenizer)")
     if cfg.init:
         return Tokenizer.from_dir(cfg.init)
-    if cfg.tokenizer:
-        path = Path(cfg.tokenizer)
+    if cfg.data.tokenizer:
+        path = Path(cfg.data.tokenizer)
         return Tokenizer.from_dir(path) if path.is_dir() else Tokenizer.from_file(path)
-    retrain = cfg.retrain_tokenizer
+    retrain = cfg.data.retrain_tokenizer
     if not retrain and not BUNDLED_TOKENIZER.is_file():
         logger.warning("the bundled tokenizer %s is missing: training one on the data instead", BUNDLED_TOKENIZER)
         retrain = True
@@ -112,7 +112,7 @@ def choose_tokenizer(cfg: TrainConfig, files: DataFiles, rt: Runtime, run_dir: P
         # From a folder, learn from every training file (pretrain, SFT, DPO) so later stages are covered too.
         folder = files.train[0].parent
         sources = files.train
-        if cfg.data is None or Path(cfg.data).is_dir():
+        if cfg.data.path is None or Path(cfg.data.path).is_dir():
             sources = training_files(folder)
         if rt.is_main:
             logger.info("training a %d-token tokenizer on %s", cfg.model.vocab_size, ", ".join(map(str, sources)))
@@ -133,7 +133,7 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[MiniGPT, TrainC
         if tokenizer.vocab_size != cfg.model.vocab_size:
             logger.info("vocab_size %d -> %d to match the tokenizer", cfg.model.vocab_size, tokenizer.vocab_size)
             cfg = cfg.replace(model=cfg.model.replace(vocab_size=tokenizer.vocab_size))
-        seed_everything(cfg.seed)
+        seed_everything(cfg.runtime.seed)
         model = MiniGPT(cfg.model)
     if tokenizer.vocab_size > model.config.vocab_size:
         raise ConfigError(f"tokenizer has {tokenizer.vocab_size} tokens, the model only {model.config.vocab_size}")
@@ -144,10 +144,10 @@ def build_model(cfg: TrainConfig, tokenizer: Tokenizer) -> tuple[MiniGPT, TrainC
 def _datasets(cfg: TrainConfig, files: DataFiles, tokenizer: Tokenizer, rt: Runtime) -> tuple[DocumentSet, ...]:
     # Rank 0 tokenizes (and caches) first, so the other ranks only open the memmaps.
     if rt.is_main:
-        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.max_bad_fraction)
+        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.data.max_bad_fraction)
     rt.barrier()
     if not rt.is_main:
-        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.max_bad_fraction)
+        train, val = load_datasets(files, cfg.mode, tokenizer, cfg.data.max_bad_fraction)
     if len(train) == 0:
         raise DataError("no training documents")
     return train, val
@@ -193,7 +193,7 @@ def _restore(loaded: LoadedCheckpoint, stage: Stage) -> None:
 
 def run_training(cfg: TrainConfig, resume_from: Path | None = None) -> TrainerState:
     """Train per `cfg` (any mode); with `resume_from` (a step directory) continue that checkpoint exactly."""
-    rt = setup_runtime(cfg.device, cfg.dtype)
+    rt = setup_runtime(cfg.runtime.device, cfg.runtime.dtype)
     try:
         return _run(cfg, rt, resume_from)
     finally:
@@ -249,7 +249,7 @@ def _builder(mode: str) -> Builder:
 def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> LMStage:
     """Pretrain / SFT: tokenizer, model (fresh, --init or resumed), data, optimizer; a LoRA adapter with
     --lora-rank."""
-    files = resolve_data_files(cfg.data, cfg.mode, cfg.val_data)
+    files = resolve_data_files(cfg.data.path, cfg.mode, cfg.data.val_data)
     if loaded is not None:
         model, tokenizer = loaded.model, loaded.tokenizer
         cfg = cfg.replace(model=model.config)
@@ -259,16 +259,16 @@ def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedC
     train_docs, val_docs = _datasets(cfg, files, tokenizer, rt)
     model.to(rt.device)
     lora_params = None
-    if cfg.lora_rank:
-        seed_everything(cfg.seed)
-        targets = parse_targets(cfg.lora_targets)
-        lora_params = apply_lora(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, targets=targets)
+    if cfg.lora.rank:
+        seed_everything(cfg.runtime.seed)
+        targets = parse_targets(cfg.lora.targets)
+        lora_params = apply_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=targets)
     optimizer = build_optimizer(model, cfg, rt.device)
     loader = PackedLoader(
-        train_docs, cfg.seq_len, cfg.batch_size, pack=PACKING[cfg.mode], seed=cfg.seed, rank=rt.rank,
+        train_docs, cfg.data.seq_len, cfg.data.batch_size, pack=PACKING[cfg.mode], seed=cfg.runtime.seed, rank=rt.rank,
         world_size=rt.world_size,
     )  # fmt: skip
-    forward = distribute(model, rt, compile=cfg.compile)
+    forward = distribute(model, rt, compile=cfg.runtime.compile)
     args = (cfg, rt, model, forward, tokenizer, optimizer, loader, val_docs, token_byte_lengths(tokenizer))
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
@@ -282,6 +282,6 @@ def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedC
     base = str(Path(cfg.init).resolve()) if cfg.init else None
     logger.info(
         "LoRA on %s: rank %d, alpha %g, %s; %d trainable parameters",
-        base, cfg.lora_rank, cfg.lora_alpha or cfg.lora_rank, cfg.lora_targets, sum(p.numel() for p in lora_params),
+        base, cfg.lora.rank, cfg.lora.alpha or cfg.lora.rank, cfg.lora.targets, sum(p.numel() for p in lora_params),
     )  # fmt: skip
     return LoRAStage(*args, base_model=base)

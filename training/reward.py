@@ -183,7 +183,7 @@ class RewardStage(Stage):
         # With features "last" the log-likelihood weight gets no gradient, which DDP must be told.
         self.forward = distribute(rm, rt, find_unused_parameters=rm.features == "last")
         self.val = val
-        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.batch_size, seed=cfg.seed)
+        self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.data.batch_size, seed=cfg.runtime.seed)
 
     def step(self, step: int) -> dict[str, Any]:
         lr = set_lr(self.optimizer, step, self.cfg)
@@ -191,7 +191,7 @@ class RewardStage(Stage):
             c, r = _pair_scores(self.forward, self.batcher.next_batch(), self.rt.device)
             loss = bradley_terry_loss(c, r)
         loss.backward()
-        grad_norm = clip_and_step(self.rm, self.optimizer, self.cfg.grad_clip)
+        grad_norm = clip_and_step(self.rm, self.optimizer, self.cfg.optim.grad_clip)
         return {
             "loss": float(loss.detach()),
             "grad_norm": float(grad_norm),
@@ -202,7 +202,7 @@ class RewardStage(Stage):
 
     def evaluate(self) -> dict[str, float]:
         with self.rt.autocast():
-            return pairwise_accuracy(self.rm, self.val, self.rt.device, batch_size=self.cfg.batch_size)
+            return pairwise_accuracy(self.rm, self.val, self.rt.device, batch_size=self.cfg.data.batch_size)
 
     def data_state(self) -> dict[str, Any]:
         return self.batcher.state_dict()
@@ -219,9 +219,9 @@ def build_reward(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedChe
     """A Bradley-Terry reward model on preference pairs (from --init when given, else from scratch; resumed with
     its head)."""
     lm, tokenizer, cfg = load_init(cfg, loaded, required=False)
-    files = resolve_data_files(cfg.data, "dpo", cfg.val_data)
-    train, val = split_pairs(files.train, files.val, tokenizer, cfg.seq_len, cfg.max_bad_fraction)
-    rm = RewardModel(lm, cfg.reward_features)
+    files = resolve_data_files(cfg.data.path, "dpo", cfg.data.val_data)
+    train, val = split_pairs(files.train, files.val, tokenizer, cfg.data.seq_len, cfg.data.max_bad_fraction)
+    rm = RewardModel(lm, cfg.reward.features)
     if loaded is not None:
         load_head(rm, loaded.path)
     rm = rm.to(rt.device).train()

@@ -132,19 +132,19 @@ def prompt_sets(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     """(train, held-out) prompt records for a run."""
     from training.dataset import bundled_data_dir
 
-    rules = set(parse_reward_names(cfg.rewards))
+    rules = set(parse_reward_names(cfg.grpo.rewards))
     tools_only = "tool" in rules and "arithmetic" not in rules
-    if cfg.data is None:
-        train = (generated_tool_prompts if tools_only else generated_prompts)(GENERATED_PROMPTS, cfg.seed)
+    if cfg.data.path is None:
+        train = (generated_tool_prompts if tools_only else generated_prompts)(GENERATED_PROMPTS, cfg.runtime.seed)
     else:
-        train = load_prompt_records(cfg.data)
-    if cfg.eval_data is not None:
-        val = load_prompt_records(cfg.eval_data)
-    elif cfg.data is None:
+        train = load_prompt_records(cfg.data.path)
+    if cfg.grpo.eval_data is not None:
+        val = load_prompt_records(cfg.grpo.eval_data)
+    elif cfg.data.path is None:
         val = load_prompt_records(bundled_data_dir() / ("eval_tools.jsonl" if tools_only else "eval_think.jsonl"))
     else:
         val, train = train[::HOLDOUT_EVERY], [r for i, r in enumerate(train) if i % HOLDOUT_EVERY] or train
-    return train, val[: cfg.eval_prompts]
+    return train, val[: cfg.grpo.eval_prompts]
 
 
 def prompt_ids(record: dict[str, Any], tokenizer: Tokenizer, thinking: bool) -> list[int]:
@@ -240,13 +240,13 @@ class GRPOStage(PolicyStage):
         super().__init__(cfg, rt, policy, reference, tokenizer)
         self.train, self.val = list(prompts[0])[rt.rank :: rt.world_size], prompts[1]
         self.rules, self.rm = rewards
-        rows = cfg.batch_size * cfg.group_size
-        max_len = min(policy.config.max_seq_len, cfg.seq_len + cfg.max_new_tokens)
+        rows = cfg.data.batch_size * cfg.grpo.group_size
+        max_len = min(policy.config.max_seq_len, cfg.data.seq_len + cfg.grpo.max_new_tokens)
         self.engine = Engine(
             policy, max_num_seqs=min(64, rows), max_model_len=max_len, max_queued=max(256, rows, len(self.val)),
             device=rt.device, output_vocab=tokenizer.vocab_size,
         )  # fmt: skip
-        self.rng = random.Random(cfg.seed)
+        self.rng = random.Random(cfg.runtime.seed)
 
     def session(self) -> Engine:
         return self.engine
@@ -254,28 +254,28 @@ class GRPOStage(PolicyStage):
     def step(self, step: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.rt.device
         lr = set_lr(self.optimizer, step, cfg)
-        chosen = self.rng.sample(self.train, min(cfg.batch_size, len(self.train)))
-        records = [r for r in chosen for _ in range(cfg.group_size)]
+        chosen = self.rng.sample(self.train, min(cfg.data.batch_size, len(self.train)))
+        records = [r for r in chosen for _ in range(cfg.grpo.group_size)]
         base = self.rng.randrange(1 << 30)
         params = [
-            SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=base + i)
+            SamplingParams(max_new_tokens=cfg.grpo.max_new_tokens, temperature=cfg.grpo.temperature, seed=base + i)
             for i in range(len(records))
         ]
-        prompts, completions = rollout(self.engine, self.tokenizer, records, params, thinking=cfg.thinking)
+        prompts, completions = rollout(self.engine, self.tokenizer, records, params, thinking=cfg.grpo.thinking)
         totals, breakdown = score(completions, prompts, self.rules, self.rm)
-        rewards = torch.tensor(totals, dtype=torch.float32).view(len(chosen), cfg.group_size)
+        rewards = torch.tensor(totals, dtype=torch.float32).view(len(chosen), cfg.grpo.group_size)
         advantages = grpo_advantages(rewards).view(-1).to(device)
         with torch.no_grad():
             old_logp, mask = answer_logprobs(self.model, prompts, completions, device)
             ref_logp, _ = answer_logprobs(self.reference, prompts, completions, device)
         self.model.train()
-        for _ in range(cfg.grpo_epochs):
+        for _ in range(cfg.grpo.epochs):
             logp, _ = answer_logprobs(self.forward, prompts, completions, device)
             loss, stats = grpo_loss(
-                logp, old_logp, ref_logp, advantages, mask, clip_eps=cfg.clip_eps, kl_coef=cfg.kl_coef
+                logp, old_logp, ref_logp, advantages, mask, clip_eps=cfg.grpo.clip_eps, kl_coef=cfg.grpo.kl_coef
             )
             loss.backward()
-            grad_norm = clip_and_step(self.model, self.optimizer, cfg.grad_clip)
+            grad_norm = clip_and_step(self.model, self.optimizer, cfg.optim.grad_clip)
         lengths = [len(c.token_ids) for c in completions]
         return {
             "loss": float(loss.detach()),
@@ -293,7 +293,7 @@ class GRPOStage(PolicyStage):
         cfg = self.cfg
         return evaluate_rlhf(
             self.engine, self.tokenizer, self.val, self.rules, self.rm,
-            max_new_tokens=cfg.max_new_tokens, thinking=cfg.thinking,
+            max_new_tokens=cfg.grpo.max_new_tokens, thinking=cfg.grpo.thinking,
         )  # fmt: skip
 
     def data_state(self) -> dict[str, Any]:
@@ -307,13 +307,13 @@ class GRPOStage(PolicyStage):
 
 def build_grpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> GRPOStage:
     """GRPO from the --init checkpoint (or the resumed policy) against a frozen copy of --init."""
-    rules = RewardSet(parse_reward_names(cfg.rewards))  # a typo fails before anything is loaded
+    rules = RewardSet(parse_reward_names(cfg.grpo.rewards))  # a typo fails before anything is loaded
     policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
-    rm = load_reward_model(cfg.reward_model, rt.device)[0] if cfg.reward_model else None
+    rm = load_reward_model(cfg.grpo.reward_model, rt.device)[0] if cfg.grpo.reward_model else None
     train, val = prompt_sets(cfg)
-    train = [r for r in train if len(prompt_ids(r, tokenizer, cfg.thinking)) <= cfg.seq_len]
+    train = [r for r in train if len(prompt_ids(r, tokenizer, cfg.grpo.thinking)) <= cfg.data.seq_len]
     if not train:
-        raise DataError(f"no training prompt fits in --seq-len {cfg.seq_len}")
+        raise DataError(f"no training prompt fits in --seq-len {cfg.data.seq_len}")
     policy.to(rt.device)
     reference = load_reference(cfg, policy, resumed=loaded is not None)
     logger.info("grpo: %d train / %d held-out prompts, rewards %s", len(train), len(val), ", ".join(rules.names))

@@ -36,18 +36,18 @@ def load_init(
         cfg = cfg.replace(model=model.config)
     elif cfg.init:
         model, tokenizer = load_checkpoint(cfg.init)
-        cfg = cfg.replace(model=model.config, seq_len=min(cfg.seq_len, model.config.max_seq_len))
+        cfg = cfg.replace(model=model.config, seq_len=min(cfg.data.seq_len, model.config.max_seq_len))
     elif required:
         raise TrainingError(f"--mode {cfg.mode} needs --init <checkpoint folder> (e.g. an SFT run)")
     else:
-        tok_path = Path(cfg.tokenizer) if cfg.tokenizer else BUNDLED_TOKENIZER
+        tok_path = Path(cfg.data.tokenizer) if cfg.data.tokenizer else BUNDLED_TOKENIZER
         tokenizer = Tokenizer.from_dir(tok_path) if tok_path.is_dir() else Tokenizer.from_file(tok_path)
         if tokenizer.vocab_size != cfg.model.vocab_size:
             cfg = cfg.replace(model=cfg.model.replace(vocab_size=tokenizer.vocab_size))
-        seed_everything(cfg.seed)
+        seed_everything(cfg.runtime.seed)
         model = MiniGPT(cfg.model)
     model.train()
-    seed_everything(cfg.seed)
+    seed_everything(cfg.runtime.seed)
     return model, tokenizer, cfg
 
 

@@ -181,9 +181,13 @@ def trained_seq_len(model_dir: str | Path) -> int | None:
     A step directory records it in trainer_state/state.json, a run folder in run_config.json.
     """
     root = Path(model_dir)
+
+    def seq_len_of(config: dict[str, Any]) -> Any:  # nested (data.seq_len) or, from older versions, flat
+        return config["data"].get("seq_len") if isinstance(config.get("data"), dict) else config.get("seq_len")
+
     for path, pick in (
-        (root / TRAINER_STATE_DIR / "state.json", lambda d: d.get("config", {}).get("seq_len")),
-        (root / "run_config.json", lambda d: d.get("seq_len")),
+        (root / TRAINER_STATE_DIR / "state.json", lambda d: seq_len_of(d.get("config", {}))),
+        (root / "run_config.json", seq_len_of),
     ):
         try:
             value = pick(json.loads(path.read_text(encoding="utf-8")))

@@ -23,7 +23,7 @@ from minigpt_core.errors import ConfigError
 from minigpt_core.tokenizer import Tokenizer
 from tests.training.helpers import base_args
 from training import cli
-from training.config import TrainConfig
+from training.config import RuntimeSettings, ScheduleSettings, TrainConfig
 from training.dataset import PackedLoader, load_datasets, resolve_data_files
 from training.lm_stage import steps_per_epoch
 from training.loop import clip_and_step
@@ -65,7 +65,7 @@ def test_epochs_set_the_run_length_by_passes_over_the_data(train_workdir: Path, 
     half = _train(train_workdir, tmp_path / "half", "--epochs", "0.5", "--save-every", "1000")
     steps_one = json.loads((_last_step_dir(one) / "trainer_state" / "state.json").read_text())
     steps = steps_one["step"]
-    assert steps_one["config"]["max_steps"] == steps > 1
+    assert steps_one["config"]["schedule"]["max_steps"] == steps > 1
     # the loader has just finished its first pass over the documents: epoch 1 has begun, not more
     assert steps_one["loader"]["epoch"] == 1
     assert _metrics(half)[-1]["step"] == math.ceil(steps / 2)
@@ -115,7 +115,7 @@ def test_grad_clip_and_weight_decay_reach_the_run(train_workdir: Path, tmp_path:
     optimizer = torch.load(_last_step_dir(runs["decayed"]) / "trainer_state" / "optimizer.pt", weights_only=True)
     assert [g["weight_decay"] for g in optimizer["param_groups"]] == [0.3, 0.0]  # matrices decay, norms do not
     config = json.loads((runs["clipped"] / "run_config.json").read_text())
-    assert config["grad_clip"] == 1e-4 and config["weight_decay"] == 0.1
+    assert config["optim"]["grad_clip"] == 1e-4 and config["optim"]["weight_decay"] == 0.1
 
 
 def test_float16_trains_with_loss_scaling(train_workdir: Path, tmp_path: Path) -> None:
@@ -129,9 +129,9 @@ def test_float16_trains_with_loss_scaling(train_workdir: Path, tmp_path: Path) -
 
 def test_float16_and_tensorboard_are_refused_for_the_stages() -> None:
     with pytest.raises(ConfigError, match="--dtype float16 is supported for --mode pretrain and sft, not dpo"):
-        TrainConfig(mode="dpo", config_name="tiny", dtype="float16")
+        TrainConfig(mode="dpo", config_name="tiny", runtime=RuntimeSettings(dtype="float16"))
     with pytest.raises(ConfigError, match="--tensorboard is supported"):
-        TrainConfig(mode="rlhf", config_name="tiny", tensorboard="tb")
+        TrainConfig(mode="rlhf", config_name="tiny", schedule=ScheduleSettings(tensorboard="tb"))
 
 
 def test_tensorboard_events_hold_the_metrics(train_workdir: Path, tmp_path: Path) -> None:

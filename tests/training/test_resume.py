@@ -16,6 +16,7 @@ import torch
 
 from tests.training.helpers import base_args
 from training import cli
+from training.config import TrainConfig, to_flat
 from training.state import list_checkpoints
 
 
@@ -54,7 +55,7 @@ def _state_keys(sd: Path) -> None:
 
 def _state_config(sd: Path) -> None:
     raw = json.loads((sd / "state.json").read_text())
-    raw["config"]["learning_rate"] = "fast"
+    raw["config"]["optim"]["learning_rate"] = "fast"
     (sd / "state.json").write_text(json.dumps(raw))
 
 
@@ -112,3 +113,17 @@ def test_time_limit_applies_to_each_invocation(two_steps: Path, tmp_path: Path) 
     saved = list_checkpoints(out)
     assert [s for s, _ in saved] == [4]
     assert json.loads((saved[-1][1] / "trainer_state" / "state.json").read_text())["elapsed_s"] > 1e6  # total kept
+
+
+def test_resume_of_a_checkpoint_with_the_flat_config_of_an_older_version(two_steps: Path, tmp_path: Path) -> None:
+    point = tmp_path / "step"
+    shutil.copytree(list_checkpoints(two_steps)[-1][1], point)
+    state_path = point / "trainer_state" / "state.json"
+    raw = json.loads(state_path.read_text())
+    raw["config"] = {**to_flat(TrainConfig.from_dict(raw["config"])), "model": raw["config"]["model"]}  # old layout
+    state_path.write_text(json.dumps(raw))
+    out = tmp_path / "out"
+    assert cli.main(["--resume", str(point), "--out", str(out), "--max-steps", "3", "-q"]) == 0
+    resumed = json.loads((list_checkpoints(out)[-1][1] / "trainer_state" / "state.json").read_text())
+    assert resumed["step"] == 3 and resumed["config"]["schedule"]["max_steps"] == 3
+    assert resumed["config"]["data"]["seq_len"] == 64 and resumed["config"]["data"]["batch_size"] == 4

@@ -38,7 +38,7 @@ def test_pretrain_loss_falls_and_run_folder_is_complete(pretrained: Path) -> Non
     assert all(0 < r["val_bpb"] < 10 for r in records if "val_bpb" in r)
     assert [s for s, _ in list_checkpoints(pretrained)] == [20, 40]
     cfg = json.loads((pretrained / "run_config.json").read_text())
-    assert cfg["max_steps"] == 40 and cfg["model"]["n_layer"] == 2 and cfg["mode"] == "pretrain"
+    assert cfg["schedule"]["max_steps"] == 40 and cfg["model"]["n_layer"] == 2 and cfg["mode"] == "pretrain"
     assert (pretrained / "loss.png").stat().st_size > 1000
     model, tok = load_checkpoint(pretrained)
     assert model.config.vocab_size == tok.vocab_size
@@ -143,7 +143,7 @@ def test_threads_flag_reaches_torch_and_zero_is_a_usage_error(
         assert cli.main([*args, "--threads", "1"]) == 0
         assert capsys.readouterr().out == ""  # -q: not even the validation line of the last step
         assert torch.get_num_threads() == 1
-        assert json.loads((out / "run_config.json").read_text())["threads"] == 1  # recorded with the run
+        assert json.loads((out / "run_config.json").read_text())["runtime"]["threads"] == 1  # recorded with the run
         torch.set_num_threads(2)
         data = str(train_workdir / "data" / "pretrain_val.jsonl")
         assert eval_cli.main(["--model", str(pretrained), "--data", data, "--max-batches", "1", "-t", "1"]) == 0
@@ -183,4 +183,4 @@ def test_pretrain_on_plain_text_with_val_data(train_workdir: Path, tmp_path: Pat
     assert cli.main([*args, "--val-data", str(tmp_path / "held.txt"), "--max-steps", "6", "--eval-every", "3"]) == 0
     records = _metrics(out)
     assert [r["step"] for r in records if "val_loss" in r] == [3, 6]
-    assert json.loads((out / "run_config.json").read_text())["val_data"] == str(tmp_path / "held.txt")
+    assert json.loads((out / "run_config.json").read_text())["data"]["val_data"] == str(tmp_path / "held.txt")
