@@ -160,7 +160,7 @@ def bench_e2e(
     import tempfile
 
     from training.config import resolve_config, train_preset
-    from training.dataset import bundled_data_dir
+    from training.loader import bundled_data_dir
     from training.pipeline import run_training
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -199,7 +199,7 @@ def bench_e2e_torchrun(
     import subprocess
     import tempfile
 
-    from training.dataset import bundled_data_dir
+    from training.loader import bundled_data_dir
 
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]

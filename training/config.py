@@ -26,7 +26,7 @@ STAGE_MODES: tuple[str, ...] = ("dpo", "reward", "rlhf")  # the stages built on 
 DPO_LOSSES: tuple[str, ...] = ("sigmoid", "ipo")
 REWARD_FEATURES: tuple[str, ...] = ("last", "last+loglik")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
-REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rewards.RULES, named here to keep --help light
+REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rule_rewards.RULES, named here to keep --help light
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # float16: autocast + loss scaling
 
 

@@ -27,9 +27,9 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer, train_tokenizer
 from training.config import resolve_config, train_preset
-from training.data import iter_lines, normalize_conversation
-from training.dataset import bundled_data_dir, training_files
+from training.loader import bundled_data_dir, training_files
 from training.pipeline import run_training, tokenizer_texts
+from training.shards import iter_lines, normalize_conversation
 
 logger = logging.getLogger("training.demo")
 MAX_DEMO_BYTES = 10 * 1024 * 1024

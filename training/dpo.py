@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
-from training.dataset import resolve_data_files
+from training.loader import resolve_data_files
 from training.loop import clip_and_step, set_lr
 from training.preference import Pair, PairBatcher, batches, by_kind, collate, sequence_logprobs, split_pairs
 from training.runtime import Runtime

@@ -70,11 +70,11 @@ def _add_loss_args(p: argparse.ArgumentParser) -> None:
 
 def run_loss(args: argparse.Namespace) -> int:
     from minigpt_core.checkpoint import load_checkpoint
-    from training.data import detect_format, open_shard
-    from training.dataset import documents_of, token_byte_lengths
     from training.lm_stage import evaluate_docs
+    from training.loader import documents_of, token_byte_lengths
     from training.pipeline import PACKING
     from training.runtime import setup_runtime
+    from training.shards import detect_format, open_shard
     from training.state import trained_seq_len
 
     data = Path(args.data)
@@ -152,7 +152,7 @@ def _load_for_generation(args: argparse.Namespace, name: str) -> tuple[Any, Any,
         if value is not None and value < (0 if flag == "budget" else 1):
             raise UsageError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'budget' else 'positive'}")
     if args.data is None:
-        from training.dataset import bundled_data_dir
+        from training.loader import bundled_data_dir
 
         data = bundled_data_dir() / f"eval_{name}.jsonl"
     else:

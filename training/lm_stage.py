@@ -23,7 +23,7 @@ from minigpt_core.lora import CONFIG_FILE, WEIGHTS_FILE, adapter_from_model, wri
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
-from training.dataset import IGNORE_INDEX, DocumentSet, PackedLoader
+from training.loader import IGNORE_INDEX, DocumentSet, PackedLoader
 from training.loop import Stage, clip_and_step, set_lr
 from training.runtime import Runtime
 

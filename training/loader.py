@@ -6,7 +6,7 @@ validation file) and `PackedLoader`, which turns documents into (x, y) rows: pre
 stream into full rows (documents end with `<|endoftext|>`), SFT packs whole conversations and pads the rest.
 Its position (epoch, cursor, offset) goes into the checkpoint so that `--resume` continues exactly; each rank of a
 torchrun job reads every world-th document of the same shuffled order.
-What it is not: tokenization (`training.data`) or anything that touches the model.
+What it is not: tokenization (`training.shards`) or anything that touches the model.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from minigpt_core.tokenizer import EOT_ID, NUM_SPECIAL, Tokenizer
-from training.data import TokenShard, detect_format, open_shard
 from training.errors import DataError
 from training.plaintext import TEXT_SUFFIXES
+from training.shards import TokenShard, detect_format, open_shard
 
 logger = logging.getLogger(__name__)
 

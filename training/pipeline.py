@@ -27,8 +27,10 @@ from minigpt_core.lora import apply_lora, parse_targets
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer, train_tokenizer
 from training.config import TrainConfig
-from training.data import iter_lines
-from training.dataset import (
+from training.errors import DataError, ResumeError
+from training.interrupt import TrainingInterrupted
+from training.lm_stage import LMStage, LoRAStage
+from training.loader import (
     DataFiles,
     DocumentSet,
     PackedLoader,
@@ -37,13 +39,11 @@ from training.dataset import (
     token_byte_lengths,
     training_files,
 )
-from training.errors import DataError, ResumeError
-from training.interrupt import TrainingInterrupted
-from training.lm_stage import LMStage, LoRAStage
 from training.loop import Run, Stage, build_optimizer, fit
 from training.plaintext import is_text_file, iter_text_pieces
 from training.plot import plot_after_run
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
+from training.shards import iter_lines
 from training.stage import distribute
 from training.state import (
     TRAINER_STATE_DIR,
@@ -238,7 +238,7 @@ def _builder(mode: str) -> Builder:
 
         return build_dpo
     if mode == "reward":
-        from training.reward import build_reward
+        from training.reward_model import build_reward
 
         return build_reward
     from training.rlhf import build_grpo

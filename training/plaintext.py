@@ -6,7 +6,7 @@ GPT-2 convention); without one the whole file is one document. Only the last pie
 `<|endoftext|>`; the pieces (about `PIECE_CHARS` characters, cut after a blank line when there is one) keep memory
 flat on large files and give the held-out split (every 50th document or piece) something to choose from.
 A line that is not UTF-8 is a bad line (reported as file:line and counted) like a bad JSONL line.
-What it is not: tokenization or caching (training.data) nor JSONL parsing.
+What it is not: tokenization or caching (training.shards) nor JSONL parsing.
 """
 
 from __future__ import annotations

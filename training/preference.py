@@ -1,11 +1,11 @@
 """Preference pairs for DPO and the reward model: loading, batching, and log-probabilities over assistant tokens.
 
 What it is: `Pair` (chosen and rejected conversations as ids + the chat template's assistant mask), `load_pairs`
-(minimind DPO JSONL → pairs through `training.data.dpo_pair`, truncated to seq_len, bad lines counted),
+(minimind DPO JSONL → pairs through `training.shards.dpo_pair`, truncated to seq_len, bad lines counted),
 `split_pairs` (train / held-out), `PairBatcher` (shuffled epochs of pairs), `collate` (a padded (2B, T) batch,
 chosen rows first), `token_logprobs` / `sequence_logprobs` (log p of each target token under the model, and their
 sum over the masked positions), shared with GRPO.
-What it is not: a loss (training.dpo, training.reward) nor a generic dataset (training.dataset packs pretrain/SFT).
+What it is not: a loss (training.dpo, training.reward_model) nor a generic dataset (training.loader packs pretrain/SFT).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from minigpt_core.tokenizer import EOT_ID, Tokenizer
-from training.data import BadRecord, dpo_pair, iter_lines
 from training.errors import DataError
+from training.shards import BadRecord, dpo_pair, iter_lines
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from minigpt_core.errors import CheckpointError
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
-from training.dataset import resolve_data_files
+from training.loader import resolve_data_files
 from training.loop import Stage, build_optimizer, clip_and_step, set_lr
 from training.preference import (
     Pair,

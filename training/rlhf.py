@@ -11,8 +11,8 @@ Prompts: `--data FILE` (JSONL records `{"messages", "answer"}` and/or `{"message
 default fresh train-split arithmetic problems from the bundled generator (train-split tool requests when the
 rules are `tool` without `arithmetic`); held out: `--eval-data`, by default the bundled eval_think.jsonl
 (eval_tools.jsonl for tool rules): val-split templates, values and tool names.
-What it is not: the rules themselves (training.rewards), the reward model (training.reward) or a second inference
-stack: rollouts go through minigpt_core.engine only.
+What it is not: the rules themselves (training.rule_rewards), the reward model (training.reward_model) or a second
+inference stack: rollouts go through minigpt_core.engine only.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
-from training.data import iter_lines
 from training.errors import DataError
 from training.loop import clip_and_step, set_lr
 from training.preference import pad_rows, token_logprobs
-from training.reward import RewardModel, load_reward_model
-from training.rewards import Completion, RewardSet, parse_reward_names
+from training.reward_model import RewardModel, load_reward_model
+from training.rule_rewards import Completion, RewardSet, parse_reward_names
 from training.runtime import Runtime
+from training.shards import iter_lines
 from training.stage import PolicyStage, load_init, load_reference
 from training.state import LoadedCheckpoint
 
@@ -130,7 +130,7 @@ def generated_tool_prompts(n: int, seed: int) -> list[dict[str, Any]]:
 
 def prompt_sets(cfg: TrainConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(train, held-out) prompt records for a run."""
-    from training.dataset import bundled_data_dir
+    from training.loader import bundled_data_dir
 
     rules = set(parse_reward_names(cfg.grpo.rewards))
     tools_only = "tool" in rules and "arithmetic" not in rules

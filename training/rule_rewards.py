@@ -9,7 +9,7 @@ this prompt"), the registry `RULES` and `RewardSet`, which sums the applicable r
 - `think`: with thinking on, 1 when the answer has a non-empty reasoning closed by `</think>` and then a non-empty
   answer without stray tags;
 - `length`: 1 - generated / max_new_tokens for an answer that ended by itself, 0 for one cut at the limit.
-What it is not: the learned reward model (training.reward) or evaluation reports (training.evals).
+What it is not: the learned reward model (training.reward_model) or evaluation reports (training.evals).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ What it is: parsing of one JSONL line per format (pretrain `{"text"}`, SFT `{"co
 `open_shard(path, ...)`, which tokenizes a file once into uint16/uint32 memmaps cached next to the data (keyed by
 tokenizer fingerprint, template, file size and mtime) and then reads lazily.
 Bad lines are counted and reported as `file:line: reason`; only more than `max_bad_fraction` of them is fatal.
-What it is not: batching, packing or shuffling (`training.dataset`), nor the loss.
+What it is not: batching, packing or shuffling (`training.loader`), nor the loss.
 """
 
 from __future__ import annotations

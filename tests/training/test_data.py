@@ -11,10 +11,10 @@ import pytest
 
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID, Tokenizer
 from tests.training.helpers import pretrain_lines, sft_lines, write_jsonl
-from training.data import detect_format, normalize_conversation, open_shard, sft_tokens
-from training.dataset import IGNORE_INDEX, PackedLoader, documents_of, load_datasets, resolve_data_files
 from training.errors import DataError
+from training.loader import IGNORE_INDEX, PackedLoader, documents_of, load_datasets, resolve_data_files
 from training.plaintext import iter_text_pieces
+from training.shards import detect_format, normalize_conversation, open_shard, sft_tokens
 
 CONVERSATION = [
     {"role": "system", "content": "You are MiniGPT."},
@@ -90,14 +90,14 @@ def test_bad_lines_are_reported_with_file_and_line(
     tmp_path: Path, tiny_tokenizer: Tokenizer, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_jsonl(tmp_path / "pre.jsonl", pretrain_lines(40), extra_lines=("{not json", '{"text": 3}'))
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.shards"):
         shard = open_shard(path, "pretrain", tiny_tokenizer)
     assert shard.n_docs == 40
     assert f"{path}:41:" in caplog.text and "invalid JSON" in caplog.text
     assert f"{path}:42:" in caplog.text and '"text"' in caplog.text
     assert shard.meta["bad_lines"] == 2
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.shards"):
         again = open_shard(path, "pretrain", tiny_tokenizer)  # from the cache: still reported
     assert again.cache_dir == shard.cache_dir
     assert f"{path}:41" in caplog.text
@@ -169,7 +169,7 @@ def test_hostile_lines_are_bad_lines_not_crashes(
     path = tmp_path / "pre.jsonl"
     path.write_text("\n".join([*HOSTILE_LINES, *(json.dumps(r) for r in pretrain_lines(40))]) + "\n")
     assert detect_format(path) == "pretrain"  # the unparsable first lines are passed over
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.shards"):
         shard = open_shard(path, "pretrain", tiny_tokenizer, max_bad_fraction=0.1)
     assert shard.n_docs == 40 and shard.meta["bad_lines"] == 3
     assert f"{path}:1: skipped: invalid JSON (nested too deeply)" in caplog.text

@@ -24,8 +24,8 @@ from minigpt_core.tokenizer import Tokenizer
 from tests.training.helpers import base_args
 from training import cli
 from training.config import RuntimeSettings, ScheduleSettings, TrainConfig
-from training.dataset import PackedLoader, load_datasets, resolve_data_files
 from training.lm_stage import steps_per_epoch
+from training.loader import PackedLoader, load_datasets, resolve_data_files
 from training.loop import clip_and_step
 from training.state import list_checkpoints
 

@@ -18,8 +18,8 @@ from tests.training.helpers import write_jsonl
 from tests.training.pref_data import pet_pairs
 from training import cli
 from training.preference import load_pairs
-from training.reward import HEAD_FILE, RewardModel, bradley_terry_loss, load_reward_model
-from training.rewards import Completion, RewardSet, parse_reward_names
+from training.reward_model import HEAD_FILE, RewardModel, bradley_terry_loss, load_reward_model
+from training.rule_rewards import Completion, RewardSet, parse_reward_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -16,9 +16,9 @@ from minigpt_core.sampling import SamplingParams
 from tests.training.helpers import write_jsonl
 from tests.training.pref_data import prompt_records
 from training import cli
-from training.reward import RewardModel
-from training.rewards import RULES, Completion, RewardSet
+from training.reward_model import RewardModel
 from training.rlhf import grpo_advantages, grpo_loss, rollout, score
+from training.rule_rewards import RULES, Completion, RewardSet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
