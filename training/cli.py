@@ -12,7 +12,7 @@
 
 What it is: flag parsing into a resolved `TrainConfig` (preset, then explicit flags; on --resume the saved
 settings, then explicit flags), logging setup, and the one place that maps errors to exit codes
-(2: usage or not implemented, 1: bad input or configuration, 3: training diverged, 128 + the signal after a
+(2: usage, 1: bad input or configuration, 3: training diverged, 128 + the signal after a
 SIGINT (130) or SIGTERM (143) that stopped the run once the step in flight was saved).
 What it is not: training logic; everything below `main` takes typed values, never the argparse Namespace.
 """
