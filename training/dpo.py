@@ -19,14 +19,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from minigpt_core.model import MiniGPT
-from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.loader import resolve_data_files
 from training.loop import clip_and_step, set_lr
 from training.preference import Pair, PairBatcher, batches, by_kind, collate, sequence_logprobs, split_pairs
 from training.runtime import Runtime
-from training.stage import PolicyStage, load_init, load_reference
+from training.stage import Policy, PolicyStage, load_policy
 from training.state import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -112,20 +110,13 @@ class DPOStage(PolicyStage):
     """A trainable policy and the frozen reference, both the --init checkpoint; one batch of pairs per step."""
 
     def __init__(
-        self,
-        cfg: TrainConfig,
-        rt: Runtime,
-        policy: MiniGPT,
-        reference: torch.nn.Module,
-        tokenizer: Tokenizer,
-        train: Sequence[Pair],
-        val: Sequence[Pair],
+        self, cfg: TrainConfig, rt: Runtime, policy: Policy, train: Sequence[Pair], val: Sequence[Pair]
     ) -> None:
-        super().__init__(cfg, rt, policy, reference, tokenizer)
+        super().__init__(cfg, rt, policy)
         self.val = val
         self.batcher = PairBatcher(train[rt.rank :: rt.world_size], cfg.data.batch_size, seed=cfg.runtime.seed)
         with rt.autocast():  # the reference's held-out log-probs never change: computed once
-            self.ref_val = reference_logprobs(reference, val, rt.device, cfg.data.batch_size)
+            self.ref_val = reference_logprobs(self.reference, val, rt.device, cfg.data.batch_size)
 
     def step(self, step: int) -> dict[str, Any]:
         cfg, device = self.cfg, self.rt.device
@@ -170,10 +161,8 @@ class DPOStage(PolicyStage):
 
 def build_dpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> DPOStage:
     """DPO on the --init policy (or the resumed one) against a frozen copy of the --init checkpoint."""
-    policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
+    policy, cfg = load_policy(cfg, rt, loaded)
     files = resolve_data_files(cfg.data.path, "dpo", cfg.data.val_data)
-    train, val = split_pairs(files.train, files.val, tokenizer, cfg.data.seq_len, cfg.data.max_bad_fraction)
-    policy.to(rt.device)
-    reference = load_reference(cfg, policy, resumed=loaded is not None)
+    train, val = split_pairs(files.train, files.val, policy.tokenizer, cfg.data.seq_len, cfg.data.max_bad_fraction)
     logger.info("dpo (%s, beta %g): %d train / %d held-out pairs", cfg.dpo.loss, cfg.dpo.beta, len(train), len(val))
-    return DPOStage(cfg, rt, policy, reference, tokenizer, train, val)
+    return DPOStage(cfg, rt, policy, train, val)

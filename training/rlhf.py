@@ -26,7 +26,6 @@ from typing import Any
 import torch
 
 from minigpt_core.engine import Engine
-from minigpt_core.model import MiniGPT
 from minigpt_core.output_parser import parse_all
 from minigpt_core.prompting import ChatRequest, prepare
 from minigpt_core.sampling import SamplingParams
@@ -39,7 +38,7 @@ from training.reward_model import RewardModel, load_reward_model
 from training.rule_rewards import Completion, RewardSet, parse_reward_names
 from training.runtime import Runtime
 from training.shards import iter_lines
-from training.stage import PolicyStage, load_init, load_reference
+from training.stage import Policy, PolicyStage, load_policy
 from training.state import LoadedCheckpoint
 
 logger = logging.getLogger(__name__)
@@ -231,20 +230,18 @@ class GRPOStage(PolicyStage):
         self,
         cfg: TrainConfig,
         rt: Runtime,
-        policy: MiniGPT,
-        reference: torch.nn.Module,
-        tokenizer: Tokenizer,
+        policy: Policy,
         prompts: tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]],
         rewards: tuple[RewardSet, RewardModel | None],
     ) -> None:
-        super().__init__(cfg, rt, policy, reference, tokenizer)
+        super().__init__(cfg, rt, policy)
         self.train, self.val = list(prompts[0])[rt.rank :: rt.world_size], prompts[1]
         self.rules, self.rm = rewards
         rows = cfg.data.batch_size * cfg.grpo.group_size
-        max_len = min(policy.config.max_seq_len, cfg.data.seq_len + cfg.grpo.max_new_tokens)
+        max_len = min(self.model.config.max_seq_len, cfg.data.seq_len + cfg.grpo.max_new_tokens)
         self.engine = Engine(
-            policy, max_num_seqs=min(64, rows), max_model_len=max_len, max_queued=max(256, rows, len(self.val)),
-            device=rt.device, output_vocab=tokenizer.vocab_size,
+            self.model, max_num_seqs=min(64, rows), max_model_len=max_len, max_queued=max(256, rows, len(self.val)),
+            device=rt.device, output_vocab=self.tokenizer.vocab_size,
         )  # fmt: skip
         self.rng = random.Random(cfg.runtime.seed)
 
@@ -308,13 +305,11 @@ class GRPOStage(PolicyStage):
 def build_grpo(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedCheckpoint | None) -> GRPOStage:
     """GRPO from the --init checkpoint (or the resumed policy) against a frozen copy of --init."""
     rules = RewardSet(parse_reward_names(cfg.grpo.rewards))  # a typo fails before anything is loaded
-    policy, tokenizer, cfg = load_init(cfg, loaded, required=True)
+    policy, cfg = load_policy(cfg, rt, loaded)
     rm = load_reward_model(cfg.grpo.reward_model, rt.device)[0] if cfg.grpo.reward_model else None
     train, val = prompt_sets(cfg)
-    train = [r for r in train if len(prompt_ids(r, tokenizer, cfg.grpo.thinking)) <= cfg.data.seq_len]
+    train = [r for r in train if len(prompt_ids(r, policy.tokenizer, cfg.grpo.thinking)) <= cfg.data.seq_len]
     if not train:
         raise DataError(f"no training prompt fits in --seq-len {cfg.data.seq_len}")
-    policy.to(rt.device)
-    reference = load_reference(cfg, policy, resumed=loaded is not None)
     logger.info("grpo: %d train / %d held-out prompts, rewards %s", len(train), len(val), ", ".join(rules.names))
-    return GRPOStage(cfg, rt, policy, reference, tokenizer, (train, val), (rules, rm))
+    return GRPOStage(cfg, rt, policy, (train, val), (rules, rm))

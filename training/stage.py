@@ -2,8 +2,8 @@
 
 What it is: `load_init` (the weights a stage trains: the resumed checkpoint's, else the --init checkpoint's, else
 a fresh seeded model when the stage allows it), `load_reference` (a frozen copy of the --init checkpoint: on a
-resume it is read again from --init, not copied from the resumed policy), `frozen_copy`, `PolicyStage` (the
-base of DPO and GRPO) and `distribute` (wrap the module the step calls in DDP under torchrun, and in
+resume it is read again from --init, not copied from the resumed policy), `frozen_copy`, `load_policy` and
+`PolicyStage` (the base of DPO and GRPO) and `distribute` (wrap the module the step calls in DDP under torchrun, and in
 torch.compile for --compile).
 What it is not: a loop (training.loop), run building (training.pipeline) or any stage's loss.
 """
@@ -11,6 +11,7 @@ What it is not: a loop (training.loop), run building (training.pipeline) or any 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,15 +68,32 @@ def load_reference(cfg: TrainConfig, policy: MiniGPT, resumed: bool) -> torch.nn
     return frozen_copy(reference.to(next(policy.parameters()).device))
 
 
+@dataclass
+class Policy:
+    """The trained policy (on the run's device), its frozen reference and their tokenizer."""
+
+    model: MiniGPT
+    reference: torch.nn.Module
+    tokenizer: Tokenizer
+
+
+def load_policy(cfg: TrainConfig, rt: Runtime, loaded: LoadedCheckpoint | None) -> tuple[Policy, TrainConfig]:
+    """The policy of DPO and GRPO (--init, or the resumed checkpoint) and the reference (always --init)."""
+    model, tokenizer, cfg = load_init(cfg, loaded, required=True)
+    model.to(rt.device)
+    return Policy(model, load_reference(cfg, model, resumed=loaded is not None), tokenizer), cfg
+
+
 class PolicyStage(Stage):
     """A stage that trains a policy against a frozen reference (DPO, GRPO): the shared fields and optimizer."""
 
-    def __init__(
-        self, cfg: TrainConfig, rt: Runtime, policy: MiniGPT, reference: torch.nn.Module, tokenizer: Tokenizer
-    ) -> None:
-        self.cfg, self.rt, self.model, self.reference, self.tokenizer = cfg, rt, policy, reference, tokenizer
-        self.optimizer = build_optimizer(policy, cfg, rt.device)
-        self.forward = distribute(policy, rt)  # what the gradient-bearing forward passes call
+    model: MiniGPT
+
+    def __init__(self, cfg: TrainConfig, rt: Runtime, policy: Policy) -> None:
+        self.cfg, self.rt, self.model, self.tokenizer = cfg, rt, policy.model, policy.tokenizer
+        self.reference = policy.reference
+        self.optimizer = build_optimizer(policy.model, cfg, rt.device)
+        self.forward = distribute(policy.model, rt)  # what the gradient-bearing forward passes call
 
 
 def distribute(
