@@ -112,8 +112,10 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, Path | None
             raise UsageError(f"--{flag.replace('_', '-')} {overrides[flag]}: no such file or folder")
     if args.init is not None and not (Path(args.init) / "config.json").is_file():
         raise UsageError(f"--init {args.init}: not a checkpoint folder (no config.json)")
-    if args.lora_rank and (args.resume is not None or args.init is None):
-        raise UsageError("--lora-rank needs --init <base checkpoint folder> and cannot be resumed")
+    if args.lora_rank and args.resume is None and args.init is None:
+        raise UsageError("--lora-rank needs --init <base checkpoint folder>")
+    if args.lora_rank is not None and args.resume is not None:
+        raise UsageError("--lora-rank cannot be changed on --resume (the run keeps its own)")
     if args.resume is None and args.mode in ("dpo", "rlhf") and args.init is None:
         raise UsageError(f"--mode {args.mode} needs --init <checkpoint folder> (the policy and its reference)")
     if args.resume is None:

@@ -3,8 +3,8 @@
 What it is: `LMStage` (one optimizer step over `grad_accum` micro-batches normalised by the number of target
 tokens across all ranks, float16 loss scaling, clipping; evaluation as validation loss and bits-per-byte; the
 packed loader's position as its data state), `LoRAStage` (the same step on a frozen base with adapters, saving
-only the adapter in HF PEFT's layout), `evaluate_docs` (also used by `minigpt-eval`), `steps_per_epoch` and
-`apply_epochs` (for `--epochs`).
+only the adapter in HF PEFT's layout; `load_adapter_weights` puts a saved one back on resume), `evaluate_docs`
+(also used by `minigpt-eval`), `steps_per_epoch` and `apply_epochs` (for `--epochs`).
 What it is not: building the run (tokenizer, model, data: `training.pipeline`) or the loop (`training.loop`).
 """
 
@@ -19,7 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from minigpt_core.lora import CONFIG_FILE, WEIGHTS_FILE, adapter_from_model, write_adapter_files
+from minigpt_core.lora import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    LoRALinear,
+    LoRAWeights,
+    adapter_from_model,
+    write_adapter_files,
+)
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
@@ -124,6 +131,16 @@ class LoRAStage(LMStage):
 
     def write_files(self, directory: Path) -> None:
         write_adapter_files(directory, adapter_from_model(self.model, base_model=self.base_model))
+
+
+@torch.no_grad()
+def load_adapter_weights(model: MiniGPT, weights: LoRAWeights) -> None:
+    """Put a saved adapter's A and B into the `apply_lora`-wrapped model (a LoRA run resumed)."""
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            a, b = weights.modules[name]
+            module.lora_A.copy_(a)
+            module.lora_B.copy_(b)
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from minigpt_core.tokenizer import Tokenizer, train_tokenizer
 from training.config import TrainConfig
 from training.errors import DataError, ResumeError
 from training.interrupt import TrainingInterrupted
-from training.lm_stage import LMStage, LoRAStage
+from training.lm_stage import LMStage, LoRAStage, load_adapter_weights
 from training.loader import (
     DataFiles,
     DocumentSet,
@@ -263,6 +263,8 @@ def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedC
         seed_everything(cfg.runtime.seed)
         targets = parse_targets(cfg.lora.targets)
         lora_params = apply_lora(model, rank=cfg.lora.rank, alpha=cfg.lora.alpha, targets=targets)
+        if loaded is not None and loaded.adapter is not None:
+            load_adapter_weights(model, loaded.adapter)
     optimizer = build_optimizer(model, cfg, rt.device)
     loader = PackedLoader(
         train_docs, cfg.data.seq_len, cfg.data.batch_size, pack=PACKING[cfg.mode], seed=cfg.runtime.seed, rank=rt.rank,

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 
 from minigpt_core.checkpoint import load_checkpoint, write_dir_atomically
+from minigpt_core.lora import WEIGHTS_FILE as ADAPTER_WEIGHTS
+from minigpt_core.lora import LoRAWeights, read_adapter
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.errors import ResumeError
@@ -45,7 +47,7 @@ SERVABLE_FILES = (
     "tokenizer_config.json",
     "generation_config.json",
 )
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors")  # a full checkpoint or a LoRA adapter
+WEIGHT_FILES = ("model.safetensors", ADAPTER_WEIGHTS)  # a full checkpoint or a LoRA adapter
 _STEP_RE = re.compile(r"^step_(\d+)$")
 # Called as hook(step, temp_dir) once a checkpoint's files are written and fsynced, before the rename that
 # publishes them: the place where tests inject a fault (a crash mid-save). Empty in normal runs.
@@ -83,6 +85,7 @@ class LoadedCheckpoint:
     state: TrainerState
     optimizer: dict[str, Any]
     rng: dict[str, Any]
+    adapter: LoRAWeights | None = None  # a LoRA run's checkpoint: `model` is then its --init base
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
@@ -263,6 +266,14 @@ def load_training_checkpoint(path: Path, device: str | torch.device = "cpu") -> 
     rng = _load_tensor_file(sd / "rng.pt")
     if not isinstance(rng.get("torch"), torch.Tensor) or not {"python", "numpy", "numpy_pos"} <= set(rng):
         raise ResumeError(f"{sd / 'rng.pt'}: not an RNG state (needs python, torch, numpy and numpy_pos)")
-    model, tokenizer = load_checkpoint(path, device=device)
+    adapter = None
+    if not (path / "model.safetensors").is_file() and (path / ADAPTER_WEIGHTS).is_file():
+        adapter = read_adapter(path)  # a LoRA step directory holds the adapter; the base is the run's --init
+        base = state.config.get("init")
+        if not isinstance(base, str) or not Path(base).is_dir():
+            raise ResumeError(f"{path}: a LoRA checkpoint, but its base (--init {base}) is not there")
+        model, tokenizer = load_checkpoint(base, device=device)
+    else:
+        model, tokenizer = load_checkpoint(path, device=device)
     model.train()
-    return LoadedCheckpoint(path, model, tokenizer, state, optimizer, rng)
+    return LoadedCheckpoint(path, model, tokenizer, state, optimizer, rng, adapter)

@@ -4,6 +4,7 @@ base with our logits and greedy tokens; PEFT's own adapters load into ours; `min
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -123,10 +124,27 @@ def test_export_merge_lora_writes_base_plus_adapter(lora_run: Path, tiny_checkpo
         torch.testing.assert_close(hf(PROMPT).logits, merged(PROMPT), atol=1e-4, rtol=1e-4)
 
 
+def test_a_lora_run_resumes_exactly(train_workdir: Path, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    argv = ["--mode", "sft", "--init", str(tiny_checkpoint), "--data", str(train_workdir / "data"), "--lora-rank", "4"]
+    argv += ["--seq-len", "64", "--batch-size", "4", "--max-steps", "4", "--save-every", "2", "--eval-every", "2"]
+    full, resumed = tmp_path / "a", tmp_path / "b"
+    assert cli.main([*argv, "--log-every", "1", "--device", "cpu", "--out", str(full), "-q"]) == 0
+    shutil.copytree(full, resumed, ignore=shutil.ignore_patterns("step_0000004"))  # as if stopped after step 2
+    assert cli.main(["--resume", str(resumed / "checkpoints" / "step_0000002"), "-q"]) == 0
+    runs = (full, resumed)
+    a, b = (load_file(str(run / "checkpoints" / "step_0000004" / "adapter_model.safetensors")) for run in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in runs]
+    losses = [[(r.get("loss"), r.get("val_loss")) for r in run_rows] for run_rows in rows]
+    assert losses[1] == losses[0] and len(losses[0]) == 5  # step 0 (before training), then steps 1 to 4
+    assert not (resumed / "model.safetensors").exists()  # still an adapter folder
+
+
 @pytest.mark.parametrize(
     ("argv", "status", "needle"),
     [
         (["--mode", "sft", "--lora-rank", "4"], 2, "--lora-rank needs --init"),
+        (["--resume", "{ckpt}", "--lora-rank", "4"], 2, "--lora-rank cannot be changed on --resume"),
         (["--mode", "pretrain", "--lora-rank", "4", "--init", "{ckpt}"], 1, "--mode sft only"),
         (["--mode", "sft", "--lora-rank", "4", "--init", "{ckpt}", "--lora-targets", "q_proj,lm_head"], 1, "lm_head"),
         (["--mode", "sft", "--lora-rank", "-1", "--init", "{ckpt}"], 1, "lora_rank must be"),
