@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from minigpt_core.chat_template import tool_call_text
-from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint
+from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.errors import ConfigError
 from minigpt_core.lora import apply_lora, parse_targets
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import BUNDLED_TOKENIZER
 from minigpt_core.tokenizer import Tokenizer, train_tokenizer
 from training.config import TrainConfig
 from training.errors import DataError, ResumeError

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from minigpt_core.checkpoint import BUNDLED_TOKENIZER, load_checkpoint
+from minigpt_core.checkpoint import load_checkpoint
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import BUNDLED_TOKENIZER
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
 from training.errors import TrainingError
