@@ -90,3 +90,12 @@ class GraphCache:
         graph, out = self.graphs[key]
         graph.replay()
         return out
+
+
+def allow_recompiles(n: int) -> None:
+    """Let torch.compile keep `n` specialisations of a function (one process may serve several models)."""
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), n))
+            return

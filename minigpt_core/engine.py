@@ -39,8 +39,9 @@ from minigpt_core.errors import (
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.lora import MultiLoRALinear
 from minigpt_core.model import MiniGPT
+from minigpt_core.request import Request, TokenEvent
 from minigpt_core.sampling import RequestSampler, SamplingParams
-from minigpt_core.scheduler import Scheduler, Sequence, TokenEvent
+from minigpt_core.scheduler import Scheduler
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID
 
 __all__ = ["Engine", "EngineStats", "RequestHandle", "TokenEvent"]
@@ -276,7 +277,7 @@ class Engine:
             prefix_caching=prefix_caching,
         )
         self._cond = threading.Condition()
-        self._waiting: deque[tuple[Sequence, RequestHandle]] = deque()
+        self._waiting: deque[tuple[Request, RequestHandle]] = deque()
         self._thread: threading.Thread | None = None
         self._stop = False
         self._closed = False
@@ -366,7 +367,7 @@ class Engine:
             raise InvalidRequest(f"LoRA adapter {adapter!r} is not one of this engine's {self.num_adapters}")
         request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
         handle = RequestHandle(self, request_id, len(prompt), loop)
-        seq = Sequence(
+        seq = Request(
             request_id=request_id,
             prompt_ids=prompt,
             params=params,

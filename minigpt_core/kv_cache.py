@@ -35,5 +35,11 @@ class KVCache:
         s = self.k[0].shape
         return (len(self.k), self.num_slots, s[1], s[2], s[3])
 
+    def copy_prefix(self, src: int, dst: int, n: int) -> None:
+        """Copy the first `n` positions of slot `src` into slot `dst`, in every layer (prefix reuse, compaction)."""
+        for ck, cv in zip(self.k, self.v, strict=True):
+            ck[dst, :, :n].copy_(ck[src, :, :n])
+            cv[dst, :, :n].copy_(cv[src, :, :n])
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.k + self.v)

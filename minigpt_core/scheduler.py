@@ -29,97 +29,19 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
-from minigpt_core.constraints import Constraint
-from minigpt_core.cuda_graphs import GraphCache, buckets_up_to, pick
+from minigpt_core.cuda_graphs import GraphCache, allow_recompiles, buckets_up_to, pick
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
 from minigpt_core.prefix_cache import BLOCK as PREFIX_BLOCK
 from minigpt_core.prefix_cache import PrefixIndex
-from minigpt_core.sampling import RequestSampler, SampledToken, SamplingParams, SamplingTable, is_simple, sample_rows
+from minigpt_core.request import Counters, Request, TokenEvent, batched_sampling, sampling_mode
+from minigpt_core.sampling import SampledToken, SamplingTable, sample_rows
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class TokenEvent:
-    """One generated token, or the end of a request.
-
-    `finish_reason` is None while generating, else "stop" (EOS, a stop token or a finished constraint; the
-    event still carries that token), "length" (max_new_tokens or the context end; carries the last token),
-    "cancelled" or "error" (both with `token_id` None; "error" has a message in `error`).
-    """
-
-    token_id: int | None
-    logprob: float | None
-    top_logprobs: list[tuple[int, float]] | None
-    finish_reason: str | None
-    error: str | None = None
-    cached_tokens: int = 0  # on a request's first token: prompt tokens served from the prefix cache
-
-
-@dataclass(eq=False)
-class Sequence:
-    """One request inside the engine. `num_cached` tokens of prompt + output sit in the slot's KV cache."""
-
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    sampler: RequestSampler
-    constraint: Constraint | None
-    emit: Callable[[TokenEvent], None]
-    is_cancelled: Callable[[], bool]
-    slot: int = -1
-    num_cached: int = 0
-    num_generated: int = 0
-    last_token: int = -1
-    finished: bool = False
-    arrival_s: float = field(default_factory=time.monotonic)
-    first_token_s: float | None = None
-    adapter: int = 0  # LoRA adapter index (minigpt_core.lora); 0 = the base model
-    cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
-    output_ids: list[int] = field(default_factory=list)
-    error: bool = False
-
-    @property
-    def prefilled(self) -> bool:
-        return self.num_cached >= len(self.prompt_ids)
-
-
-@dataclass
-class Counters:
-    """Monotonic totals for /metrics; written by the engine thread only."""
-
-    prompt_tokens: int = 0  # prefilled (computed) prompt tokens
-    cached_tokens: int = 0  # prompt tokens served from the prefix cache
-    generation_tokens: int = 0
-    steps: int = 0
-    finished: dict[str, int] = field(default_factory=dict)
-
-
-def _batched(seq: Sequence) -> bool:
-    """Whether `seq`'s tokens can be drawn by the batched device sampler (no grammar, see `is_simple`)."""
-    return seq.constraint is None and is_simple(seq.params)
-
-
-def _mode(params: list[SamplingParams]) -> str:
-    """How a batch is sampled: "greedy" (argmax only), "sample", or "seeded" (some rows replay from their seed)."""
-    if all(p.greedy for p in params):
-        return "greedy"
-    return "seeded" if any(p.seed is not None and not p.greedy for p in params) else "sample"
-
-
-def _allow_recompiles(n: int) -> None:
-    config = torch._dynamo.config
-    for name in ("recompile_limit", "cache_size_limit"):  # the name changed across torch versions
-        if hasattr(config, name):
-            setattr(config, name, max(getattr(config, name), n))
-            return
 
 
 class Scheduler:
@@ -151,11 +73,11 @@ class Scheduler:
         self.kv_len_bucket = kv_len_bucket  # >= max_model_len: every step reads whole slots (fixed shapes)
         self.decode_steps = max(1, decode_steps)
         self.max_prefill_tokens = max(max_prefill_tokens, prefill_chunk)
-        self.running: list[Sequence] = []
+        self.running: list[Request] = []
         self.free_slots: list[int] = list(range(cache.num_slots - 1, -1, -1))  # pop() hands out 0 first
         self.counters = Counters()
         # Final events wait until the slot is released, so a consumer that saw the end sees a free slot.
-        self._final_events: list[tuple[Sequence, TokenEvent]] = []
+        self._final_events: list[tuple[Request, TokenEvent]] = []
         n = cache.num_slots
         self.table = SamplingTable(n, self.output_vocab, device)  # row = slot
         # Static decode inputs (B <= num_slots) and outputs (per step: token, logprob, ok): graphs capture views.
@@ -189,13 +111,13 @@ class Scheduler:
             # dynamic=True: one compilation serves batch 1 and one every larger bucket. Prefill graphs capture
             # the eager forward: it runs once per request, and compiling its shapes too cost minutes at startup.
             if compile_decode:
-                _allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
+                allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
                 self._fn = torch.compile(model, dynamic=True)
             self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
             self._capture_startup_graphs()
 
     # --- bookkeeping --------------------------------------------------------------------------
-    def admit(self, seq: Sequence) -> None:
+    def admit(self, seq: Request) -> None:
         """Give `seq` a free slot; the caller checked `free_slots` first.
 
         With prefix caching, the longest cached prefix of the prompt (at least one token is left to prefill, for
@@ -213,7 +135,7 @@ class Scheduler:
         else:
             seq.slot = self._free_slot()
             if n:
-                self._copy_kv(src, seq.slot, n)
+                self.cache.copy_prefix(src, seq.slot, n)
         if self.prefix is not None:
             self.prefix.forget(seq.slot)
             if n:
@@ -237,12 +159,7 @@ class Scheduler:
         self.free_slots.remove(slot)
         return slot
 
-    def _copy_kv(self, src: int, dst: int, n: int) -> None:
-        for ck, cv in zip(self.cache.k, self.cache.v, strict=True):
-            ck[dst, :, :n].copy_(ck[src, :, :n])
-            cv[dst, :, :n].copy_(cv[src, :, :n])
-
-    def _remember(self, seq: Sequence) -> None:
+    def _remember(self, seq: Request) -> None:
         """Index what `seq`'s slot holds (never the last position, which padding rows of dense steps write)."""
         if self.prefix is not None:
             n = min(seq.num_cached, self.max_model_len - 1)
@@ -251,7 +168,7 @@ class Scheduler:
     def kv_tokens_used(self) -> int:
         return sum(seq.num_cached for seq in list(self.running))
 
-    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Request, reason: str, error: str | None = None) -> None:
         if seq.finished:
             return
         seq.finished = True
@@ -261,7 +178,7 @@ class Scheduler:
             self._final_events.append((seq, TokenEvent(None, None, None, reason, error)))
 
     def _release_finished(self) -> None:
-        keep: list[Sequence] = []
+        keep: list[Request] = []
         for seq in self.running:
             if seq.finished:
                 if self.prefix is not None:
@@ -303,7 +220,7 @@ class Scheduler:
             if self.prefix is not None:
                 self.prefix.forget(dst)
             if n:
-                self._copy_kv(src, dst, n)
+                self.cache.copy_prefix(src, dst, n)
             self.table.copy_row(dst, src)
             self.free_slots.remove(dst)
             self.free_slots.append(src)
@@ -331,7 +248,7 @@ class Scheduler:
         self._release_finished()
         self.counters.steps += 1
 
-    def _guarded(self, seqs: list[Sequence], fn: Callable[[list[Sequence]], None]) -> None:
+    def _guarded(self, seqs: list[Request], fn: Callable[[list[Request]], None]) -> None:
         """Run a model call; if it raises, every sequence in it ends with "error" and the thread goes on."""
         try:
             fn(seqs)
@@ -341,10 +258,10 @@ class Scheduler:
                 self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
 
     # --- prefill ------------------------------------------------------------------------------
-    def _chunk_len(self, seq: Sequence) -> int:
+    def _chunk_len(self, seq: Request) -> int:
         return min(self.prefill_chunk, len(seq.prompt_ids) - seq.num_cached)
 
-    def _graph_prefill_shape(self, seqs: list[Sequence]) -> tuple[int, int, int] | None:
+    def _graph_prefill_shape(self, seqs: list[Request]) -> tuple[int, int, int] | None:
         """The captured (rows, tokens, kv_len) bucket for these chunks, or None when they need the eager forward.
 
         First chunks read kv_len = t positions (captured at startup); later chunks (long prompts, cached
@@ -360,9 +277,9 @@ class Scheduler:
         needed = max(seq.num_cached for seq in seqs) + t  # padded positions stay below kv_len (or are clamped)
         return b, t, pick(self.kv_buckets, min(needed, self.max_model_len))
 
-    def _prefill_batch(self, waiting: list[Sequence]) -> list[Sequence]:
+    def _prefill_batch(self, waiting: list[Request]) -> list[Request]:
         """The sequences whose next chunks share this step's prefill forward (admission order, token budget)."""
-        batch: list[Sequence] = []
+        batch: list[Request] = []
         tokens = 0
         for seq in waiting:
             n = self._chunk_len(seq)
@@ -375,7 +292,7 @@ class Scheduler:
             tokens += n
         return batch
 
-    def _prefill(self, seqs: list[Sequence]) -> None:
+    def _prefill(self, seqs: list[Request]) -> None:
         chunks = [seq.prompt_ids[seq.num_cached : seq.num_cached + self._chunk_len(seq)] for seq in seqs]
         shape = self._graph_prefill_shape(seqs)
         if shape is not None and self.graphs is not None:
@@ -394,7 +311,7 @@ class Scheduler:
         if done:
             self._sample_rows_of(logits, done)
 
-    def _stage_prefill(self, seqs: list[Sequence], chunks: list[list[int]], b: int, t: int) -> None:
+    def _stage_prefill(self, seqs: list[Request], chunks: list[list[int]], b: int, t: int) -> None:
         ids: list[int] = []
         for chunk in chunks:
             ids += chunk
@@ -424,7 +341,7 @@ class Scheduler:
         )  # (b, 1, V)
         return logits[:, 0, : self.output_vocab].float()
 
-    def _prefill_eager(self, seqs: list[Sequence], chunks: list[list[int]]) -> torch.Tensor:
+    def _prefill_eager(self, seqs: list[Request], chunks: list[list[int]]) -> torch.Tensor:
         """Chunks padded to the longest; padded tokens write their own slot past the prompt (never read first)."""
         t = max(len(chunk) for chunk in chunks)
         last_pos = self.max_model_len - 1
@@ -441,10 +358,10 @@ class Scheduler:
         )  # (n, 1, V)
         return logits[:, 0, : self.output_vocab].float()
 
-    def _sample_rows_of(self, logits: torch.Tensor, rows: list[tuple[int, Sequence]]) -> None:
+    def _sample_rows_of(self, logits: torch.Tensor, rows: list[tuple[int, Request]]) -> None:
         """Sample each (row of `logits`, sequence): the fast ones in one batched call and one host transfer, the
         ones that need the host between tokens one by one with their `RequestSampler`."""
-        fast = [(row, seq) for row, seq in rows if _batched(seq)]
+        fast = [(row, seq) for row, seq in rows if batched_sampling(seq)]
         if fast:
             index = torch.tensor([row for row, _ in fast], dtype=torch.long).to(self.device, non_blocking=True)
             slots = torch.tensor([seq.slot for _, seq in fast], dtype=torch.long).to(self.device, non_blocking=True)
@@ -453,17 +370,17 @@ class Scheduler:
             for i, (_, seq) in enumerate(fast):
                 self._take(seq, out[0][i], out[1][i], out[2][i])
         for row, seq in rows:
-            if not _batched(seq):
+            if not batched_sampling(seq):
                 self._accept(seq, logits[row])
 
     # --- decode -------------------------------------------------------------------------------
-    def _decode(self, seqs: list[Sequence], k: int) -> None:
-        if not all(_batched(seq) for seq in seqs):
+    def _decode(self, seqs: list[Request], k: int) -> None:
+        if not all(batched_sampling(seq) for seq in seqs):
             self._decode_mixed(seqs)
             return
         if k > 1 and 2 * max(seq.params.max_new_tokens - seq.num_generated for seq in seqs) < k:
             k = 1  # the tail of a batch: K steps would mostly compute tokens nobody keeps
-        mode = _mode([seq.params for seq in seqs])
+        mode = sampling_mode([seq.params for seq in seqs])
         out = self._to_host(self._run_decode(seqs, k, mode))  # (k, 3, rows): one transfer for k steps
         for i, seq in enumerate(seqs):
             row = seq.slot if self.dense_decode else i
@@ -473,7 +390,7 @@ class Scheduler:
                 seq.num_cached += 1  # the step's input token is now in the cache
                 self._take(seq, step[0][row], step[1][row], step[2][row])
 
-    def _decode_mixed(self, seqs: list[Sequence]) -> None:
+    def _decode_mixed(self, seqs: list[Request]) -> None:
         """One step of logits; host-dependent rows sampled one by one, the others in one batched call."""
         logits = self._run_decode(seqs, 1, "logits")  # (rows, V)
         for seq in seqs:
@@ -481,7 +398,7 @@ class Scheduler:
         rows = [seq.slot if self.dense_decode else i for i, seq in enumerate(seqs)]
         self._sample_rows_of(logits, list(zip(rows, seqs, strict=True)))
 
-    def _run_decode(self, seqs: list[Sequence], k: int, mode: str) -> torch.Tensor:
+    def _run_decode(self, seqs: list[Request], k: int, mode: str) -> torch.Tensor:
         """k decode steps for `seqs` -> (k, 3, rows) [token, logprob, ok] per step, or logits (rows, V) for "logits"."""
         needed = min(max(seq.num_cached for seq in seqs) + k, self.max_model_len)
         if not self.dense_decode:  # compact rows, each reading its own slot (CPU)
@@ -560,10 +477,10 @@ class Scheduler:
         return out[:k, :, :b]
 
     def _sample_some(
-        self, logits: torch.Tensor, slots: torch.Tensor, seqs: list[Sequence]
+        self, logits: torch.Tensor, slots: torch.Tensor, seqs: list[Request]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched sampling of some rows outside a graph: their table rows gathered by slot."""
-        mode = _mode([seq.params for seq in seqs])
+        mode = sampling_mode([seq.params for seq in seqs])
         counters = None
         if mode == "seeded":
             counters = torch.tensor([seq.num_generated for seq in seqs], dtype=torch.long).to(self.device)
@@ -583,7 +500,7 @@ class Scheduler:
             torch.cuda.synchronize(t.device)
         return t.tolist()  # type: ignore[no-any-return]
 
-    def _take(self, seq: Sequence, token: float, logprob: float, ok: float) -> None:
+    def _take(self, seq: Request, token: float, logprob: float, ok: float) -> None:
         """Record a token the batched sampler drew for `seq`, or end `seq` alone if its row was not samplable."""
         if seq.finished or seq.is_cancelled():
             return
@@ -639,7 +556,7 @@ class Scheduler:
             self.graphs.capture_all(self._startup_steps())
 
     # --- sampling and stopping ----------------------------------------------------------------
-    def _accept(self, seq: Sequence, logits_row: torch.Tensor) -> None:
+    def _accept(self, seq: Request, logits_row: torch.Tensor) -> None:
         """Sample the next token of `seq` from its logits (V,), emit it, and decide whether it ends."""
         if seq.finished or seq.is_cancelled():
             return
@@ -655,48 +572,20 @@ class Scheduler:
             return
         self._record(seq, sampled)
 
-    def _record(self, seq: Sequence, sampled: SampledToken) -> None:
-        """Account for a sampled token: penalties' counts, the constraint, stopping, and the TokenEvent."""
+    def _record(self, seq: Request, sampled: SampledToken) -> None:
+        """Account for a sampled token (see `Request.record`) and emit its TokenEvent, or end `seq` on an error."""
         if seq.finished or seq.is_cancelled():
             return
-        token_id = sampled.token_id
         try:
-            seq.sampler.observe(token_id)
-            if seq.constraint is not None:
-                seq.constraint.advance(token_id)
-            reason = self._finish_reason(seq, token_id)
+            event = seq.record(sampled, self.eos_token_ids, self.max_model_len)
         except Exception as exc:
             logger.warning("sampling failed for request %s: %s", seq.request_id, exc)
             self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
             return
-        seq.num_generated += 1
-        seq.last_token = token_id
-        seq.output_ids.append(token_id)
         self.counters.generation_tokens += 1
-        if seq.first_token_s is None:
-            seq.first_token_s = time.monotonic()
-        top = sampled.top_logprobs if seq.params.top_logprobs > 0 else None
-        event = TokenEvent(token_id, sampled.logprob, top, reason)
-        if seq.num_generated == 1:
-            event.cached_tokens = seq.cached_tokens
-        if reason is None:
+        if event.finish_reason is None:
             seq.emit(event)
         else:
             seq.finished = True
-            self.counters.finished[reason] = self.counters.finished.get(reason, 0) + 1
+            self.counters.finished[event.finish_reason] = self.counters.finished.get(event.finish_reason, 0) + 1
             self._final_events.append((seq, event))
-
-    def _finish_reason(self, seq: Sequence, token_id: int) -> str | None:
-        params = seq.params
-        if token_id in self.eos_token_ids and not params.ignore_eos:
-            return "stop"
-        if token_id in params.stop_token_ids:
-            return "stop"
-        if seq.constraint is not None and seq.constraint.is_finished():
-            return "stop"
-        # The budget counts this token (num_generated is bumped after this check).
-        if seq.num_generated + 1 >= params.max_new_tokens:
-            return "length"
-        if len(seq.prompt_ids) + seq.num_generated + 1 >= self.max_model_len:
-            return "length"
-        return None

@@ -42,8 +42,8 @@ from minigpt_core.output_parser import (
     parse_tool_call,
 )
 from minigpt_core.prompting import ChatRequest, PreparedChat, prepare
+from minigpt_core.request import TokenEvent
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.scheduler import TokenEvent
 from server.generation import tool_call_id
 from tools.base import ToolError
 from tools.registry import ToolRegistry, default_registry

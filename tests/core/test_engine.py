@@ -16,8 +16,9 @@ from minigpt_core.errors import ContextLengthExceeded, EngineClosed, EngineOverl
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
 from minigpt_core.prompting import with_think_budget
+from minigpt_core.request import Request
 from minigpt_core.sampling import RequestSampler, SamplingParams
-from minigpt_core.scheduler import Scheduler, Sequence
+from minigpt_core.scheduler import Scheduler
 from minigpt_core.tokenizer import IM_END_ID, THINK_END_ID, THINK_ID
 
 V = 256
@@ -407,8 +408,8 @@ def test_one_failing_row_does_not_fail_its_decode_batch(model: MiniGPT) -> None:
     )
     events: dict[str, list[TokenEvent]] = {}
 
-    def admit(name: str, prompt: list[int], params: SamplingParams) -> Sequence:
-        seq = Sequence(
+    def admit(name: str, prompt: list[int], params: SamplingParams) -> Request:
+        seq = Request(
             name,
             prompt,
             params,
@@ -504,9 +505,9 @@ def scheduler_for(model: MiniGPT, slots: int, **kw: object) -> tuple[Scheduler, 
 
 def admit(
     sched: Scheduler, events: dict[str, list[TokenEvent]], name: str, prompt: list[int], sp: SamplingParams
-) -> Sequence:
+) -> Request:
     emit = events.setdefault(name, []).append
-    seq = Sequence(name, prompt, sp, RequestSampler(sp, prompt), None, emit, lambda: False)
+    seq = Request(name, prompt, sp, RequestSampler(sp, prompt), None, emit, lambda: False)
     sched.admit(seq)
     return seq
 
