@@ -398,3 +398,17 @@ def test_word_lists_are_data_files_in_the_corpus_cache_key(tmp_path: Path) -> No
     with (copy / vocabulary.WORDLISTS / "nouns.txt").open("a", encoding="utf-8") as f:
         f.write("zeppelin\n")
     assert corpus.source_digest(copy) != corpus.source_digest()
+
+
+def test_tools_package_is_in_the_corpus_cache_key(tmp_path: Path) -> None:
+    """The tool dialogues hold the tools' schemas and results, so editing a tool changes the corpus cache key."""
+    import shutil
+
+    from training.datagen import corpus
+
+    copy = tmp_path / "tools"
+    shutil.copytree(corpus.TOOLS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert corpus.source_digest(tools_dir=copy) == corpus.source_digest()
+    with (copy / "builtin" / "calculator.py").open("a", encoding="utf-8") as f:
+        f.write("\n# a changed tool\n")
+    assert corpus.source_digest(tools_dir=copy) != corpus.source_digest()

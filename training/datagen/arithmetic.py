@@ -1,10 +1,10 @@
 """Arithmetic, unit and comparison problems with short step-by-step reasoning (English and Chinese).
 
-What it is: problem builders that return a `Problem` (question, useful reasoning, final sentence, answer), and
-the SFT/eval records built from them: a think-mode dialogue (reasoning in `reasoning_content`) and the same
-question answered directly for the off mode. Every equation written in reasoning has the form `a op b = c` with
-a correct result, so tests can recompute them. Word problems live in word_problems.py.
-What it is not: tool calling (the calculator dialogues are in tools_data.py) or a general math solver.
+What it is: problem builders that return a `Problem` (question, useful reasoning, final sentence, answer). Every
+equation written in reasoning has the form `a op b = c` with a correct result, so tests can recompute them.
+What it is not: the word problems or the SFT/eval records built from the problems (a think-mode dialogue and the
+same question answered directly): both live in math_dialogues.py. Nor tool calling (the calculator dialogues are in
+tools_data.py) or a general math solver.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 What it is: `generate_corpus(out_dir, seed, scale)`, which writes pretrain / SFT / DPO train and val JSONL files,
 three held-out eval files and a `manifest.json` (counts, seed, and the registry of which phrasing templates went
 to which split), deterministic for a seed; `iter_texts(out_dir)`, which yields every piece of text in them; and
-`source_digest()`, the hash of what the corpus is made from (this package's modules and word lists), which keys a
-cached corpus.
-What it is not: a tokenizer or a data loader (training/data.py reads these files).
+`source_digest()`, the hash of what the corpus is made from (this package's modules and word lists, and the `tools`
+package whose schemas and results the tool dialogues hold), which keys a cached corpus.
+What it is not: a tokenizer or a data loader (training/shards.py reads these files).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import tools
 from training.datagen import api_tools, identity, math_dialogues, smalltalk, tool_dialogues
 from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, decorate, make_rng
 from training.datagen.preference import preference_pair
@@ -61,16 +62,20 @@ def sft_conversation(rng: random.Random, split: Split) -> Conversation:
     return conversation
 
 
-SOURCE_SUFFIXES = (".py", ".txt", ".tsv")  # the modules and the word lists (vocabulary.py reads those)
+SOURCE_SUFFIXES = (".py", ".txt", ".tsv", ".md")  # modules, word lists (vocabulary.py), the search_docs pages
+TOOLS_DIR = Path(tools.__file__).parent  # the tool schemas and results the dialogues hold
 
 
-def source_digest(package_dir: Path | None = None) -> str:
-    """sha256 over the relative path and bytes of every module and word-list file of the generator package (this
-    one unless `package_dir` is given): any change to code or data that could change the corpus changes it."""
-    src = Path(__file__).parent if package_dir is None else Path(package_dir)
+def source_digest(package_dir: Path | None = None, tools_dir: Path | None = None) -> str:
+    """sha256 over the relative path and bytes of every module and data file of the generator package (this one
+    unless `package_dir` is given) and of the `tools` package (`TOOLS_DIR` unless `tools_dir` is given): any change
+    to code or data that could change the corpus changes it."""
     digest = hashlib.sha256()
-    for f in sorted(p for p in src.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
-        digest.update(f.relative_to(src).as_posix().encode() + f.read_bytes())
+    datagen_dir = Path(__file__).parent if package_dir is None else Path(package_dir)
+    roots = {"datagen": datagen_dir, "tools": Path(tools_dir) if tools_dir is not None else TOOLS_DIR}
+    for label, root in roots.items():
+        for f in sorted(p for p in root.rglob("*") if p.suffix in SOURCE_SUFFIXES and p.is_file()):
+            digest.update(f"{label}/{f.relative_to(root).as_posix()}".encode() + f.read_bytes())
     return digest.hexdigest()
 
 
