@@ -27,9 +27,10 @@ from typing import Any
 import httpx
 import torch
 
-from minigpt_core.checkpoint import BUNDLED_TOKENIZER, DEMO_MODEL_DIR, save_checkpoint
+from minigpt_core.checkpoint import save_checkpoint
 from minigpt_core.config import preset
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
 from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
 
 

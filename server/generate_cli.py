@@ -43,6 +43,7 @@ from minigpt_core.output_parser import (
 )
 from minigpt_core.prompting import ChatRequest, PreparedChat, prepare
 from minigpt_core.request import TokenEvent
+from minigpt_core.resources import DEMO_MODEL_DIR, resolve_device
 from minigpt_core.sampling import SamplingParams
 from server.generation import tool_call_id
 from tools.base import ToolError
@@ -356,7 +357,7 @@ def run_batch(gen: Generator, prompts: list[str], thinking: bool, out: TextIO, *
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from minigpt_core.checkpoint import DEMO_MODEL_DIR, load_checkpoint, resolve_device
+    from minigpt_core.checkpoint import load_checkpoint
     from minigpt_core.engine import Engine
     from minigpt_core.threads import configure_threads
 

@@ -26,7 +26,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,36 +258,21 @@ def _check_serve_flags(args: list[str]) -> None:
 
 @contextlib.contextmanager
 def demo_server() -> Iterator[str]:
-    """The bundled demo model behind a real uvicorn on a free port; waits on `server.started`, never sleeps."""
-    import socket
-
-    import uvicorn
-
-    from minigpt_core.checkpoint import DEMO_MODEL_DIR, load_checkpoint
+    """The bundled demo model behind the server tests' launcher (`serve_app`: waits on uvicorn's startup event)."""
+    from minigpt_core.checkpoint import load_checkpoint
     from minigpt_core.engine import Engine
+    from minigpt_core.resources import DEMO_MODEL_DIR
     from server.app import create_app
     from server.settings import Settings
+    from tests.server.conftest import serve_app
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     model, _ = load_checkpoint(DEMO_MODEL_DIR, "cpu")
     engine = Engine(model, max_num_seqs=8, max_queued=64)
     engine.start()
-    app = create_app(Settings(port=port), engine=engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    ready = threading.Event()
-    while not server.started and thread.is_alive():
-        ready.wait(0.01)
     try:
-        if not server.started:
-            raise RuntimeError("uvicorn did not start")
-        yield f"http://127.0.0.1:{port}"
+        with serve_app(create_app(Settings(), engine=engine), log_level="warning") as url:
+            yield url
     finally:
-        server.should_exit = True
-        thread.join(10)
         engine.shutdown()
 
 

@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 import torch
 
-from minigpt_core.checkpoint import DEMO_MODEL_DIR, load_checkpoint, save_checkpoint
+from minigpt_core.checkpoint import load_checkpoint, save_checkpoint
 from minigpt_core.engine import Engine
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import DEMO_MODEL_DIR
 from minigpt_core.sampling import SamplingParams
 from minigpt_core.tokenizer import TOOL_CALL_ID, Tokenizer
 from server.generate_cli import Generator, agent_turn, run_chat, tool_registry
