@@ -424,6 +424,15 @@ class Engine:
             finished_total=dict(sched.counters.finished),
         )
 
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Block until no request is running or waiting (True), or until `timeout_s` has passed (False). The engine
+        thread notifies after every step that leaves nothing running (idle needs that), so this waits, never polls."""
+        sched = self._scheduler
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not sched.running and not any(not handle.cancelled for _, handle in self._waiting), timeout_s
+            )
+
     # --- the engine thread ----------------------------------------------------------------------
     def _run(self) -> None:
         sched = self._scheduler
@@ -443,6 +452,8 @@ class Engine:
                 except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
                     logger.exception("engine step failed")
                 self._flush_outbox()
+                if not sched.running:
+                    self._wake()  # wait_idle's waiters look again
             sched.abort_all("cancelled")
             with self._cond:
                 leftovers = list(self._waiting)

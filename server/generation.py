@@ -16,11 +16,15 @@ import string
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from minigpt_core import output_parser as op
 from minigpt_core.errors import EngineClosed, EngineOverloaded, InvalidRequest, MiniGPTError
 from server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from minigpt_core.engine import Engine, RequestHandle
+    from minigpt_core.request import TokenEvent
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class ChoiceJob:
     """One submitted engine request and the parser that reads its tokens."""
 
     index: int
-    handle: Any  # minigpt_core.engine.RequestHandle
+    handle: RequestHandle
     parser: op.OutputParser
     thinking: bool = False
     single_tool_call: bool = False
@@ -93,9 +97,10 @@ class _ChoiceState:
                 self.metrics.observe_itl((now - self.last_token) / tokens, tokens)
         self.last_token = now
 
-    def observe_token(self, delta: ChoiceDelta, event: Any) -> None:
+    def observe_token(self, delta: ChoiceDelta, event: TokenEvent) -> None:
+        assert event.token_id is not None  # the caller passes token events only
         delta.completion_tokens += 1
-        delta.cached_tokens = max(delta.cached_tokens, getattr(event, "cached_tokens", 0))
+        delta.cached_tokens = max(delta.cached_tokens, event.cached_tokens)
         if event.logprob is not None:
             top = [(int(t), float(lp)) for t, lp in (event.top_logprobs or [])]
             delta.logprobs.append(TokenLogprob(int(event.token_id), float(event.logprob), top))
@@ -138,12 +143,11 @@ class _ChoiceState:
 async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
     """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request."""
     state = _ChoiceState(job, metrics, time.perf_counter())
-    drain = getattr(job.handle, "drain_nowait", None)
     try:
         async for first in job.handle:
             # Tokens that arrived while we were busy go out in one chunk: fewer, larger SSE events under load.
             delta = ChoiceDelta(job.index)
-            events = [first, *(drain() if drain is not None else ())]
+            events = [first, *job.handle.drain_nowait()]
             state.observe_arrival(sum(1 for event in events if event.token_id is not None))
             for event in events:
                 if event.finish_reason == "error":
@@ -224,7 +228,7 @@ OVERLOAD_RETRY_TURNS = 8
 
 
 async def submit_all(
-    engine: Any,
+    engine: Engine,
     prompts: Sequence[tuple[int, list[int], Any]],
     request_id: str,
     make_parser: Callable[[], op.OutputParser],
@@ -240,8 +244,8 @@ async def submit_all(
     choices than the engine's waiting queue holds can never be taken at once: that is an InvalidRequest (400,
     naming `param`), not a 429 to retry. A full queue is retried for a few event-loop turns before the 429.
     """
-    capacity = getattr(engine, "max_queued", None)
-    if isinstance(capacity, int) and len(prompts) > capacity:
+    capacity = engine.max_queued
+    if len(prompts) > capacity:
         raise InvalidRequest(
             f"this request asks for {len(prompts)} completions, more than the server can queue at once "
             f"({capacity}); send at most {capacity} completions (prompts x n) per request",
@@ -259,7 +263,7 @@ async def submit_all(
 
 
 def _submit_once(
-    engine: Any,
+    engine: Engine,
     prompts: Sequence[tuple[int, list[int], Any]],
     request_id: str,
     make_parser: Callable[[], op.OutputParser],

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from minigpt_core.custom_template import render_prompt
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.output_parser import OutputParser
+from minigpt_core.tokenizer import Tokenizer
 from server.chat import resolve_max_tokens, sampling_params, start_chat
 from server.generation import ChoiceJob, merge_choices, submit_all
 from server.metrics import CONTENT_TYPE
@@ -60,6 +61,15 @@ class SSEResponse(StreamingResponse):
 def _state(request: Request) -> ServerState:
     state: ServerState = request.app.state.server
     return state
+
+
+def _serving(request: Request, model: str | None) -> tuple[ServerState, Tokenizer, Any]:
+    """What a generation route starts from: the state, the tokenizer and the engine serving `model` (the base model
+    or a view of it for an adapter); 503 while loading or draining and 404 for an unknown model, in that order."""
+    state = _state(request)
+    _, tokenizer = state.require_ready()
+    state.check_model(model)
+    return state, tokenizer, state.engine_for(model)
 
 
 def _request_id(request: Request) -> str:
@@ -120,10 +130,7 @@ async def _until_disconnect(
     "/v1/chat/completions", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)}
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    state = _state(request)
-    _, tokenizer = state.require_ready()
-    state.check_model(body.model)
-    engine = state.engine_for(body.model)
+    state, tokenizer, engine = _serving(request, body.model)
     started = time.perf_counter()
     rid = _request_id(request)
     prep, jobs = await start_chat(state, engine, body, tokenizer, rid)
@@ -173,10 +180,7 @@ def _completion_prompts(body: CompletionRequest, state: ServerState) -> list[tup
 
 @router.post("/v1/completions", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)})
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    state = _state(request)
-    _, tokenizer = state.require_ready()
-    state.check_model(body.model)
-    engine = state.engine_for(body.model)
+    state, tokenizer, engine = _serving(request, body.model)
     started = time.perf_counter()
     prompts = _completion_prompts(body, state)
     longest = max(len(ids) for ids, _ in prompts)
