@@ -51,6 +51,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # Validated, but read by nothing: the think budget travels as `prompting.ChatRequest.max_thinking_tokens`, which
+    # minigpt_core.prompting turns into a `ThinkBudget` constraint (the engine never builds one from this field).
     max_thinking_tokens: int | None = None
     # never sampled (e.g. the tool-call tag when a request offers no tools); cheap, keeps the fast path
     banned_token_ids: tuple[int, ...] = ()
