@@ -12,9 +12,10 @@ it and `text_offset` points into it (a tag is "" there, as it is absent from the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -206,38 +207,36 @@ def _chat_deltas(delta: ChoiceDelta) -> list[dict[str, Any]]:
     return [first | {"tool_calls": entries[:1]}, *({"tool_calls": [e]} for e in entries[1:])]
 
 
-async def chat_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
-    """SSE body of a streamed chat completion."""
-    usage = Usage()
+async def _chat_chunks(
+    meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta], usage: Usage
+) -> AsyncGenerator[bytes, None]:
     pending: dict[int, list[TokenLogprob]] = {i: [] for i in range(meta.n_choices)}
     for i in range(meta.n_choices):
         first = {"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
         yield _chat_chunk(meta, [first])
-    try:
-        async for delta in deltas:
-            usage.add(delta)
-            pending[delta.index].extend(delta.logprobs)
-            bodies = _chat_deltas(delta)
-            if not bodies and delta.finish_reason is None and pending[delta.index] and meta.logprobs:
-                bodies = [{}]
-            for k, body in enumerate(bodies):  # this step's logprobs ride on its first chunk
-                lp = None
-                if meta.logprobs and k == 0:
-                    lp, pending[delta.index] = chat_logprobs(meta, pending[delta.index]), []
-                choice = {"index": delta.index, "delta": body, "logprobs": lp, "finish_reason": None}
-                yield _chat_chunk(meta, [choice])
-            if delta.finish_reason is not None:
-                rest = pending.pop(delta.index, [])
-                lp = chat_logprobs(meta, rest) if meta.logprobs and rest else None
-                pending[delta.index] = []
-                choice = {"index": delta.index, "delta": {}, "logprobs": lp, "finish_reason": delta.finish_reason}
-                yield _chat_chunk(meta, [choice])
-        meta.done(usage)
-        if meta.include_usage:
-            yield _chat_chunk(meta, [], usage.body(meta.prompt_tokens))
-    except Exception as exc:
-        yield _stream_error(exc)
-    yield DONE_LINE
+    async for delta in deltas:
+        usage.add(delta)
+        pending[delta.index].extend(delta.logprobs)
+        bodies = _chat_deltas(delta)
+        if not bodies and delta.finish_reason is None and pending[delta.index] and meta.logprobs:
+            bodies = [{}]
+        for k, body in enumerate(bodies):  # this step's logprobs ride on its first chunk
+            lp = None
+            if meta.logprobs and k == 0:
+                lp, pending[delta.index] = chat_logprobs(meta, pending[delta.index]), []
+            choice = {"index": delta.index, "delta": body, "logprobs": lp, "finish_reason": None}
+            yield _chat_chunk(meta, [choice])
+        if delta.finish_reason is not None:
+            rest = pending.pop(delta.index, [])
+            lp = chat_logprobs(meta, rest) if meta.logprobs and rest else None
+            pending[delta.index] = []
+            choice = {"index": delta.index, "delta": {}, "logprobs": lp, "finish_reason": delta.finish_reason}
+            yield _chat_chunk(meta, [choice])
+
+
+def chat_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
+    """SSE body of a streamed chat completion."""
+    return _framed(meta, deltas, _chat_chunks, _chat_chunk)
 
 
 @dataclass
@@ -303,31 +302,30 @@ def _echo_texts(meta: ResponseMeta) -> list[str]:
     return [meta.prompt_texts[i] if i < len(meta.prompt_texts) else "" for i in range(meta.n_choices)]
 
 
-async def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
-    usage = Usage()
+async def _completion_chunks(
+    meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta], usage: Usage
+) -> AsyncGenerator[bytes, None]:
     echoes = _echo_texts(meta)
     token_texts = [TokenTexts(meta.token_bytes, len(echo)) for echo in echoes]
-    try:
-        for i, text in enumerate(echoes):
-            if text:
-                yield _completion_chunk(meta, [{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
-        async for delta in deltas:
-            usage.add(delta)
-            text = delta.reasoning + delta.content
-            lp = None
-            if meta.logprobs:
-                token_texts[delta.index].add(delta.logprobs)
-                released = token_texts[delta.index].release(text, final=delta.finish_reason is not None)
-                lp = completion_logprobs(meta, released)
-            if text or delta.finish_reason is not None or (lp and lp["tokens"]):
-                choice = {"index": delta.index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
-                yield _completion_chunk(meta, [choice])
-        meta.done(usage)
-        if meta.include_usage:
-            yield _completion_chunk(meta, [], usage.body(meta.prompt_tokens))
-    except Exception as exc:
-        yield _stream_error(exc)
-    yield DONE_LINE
+    for i, text in enumerate(echoes):
+        if text:
+            yield _completion_chunk(meta, [{"index": i, "text": text, "logprobs": None, "finish_reason": None}])
+    async for delta in deltas:
+        usage.add(delta)
+        text = delta.reasoning + delta.content
+        lp = None
+        if meta.logprobs:
+            token_texts[delta.index].add(delta.logprobs)
+            released = token_texts[delta.index].release(text, final=delta.finish_reason is not None)
+            lp = completion_logprobs(meta, released)
+        if text or delta.finish_reason is not None or (lp and lp["tokens"]):
+            choice = {"index": delta.index, "text": text, "logprobs": lp, "finish_reason": delta.finish_reason}
+            yield _completion_chunk(meta, [choice])
+
+
+def completion_stream(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> AsyncIterator[bytes]:
+    """SSE body of a streamed legacy completion."""
+    return _framed(meta, deltas, _completion_chunks, _completion_chunk)
 
 
 async def completion_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDelta]) -> dict[str, Any]:
@@ -358,6 +356,30 @@ async def completion_response(meta: ResponseMeta, deltas: AsyncIterator[ChoiceDe
         "choices": choices,
         "usage": usage.body(meta.prompt_tokens),
     }
+
+
+async def _framed(
+    meta: ResponseMeta,
+    deltas: AsyncIterator[ChoiceDelta],
+    chunks_of: Callable[[ResponseMeta, AsyncIterator[ChoiceDelta], Usage], AsyncGenerator[bytes, None]],
+    chunk: Callable[[ResponseMeta, list[dict[str, Any]], Any], bytes],
+) -> AsyncIterator[bytes]:
+    """The frame of the chat and completion streams: the chunks `chunks_of` makes; at the end `meta.done` (metrics,
+    the log line) and, when the client asked for it (`stream_options.include_usage`), a last chunk without choices
+    that carries the usage; an error after the first byte becomes a last `data: {"error": ...}` event; then
+    `[DONE]`."""
+    usage = Usage()
+    chunks = chunks_of(meta, deltas, usage)  # they add every delta to `usage`
+    async with contextlib.aclosing(chunks):
+        try:
+            async for line in chunks:
+                yield line
+            meta.done(usage)
+            if meta.include_usage:
+                yield chunk(meta, [], usage.body(meta.prompt_tokens))
+        except Exception as exc:
+            yield _stream_error(exc)
+    yield DONE_LINE
 
 
 def _stream_error(exc: BaseException) -> bytes:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 import uvicorn
 from fastapi import FastAPI
@@ -40,6 +41,10 @@ class LiveServer:
     def client(self, **kwargs: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    def sdk(self) -> openai.OpenAI:
+        """The OpenAI SDK on this server: no retries (a test sees the first answer), 60 s per call."""
+        return openai.OpenAI(base_url=self.base_url, api_key=self.api_key or "unused", max_retries=0, timeout=60)
 
 
 def _free_port() -> int:

@@ -60,7 +60,7 @@ def demo() -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(demo: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=demo.base_url, api_key="unused", max_retries=0, timeout=60) as c:
+    with demo.sdk() as c:
         yield c
 
 

@@ -36,7 +36,7 @@ def demo() -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(demo: LiveServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=demo.base_url, api_key="unused", max_retries=0, timeout=60)
+    return demo.sdk()
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def live(bundled_checkpoint: Path) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def client(live: LiveServer) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=live.base_url, api_key="unused", max_retries=0, timeout=60) as c:
+    with live.sdk() as c:
         yield c
 
 
