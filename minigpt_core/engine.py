@@ -233,6 +233,7 @@ class Engine:
         max_prefill_tokens: int = 8192,
         fuse_projections: bool = False,
         prefix_caching: bool = True,
+        decode_kernel: bool = False,
     ) -> None:
         config = model.config
         max_model_len = config.max_seq_len if max_model_len is None else max_model_len
@@ -275,6 +276,9 @@ class Engine:
             decode_steps=8 if decode_steps is None else decode_steps,
             max_prefill_tokens=max_prefill_tokens,
             prefix_caching=prefix_caching,
+            # Opt-in until it is faster than cuDNN's SDPA on every preset (minigpt_core/kernels.py says where it
+            # stands); it changes no token beyond bf16 rounding (tests/core/test_gpu.py).
+            decode_kernel=decode_kernel,
         )
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Request, RequestHandle]] = deque()

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigpt_core import kernels
 from minigpt_core.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Attention(nn.Module):
 
         self.qkv_weight: torch.Tensor | None
         self.register_buffer("qkv_weight", None, persistent=False)  # set by MiniGPT.fuse_projections (serving)
+        self.decode_kernel = False  # set by MiniGPT.use_decode_kernel (serving on CUDA)
 
     def forward(
         self,
@@ -98,6 +100,21 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        if self.decode_kernel and cache is not None and T == 1 and slots is None:
+            # One token per row, row b in slot b: RoPE, the cache write and attention in one kernel.
+            assert positions is not None
+            y = kernels.decode_attention(
+                q.flatten(2)[:, 0],
+                k.flatten(2)[:, 0],
+                v.flatten(2)[:, 0],
+                cos[:, 0, 0],
+                sin[:, 0, 0],
+                cache.k[self.layer_idx],
+                cache.v[self.layer_idx],
+                positions[:, 0],
+                kv_len,
+            )
+            return self.o_proj(y.view(B, T, self.n_head * self.head_dim))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
@@ -233,6 +250,16 @@ class MiniGPT(nn.Module):
             if mlp.gate_up_weight is None:
                 mlp.gate_up_weight = _fuse(mlp.gate_proj, mlp.up_proj)
         return True
+
+    def use_decode_kernel(self, on: bool = True) -> bool:
+        """For inference on CUDA: cached one-token forwards with row b in slot b (the engine's decode step) run
+        RoPE, the KV write and attention in one Triton kernel (minigpt_core.kernels). Returns whether it is on:
+        False without Triton or off CUDA, where the reference path stays."""
+        on = on and kernels.available() and next(self.parameters()).is_cuda
+        for layer in self.model.layers:
+            if isinstance(layer, Block):
+                layer.self_attn.decode_kernel = on
+        return on
 
     @property
     def lm_head_weight(self) -> torch.Tensor:

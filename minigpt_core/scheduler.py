@@ -62,8 +62,11 @@ class Scheduler:
         decode_steps: int = 1,
         max_prefill_tokens: int = 8192,
         prefix_caching: bool = True,
+        decode_kernel: bool = False,
     ) -> None:
         self.model, self.cache, self.device = model, cache, device
+        # The fused decode-attention kernel (minigpt_core.kernels) serves the dense CUDA decode step.
+        self.decode_kernel = model.use_decode_kernel(decode_kernel and dense_decode)
         self.prefix: PrefixIndex | None = PrefixIndex() if prefix_caching else None
         self._released_at: dict[int, int] = {}  # slot -> step it was last freed at (prefix-cache eviction)
         # Only ids the tokenizer knows may be sampled (a model's embedding may be padded past the tokenizer).

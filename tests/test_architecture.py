@@ -15,7 +15,8 @@ ALLOWED = {
 }
 # Third-party modules each package may use (stdlib is always allowed).
 THIRD_PARTY = {
-    "minigpt_core": {"torch", "tokenizers", "safetensors", "numpy", "jinja2", "llguidance"},
+    # triton: part of torch's CUDA wheels, imported optionally by minigpt_core/kernels.py
+    "minigpt_core": {"torch", "tokenizers", "safetensors", "numpy", "jinja2", "llguidance", "triton"},
     "tools": {"pydantic"},
 }
 
