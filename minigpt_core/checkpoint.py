@@ -28,7 +28,6 @@ from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
-from minigpt_core.resources import BUNDLED_TOKENIZER as BUNDLED_TOKENIZER  # re-export: scripts/ still imports it here
 from minigpt_core.tokenizer import (
     EOT_ID,
     IM_END_ID,

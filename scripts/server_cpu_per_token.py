@@ -5,13 +5,17 @@ parsing) shows up as it does when a GPU runs the model. Starts `minigpt-serve` w
 completions of 128 tokens at 64 streams (one client process), and prints tok/s and the CPU seconds of each server
 thread per token (the main thread is the event loop; the busiest other one is the engine). Extra arguments are
 environment settings for the server, e.g. `MINIGPT_DECODE_STEPS=1`. With `--py-spy FILE` it also records the
-server with py-spy (raw format) while the load runs.
+server with py-spy (raw format) while the load runs. With `--config small --device cuda` it serves that preset's
+random weights on the GPU (bf16, decode compiled) instead, 128-token prompts, to split a GPU server's host time the
+same way.
 
     .venv/bin/python scripts/server_cpu_per_token.py [--py-spy /tmp/server.txt] [MINIGPT_X=Y ...]
+    python3 scripts/server_cpu_per_token.py --config small --device cuda --requests 1280 --clients 4
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -23,11 +27,12 @@ from pathlib import Path
 import httpx
 import torch
 
-from minigpt_core.checkpoint import BUNDLED_TOKENIZER, save_checkpoint
+from minigpt_core.checkpoint import save_checkpoint
 from minigpt_core.config import ModelConfig
 from minigpt_core.model import MiniGPT
+from minigpt_core.resources import BUNDLED_TOKENIZER
 from minigpt_core.tokenizer import Tokenizer
-from server.bench import free_port, run_level
+from server.bench import free_port, random_checkpoint, run_level
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -39,18 +44,36 @@ def thread_cpu_s(pid: int) -> dict[int, float]:
 
 
 def main(argv: list[str]) -> int:
-    spy_out = None
-    if argv[:1] == ["--py-spy"]:
-        spy_out, argv = argv[1], argv[2:]
-    env = {**os.environ, **dict(a.split("=", 1) for a in argv)}
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--py-spy", dest="spy_out", help="record the server with py-spy (raw format) into this file")
+    ap.add_argument("--config", help="serve this preset's random weights instead of the one-layer model")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--clients", type=int, default=1)
+    ap.add_argument("--switch-interval", type=float, help="the server's sys.setswitchinterval (seconds)")
+    ap.add_argument("env", nargs="*", help="KEY=VALUE environment settings for the server")
+    args = ap.parse_args(argv)
+    spy_out = args.spy_out
+    env = {**os.environ, **dict(a.split("=", 1) for a in args.env)}
     tok = Tokenizer.from_file(BUNDLED_TOKENIZER)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_dim=64)
+    prompt_len = 128 if args.config else 16
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = save_checkpoint(Path(tmp) / "m", MiniGPT(cfg), tok)
+        if args.config:
+            model_dir = random_checkpoint(args.config, Path(tmp))
+        else:
+            model_dir = save_checkpoint(Path(tmp) / "m", MiniGPT(cfg), tok)
         port = free_port()
-        cmd = [sys.executable, "-m", "server", "--model", str(model_dir), "--port", str(port), "--device", "cpu"]
+        launcher = ["-m", "server"]
+        if args.switch_interval is not None:  # how long a thread waiting for the GIL waits for the running one
+            code = f"import runpy, sys; sys.setswitchinterval({args.switch_interval}); "
+            code += "runpy.run_module('server', run_name='__main__')"
+            launcher = ["-c", code]
+        cmd = [sys.executable, *launcher, "--model", str(model_dir), "--port", str(port), "--device", args.device]
         cmd += ["--max-num-seqs", "64", "--max-model-len", "300", "--max-queued", "4096", "--log-level", "warning"]
+        if args.device == "cuda":
+            cmd += ["--dtype", "bfloat16", "--compile-decode", "true"]
         proc = subprocess.Popen([*cmd, "--served-model-name", "bench"], env=env)
         try:
             while True:
@@ -66,15 +89,15 @@ def main(argv: list[str]) -> int:
             if spy_out and shutil.which("py-spy"):
                 spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-r", "300", "--threads", "--nonblocking"]
                 spy = subprocess.Popen([*spy_cmd, "--format", "raw", "-o", spy_out, "-d", "12"])
-            row = run_level(base, 64, 256, 16, 128, tok.vocab_size)
+            row = run_level(base, 64, args.requests, prompt_len, 128, tok.vocab_size, clients=args.clients)
             after = thread_cpu_s(proc.pid)
             if spy is not None:
                 spy.wait()
         finally:
             proc.terminate()
             proc.wait(30)
-    tokens = 256 * 128
-    print(f"{row['output_tok_s']:,.0f} tok/s at 64 streams")
+    tokens = args.requests * 128
+    print(f"{row['output_tok_s']:,.0f} tok/s at 64 streams (server counted {row['server_tok_s']:,.0f})")
     for tid, cpu in sorted(after.items(), key=lambda kv: before.get(kv[0], 0.0) - kv[1]):
         spent = cpu - before.get(tid, 0.0)
         if spent > 0.05:
