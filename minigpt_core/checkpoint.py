@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
 from minigpt_core.config import ModelConfig
-from minigpt_core.errors import CheckpointError, ConfigError
+from minigpt_core.errors import CheckpointError, ConfigError, MiniGPTError
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import (
     EOT_ID,
@@ -186,16 +186,22 @@ def _fsync_dir(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
+def read_json_object(path: Path, error: type[MiniGPTError] = CheckpointError) -> dict[str, Any]:
+    """The JSON object in `path`, or `error` with the file's name and what is wrong with it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object")
+    return data
+
+
 def load_config(model_dir: str | Path) -> ModelConfig:
     path = Path(model_dir) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing (not a MiniGPT checkpoint directory?)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+    data = read_json_object(path)
     try:
         return ModelConfig.from_hf_dict(data)
     except ConfigError as exc:

@@ -34,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from minigpt_core.checkpoint import write_dir_atomically
+from minigpt_core.checkpoint import read_json_object, write_dir_atomically
 from minigpt_core.errors import CheckpointError, ConfigError
 from minigpt_core.model import MiniGPT
 
@@ -206,12 +206,7 @@ def save_adapter(out_dir: str | Path, weights: LoRAWeights) -> Path:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LoRAError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(config, dict):
-        raise LoRAError(f"{path}: expected a JSON object")
+    config = read_json_object(path, LoRAError)
     if config.get("peft_type", "LORA") != "LORA":
         raise LoRAError(f"{path}: peft_type is {config.get('peft_type')!r}, only LORA adapters are supported")
     unsupported = [
