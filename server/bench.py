@@ -4,7 +4,10 @@
 sends streaming `/v1/completions` requests of random token prompts of a fixed length with a fixed output length
 (`ignore_eos`, greedy) at each concurrency level, and reports TTFT, inter-token latency and output tokens/s.
 The peer is HF transformers `generate` on the same checkpoint, same dtype and device, at batch 1 and the same
-batch sizes. `minigpt-bench train` runs the training benchmark (training/bench.py) in its own process.
+batch sizes. On the CPU a second peer is llama.cpp's own HTTP server (`llama-server --parallel N`, built by
+scripts/build-llama-server.sh; a benchmark-only extra) on our fp32 GGUF export of the same checkpoint, with the
+same thread count, prompts, output length and client code; without the binary that peer is skipped with one line.
+`minigpt-bench train` runs the training benchmark (training/bench.py) in its own process.
 It prints a table and writes JSON; on CPU it runs small sizes so CI can smoke-test it.
 """
 
@@ -15,6 +18,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import socket
 import statistics
 import subprocess
@@ -31,7 +35,17 @@ from minigpt_core.checkpoint import save_checkpoint
 from minigpt_core.config import preset
 from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
+from minigpt_core.threads import default_threads
 from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
+
+OURS = "minigpt-serve (HTTP)"
+LLAMA = "llama-server (HTTP)"
+LLAMA_SERVER_ENV = "MINIGPT_LLAMA_SERVER"
+LLAMA_BUILT = Path(__file__).resolve().parents[1] / ".llama" / "build" / "bin" / "llama-server"
+LLAMA_SKIP = (
+    "llama-server not found (--llama-server PATH, $MINIGPT_LLAMA_SERVER, PATH, .llama/build/bin): "
+    "build it with scripts/build-llama-server.sh; skipping the llama.cpp peer"
+)
 
 
 def random_checkpoint(config: str, out: Path) -> Path:
@@ -51,7 +65,13 @@ def free_port() -> int:
 
 
 def start_server(
-    model: Path, port: int, device: str, max_num_seqs: int, max_model_len: int, compile_decode: bool = False
+    model: Path,
+    port: int,
+    device: str,
+    max_num_seqs: int,
+    max_model_len: int,
+    compile_decode: bool = False,
+    threads: int | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -77,11 +97,19 @@ def start_server(
     if device == "cuda":
         cmd += ["--dtype", "bfloat16"]
     cmd += ["--compile-decode", "true" if compile_decode else "false"]
-    proc = subprocess.Popen(cmd)
-    deadline = time.monotonic() + 600
+    if threads is not None:
+        cmd += ["--threads", str(threads)]
+    return wait_healthy(subprocess.Popen(cmd), port, "minigpt-serve")
+
+
+def wait_healthy(
+    proc: subprocess.Popen[bytes], port: int, name: str, timeout_s: float = 600
+) -> subprocess.Popen[bytes]:
+    """Poll /health (both servers answer 503 while loading) until 200; kill the process if it never comes."""
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"minigpt-serve exited with {proc.returncode}")
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
                 return proc
@@ -89,7 +117,7 @@ def start_server(
             pass
         time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("minigpt-serve did not become healthy in 600 s")
+    raise RuntimeError(f"{name} did not become healthy in {timeout_s:.0f} s")
 
 
 async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> dict[str, float]:
@@ -104,7 +132,9 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
     }
     t0 = time.perf_counter()
     first: float | None = None
-    tokens = 0
+    usage: int | None = None
+    timed: int | None = None  # llama-server's own count (`timings.predicted_n`), when it sends one
+    events = 0  # text events: the count when no usage comes (ours may carry several tokens per event)
     async with client.stream("POST", "/v1/completions", json=body) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
@@ -112,13 +142,21 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: 
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
-            if chunk.get("choices") and first is None:
-                first = time.perf_counter()
+            if not isinstance(chunk, dict):
+                continue
             if "error" in chunk:
                 raise RuntimeError(f"stream error: {chunk['error']}")
+            if chunk.get("choices"):
+                first = first or time.perf_counter()
+                events += bool(chunk["choices"][0].get("text"))
             if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
+                usage = chunk["usage"]["completion_tokens"]
+            if isinstance(chunk.get("timings"), dict) and "predicted_n" in chunk["timings"]:
+                timed = int(chunk["timings"]["predicted_n"])
     end = time.perf_counter()
+    tokens = usage if usage is not None else (timed if timed is not None else events)
+    if usage is not None and timed is not None and usage != timed:
+        raise RuntimeError(f"usage says {usage} completion tokens, timings {timed}")
     first = first or end
     return {"ttft_s": first - t0, "total_s": end - t0, "tokens": tokens, "itl_s": (end - first) / max(tokens - 1, 1)}
 
@@ -150,22 +188,30 @@ def _client_process(
     out.put(asyncio.run(_drive(base_url, concurrency, prompts, output_len, start)))
 
 
-def server_tokens(base_url: str) -> int:
+def server_tokens(base_url: str, metric: str = "minigpt_generation_tokens_total") -> int:
     """The server's own count of generated tokens (its /metrics), to check what the clients measured."""
     for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("minigpt_generation_tokens_total "):
+        if line.startswith(f"{metric} "):
             return int(float(line.split()[1]))
     return 0
 
 
 def run_level(
-    base_url: str, concurrency: int, n_requests: int, prompt_len: int, output_len: int, vocab: int, clients: int = 1
+    base_url: str,
+    concurrency: int,
+    n_requests: int,
+    prompt_len: int,
+    output_len: int,
+    vocab: int,
+    clients: int = 1,
+    impl: str = OURS,
+    metric: str = "minigpt_generation_tokens_total",
 ) -> dict[str, Any]:
     """One concurrency level, driven from `clients` processes (the load generator must not be the bottleneck)."""
     rng = random.Random(concurrency)
     prompts = [[rng.randrange(NUM_SPECIAL, vocab) for _ in range(prompt_len)] for _ in range(n_requests)]
     clients = max(1, min(clients, concurrency))
-    before = server_tokens(base_url)
+    before = server_tokens(base_url, metric)
     if clients == 1:
         results, t0, t1 = asyncio.run(_drive(base_url, concurrency, prompts, output_len))
         starts, ends = [t0], [t1]
@@ -189,14 +235,18 @@ def run_level(
         results = [r for part, _, _ in parts for r in part]
         starts, ends = [p[1] for p in parts], [p[2] for p in parts]
     wall = max(ends) - min(starts)
-    served = server_tokens(base_url) - before
+    served = server_tokens(base_url, metric) - before
     ttfts = sorted(r["ttft_s"] for r in results)
+    tokens = sum(r["tokens"] for r in results)
+    if tokens != output_len * len(results):  # ignore_eos: every request must make exactly output_len tokens
+        print(f"warning: {impl} made {tokens} tokens in {len(results)} requests of {output_len}", file=sys.stderr)
     return {
-        "impl": "minigpt-serve (HTTP)",
+        "impl": impl,
         "concurrency": concurrency,
         "requests": len(results),
         "clients": clients,
-        "output_tok_s": sum(r["tokens"] for r in results) / wall,
+        "tokens": tokens,
+        "output_tok_s": tokens / wall,
         "server_tok_s": served / wall,  # includes the clients' warm-up requests (4 tokens each)
         "ttft_p50_ms": 1000 * statistics.median(ttfts),
         "ttft_p90_ms": 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
@@ -241,6 +291,121 @@ def hf_generate(model_dir: Path, device: str, batch: int, prompt_len: int, outpu
     }
 
 
+def find_llama_server(explicit: str | None = None) -> Path | None:
+    """llama-server from `--llama-server`, else $MINIGPT_LLAMA_SERVER, else PATH, else the build script's output.
+
+    A path that was named but is not an executable stops the run at once (not after our own levels)."""
+    named = explicit or os.environ.get(LLAMA_SERVER_ENV)
+    if named:
+        path = Path(named).expanduser()
+        if not (path.is_file() and os.access(path, os.X_OK)):
+            raise SystemExit(f"minigpt-bench: {named}: not an executable llama-server")
+        return path
+    found = shutil.which("llama-server")
+    if found:
+        return Path(found)
+    return LLAMA_BUILT if LLAMA_BUILT.is_file() and os.access(LLAMA_BUILT, os.X_OK) else None
+
+
+def llama_peer(args: argparse.Namespace) -> Path | None:
+    """The CPU run's llama-server, or None (one line on stderr says how to build it when it is missing)."""
+    if args.no_llama:
+        return None
+    binary = find_llama_server(args.llama_server)
+    if binary is None:
+        print(LLAMA_SKIP, file=sys.stderr)
+    return binary
+
+
+def llama_server_cmd(binary: Path, gguf: Path, port: int, parallel: int, slot_ctx: int, threads: int) -> list[str]:
+    """llama-server set up as minigpt-serve is: `parallel` slots of `slot_ctx` tokens each (the context is split
+    evenly over the slots without a unified KV cache), an fp32 KV cache (llama.cpp's default is f16; ours is the
+    model's dtype), `threads` for decode and for prefill, /metrics for its own token count."""
+    return [
+        str(binary),
+        "--model",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--threads-batch",
+        str(threads),
+        "--parallel",
+        str(parallel),
+        "--ctx-size",
+        str(parallel * slot_ctx),
+        "--no-kv-unified",
+        "--cache-type-k",
+        "f32",
+        "--cache-type-v",
+        "f32",
+        "--alias",
+        "bench",
+        "--metrics",
+        "--no-webui",
+    ]
+
+
+def export_gguf(model_dir: Path, out: Path) -> Path:
+    """Our fp32 GGUF export of the checkpoint (`minigpt-export` in its own process: server may not import training)."""
+    cmd = [sys.executable, "-m", "training.export", "--model", str(model_dir), "--format", "gguf", "--dtype", "f32"]
+    subprocess.run([*cmd, "--out", str(out)], check=True)
+    return out
+
+
+def llama_levels(
+    binary: Path, gguf: Path, levels: list[int], plan: dict[str, Any], threads: int, log_dir: Path
+) -> list[dict[str, Any]]:
+    """The llama.cpp peer: one llama-server per level with `--parallel` = the level, driven as minigpt-serve is."""
+    rows = []
+    for c in levels:
+        port = free_port()
+        slot_ctx = plan["prompt_len"] + plan["output_len"] + 16  # what minigpt-serve gets as --max-model-len
+        log = log_dir / f"llama-server-{c}.log"
+        with log.open("wb") as out:
+            cmd = llama_server_cmd(binary, gguf, port, c, slot_ctx, threads)
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            wait_healthy(proc, port, "llama-server")
+            n, clients = level_plan(plan, c)
+            shape = (plan["prompt_len"], plan["output_len"], plan["vocab"], clients)
+            rows.append(run_level(f"http://127.0.0.1:{port}", c, n, *shape, LLAMA, "llamacpp:tokens_predicted_total"))
+        except Exception:
+            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
+            raise
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    return rows
+
+
+def level_plan(plan: dict[str, Any], concurrency: int) -> tuple[int, int]:
+    """Requests and client processes for one level (the same for every server)."""
+    n = plan["requests"] or max(2 * concurrency, 4)
+    return n, plan["clients"] or max(1, min(4, concurrency // 16))
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "cpu"
+
+
+def llama_version(binary: Path) -> str:
+    proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
+    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("version")]
+    return lines[0] if lines else "unknown"
+
+
 def format_rows(rows: list[dict[str, Any]]) -> str:
     out = [f"{'model':<10}{'impl':<22}{'conc':>5}{'out tok/s':>12}{'per-stream':>12}{'TTFT p50':>10}{'ITL ms':>8}"]
     for r in rows:
@@ -257,7 +422,17 @@ def bench_serve(args: argparse.Namespace) -> int:
     configs = (args.configs or ("small,medium" if cuda else "tiny")).split(",")
     levels = [int(c) for c in (args.concurrency or ("1,8,64" if cuda else "1,8")).split(",")]
     prompt_len, output_len = args.prompt_len or (128 if cuda else 32), args.output_len or (128 if cuda else 16)
+    # minigpt-serve without --threads picks default_threads() itself; llama-server gets the same count
+    threads = args.threads or default_threads()
+    llama = None if cuda else llama_peer(args)
+    plan: dict[str, Any] = {
+        "prompt_len": prompt_len,
+        "output_len": output_len,
+        "requests": args.requests,
+        "clients": args.clients,
+    }
     rows: list[dict[str, Any]] = []
+    hf_threads = None
     with tempfile.TemporaryDirectory() as tmp:
         for name in configs:
             model_dir = (
@@ -265,32 +440,48 @@ def bench_serve(args: argparse.Namespace) -> int:
                 if args.model
                 else (DEMO_MODEL_DIR if name == "demo" else random_checkpoint(name, Path(tmp)))
             )
-            vocab = Tokenizer.from_dir(model_dir).vocab_size
+            plan["vocab"] = Tokenizer.from_dir(model_dir).vocab_size
             port = free_port()
-            proc = start_server(model_dir, port, device, max(levels), prompt_len + output_len + 16, not args.no_compile)
+            proc = start_server(
+                model_dir, port, device, max(levels), prompt_len + output_len + 16, not args.no_compile, args.threads
+            )
             try:
                 for c in levels:
-                    n = args.requests or max(2 * c, 4)
-                    clients = args.clients or max(1, min(4, c // 16))
-                    row = run_level(f"http://127.0.0.1:{port}", c, n, prompt_len, output_len, vocab, clients)
+                    n, clients = level_plan(plan, c)
+                    row = run_level(f"http://127.0.0.1:{port}", c, n, prompt_len, output_len, plan["vocab"], clients)
                     rows.append({"model": name, **row})
             finally:
                 proc.terminate()
                 proc.wait(30)
+            if llama is not None:
+                gguf = export_gguf(model_dir, Path(tmp) / f"{name}-f32.gguf")
+                rows += [{"model": name, **r} for r in llama_levels(llama, gguf, levels, plan, threads, Path(tmp))]
             if not args.no_peer:
+                if args.threads:
+                    torch.set_num_threads(args.threads)
+                hf_threads = torch.get_num_threads()
                 for c in levels:
                     rows.append({"model": name, **hf_generate(model_dir, device, c, prompt_len, output_len)})
                 if cuda:
                     torch.cuda.empty_cache()
-    info = {
+    used: dict[str, Any] = {OURS: args.threads or f"default ({threads})", "HF generate": hf_threads}
+    info: dict[str, Any] = {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "cpu": cpu_model(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
+        "time_utc": time.strftime("%H:%M", time.gmtime()),
+        "argv": sys.argv,
         "prompt_len": prompt_len,
         "output_len": output_len,
+        "threads": used,
         "rows": rows,
     }
-    print(f"device: {info['device']}  torch {info['torch']}  prompt {prompt_len} tokens, output {output_len} tokens")
+    if llama is not None:
+        used[LLAMA] = threads
+        info["llama_server"] = {"binary": str(llama), "version": llama_version(llama), "dtype": "f32, KV cache f32"}
+    print(f"device: {info['device']} ({info['cpu']})  torch {info['torch']}  threads {info['threads']}")
+    print(f"prompt {prompt_len} tokens, output {output_len} tokens")
     print(format_rows(rows))
     if args.json:
         Path(args.json).write_text(json.dumps(info, indent=2), encoding="utf-8")
@@ -410,6 +601,13 @@ def bench_prefix(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minigpt-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -427,6 +625,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=int, help="client processes per level (default: 1 per 16 streams, at most 4)")
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
     s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
+    s.add_argument(
+        "--threads",
+        type=positive_int,
+        help="CPU threads for minigpt-serve, llama-server and HF generate (default: minigpt-serve's own default, "
+        "the same count for llama-server, torch's default for HF)",
+    )
+    s.add_argument("--llama-server", help=f"llama-server binary for the CPU peer (default: ${LLAMA_SERVER_ENV}, PATH)")
+    s.add_argument("--no-llama", action="store_true", help="skip the llama-server peer")
     s.add_argument("--json", help="write results here")
     sub.add_parser("train", help="training tokens/s and MFU vs HF (python -m training.bench --help)", add_help=False)
     x = sub.add_parser("prefix", help="TTFT with a long shared prefix, cached and not (prefix caching)")

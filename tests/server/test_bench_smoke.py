@@ -35,6 +35,7 @@ def test_bench_serve_on_cpu_writes_a_table_and_json(tmp_path: Path) -> None:
             "8",
             "--output-len",
             "4",
+            "--no-llama",  # the llama.cpp peer has its own tests (test_bench_llama.py)
             "--json",
             str(out),
         ]
@@ -52,7 +53,18 @@ def test_bench_serve_from_two_client_processes_and_prefix_bench(tmp_path: Path) 
     """--clients 2 splits a level over two load-generator processes (the server's own token count agrees);
     `prefix` measures a cached shared prefix (the server reports it as cached_tokens)."""
     out = tmp_path / "serve.json"
-    common = ["--device", "cpu", "--prompt-len", "8", "--output-len", "4", "--no-peer", "--json", str(out)]
+    common = [
+        "--device",
+        "cpu",
+        "--prompt-len",
+        "8",
+        "--output-len",
+        "4",
+        "--no-peer",
+        "--no-llama",
+        "--json",
+        str(out),
+    ]
     proc = run(["serve", "--configs", "tiny", "--concurrency", "2", "--requests", "4", "--clients", "2", *common])
     assert proc.returncode == 0, proc.stderr[-2000:]
     [row] = json.loads(out.read_text())["rows"]
