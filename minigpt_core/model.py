@@ -123,14 +123,21 @@ class Attention(nn.Module):
         else:
             assert positions is not None
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
-            rows = slots if slots is not None else torch.arange(B, device=x.device)
-            # Advanced indices around a slice put (B, T) first: the target view is (B, T, KV, D).
-            ck[rows[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
-            cv[rows[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
-            if slots is None:  # dense rows: row b is slot b, so the cache is read as a view (no gather copy)
-                keys, values = ck[:B, :, :kv_len], cv[:B, :, :kv_len]  # (B, KV, kv_len, D)
+            if slots is not None and B == 1 and not slots.is_cuda:
+                # One row on the CPU (a single stream): its slot and positions as views, no index copies.
+                s, p = int(slots[0]), int(positions[0, 0])
+                ck[s, :, p : p + T] = k[0].to(ck.dtype)
+                cv[s, :, p : p + T] = v[0].to(cv.dtype)
+                keys, values = ck[s : s + 1, :, :kv_len], cv[s : s + 1, :, :kv_len]
             else:
-                keys, values = ck[slots, :, :kv_len], cv[slots, :, :kv_len]
+                rows = slots if slots is not None else torch.arange(B, device=x.device)
+                # Advanced indices around a slice put (B, T) first: the target view is (B, T, KV, D).
+                ck[rows[:, None], :, positions] = k.transpose(1, 2).to(ck.dtype)
+                cv[rows[:, None], :, positions] = v.transpose(1, 2).to(cv.dtype)
+                if slots is None:  # dense rows: row b is slot b, so the cache is read as a view (no gather copy)
+                    keys, values = ck[:B, :, :kv_len], cv[:B, :, :kv_len]  # (B, KV, kv_len, D)
+                else:
+                    keys, values = ck[slots, :, :kv_len], cv[slots, :, :kv_len]
             y = _sdpa(q, keys.to(q.dtype), values.to(q.dtype), attn_mask, is_causal=False)
         y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)
         return self.o_proj(y)
@@ -143,6 +150,14 @@ def _sdpa(
     if k.shape[1] != q.shape[1]:
         if _HAS_ENABLE_GQA and (mask is None or q.device.type != "cpu"):
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=True)
+        if mask is not None and not is_causal:
+            # CPU with a mask: a group's query heads attend as extra query rows of their KV head, so the keys and
+            # values are read where they are instead of copied once per query head (repeat_interleave).
+            B, H, T, D = q.shape
+            G = H // k.shape[1]
+            rows = mask if T == 1 else mask.repeat(1, 1, G, 1)  # (B, 1, G*T, L): row g*T + t is query t of head g
+            y = F.scaled_dot_product_attention(q.reshape(B, k.shape[1], G * T, D), k, v, attn_mask=rows)
+            return y.reshape(B, H, T, D)
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
