@@ -123,7 +123,7 @@ class Attention(nn.Module):
         else:
             assert positions is not None
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
-            if slots is not None and B == 1 and not slots.is_cuda:
+            if slots is not None and B == 1 and not slots.is_cuda and not torch.compiler.is_compiling():
                 # One row on the CPU (a single stream): its slot and positions as views, no index copies.
                 s, p = int(slots[0]), int(positions[0, 0])
                 ck[s, :, p : p + T] = k[0].to(ck.dtype)

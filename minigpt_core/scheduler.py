@@ -118,6 +118,16 @@ class Scheduler:
                 self._fn = torch.compile(model, dynamic=True)
             self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
             self._capture_startup_graphs()
+        elif compile_decode:
+            # CPU: inductor's C++ kernels for the decode step (per-operator dispatch is most of an eager step);
+            # compiled now, on a throw-away step into slot 0's free cache, not on the first request.
+            allow_recompiles(32)
+            self._fn = torch.compile(model, dynamic=True)
+            kv = self._kv_len(1)
+            with torch.inference_mode():  # as the engine thread runs it, or the compiled code would not be reused
+                for rows in sorted({1, min(2, n)}):  # dynamic shapes still specialise one row apart from several
+                    slots = self.decode_slots[:rows]
+                    self._decode_loop(rows, kv, 1, "greedy", slots, self.table.gather(slots), [kv])
 
     # --- bookkeeping --------------------------------------------------------------------------
     def admit(self, seq: Request) -> None:

@@ -65,7 +65,7 @@ def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, Path]:
         max_model_len=max_len,
         max_queued=settings.max_queued,
         output_vocab=tokenizer.vocab_size,
-        compile_decode=settings.compile_decode,
+        compile_decode=settings.compile_decode if device.type == "cuda" else settings.compile_decode_cpu,
         fuse_projections=True,  # the server's own model copy; a no-op when LoRA adapters wrap the projections
         decode_steps=settings.decode_steps,
         max_prefill_tokens=settings.max_prefill_tokens,

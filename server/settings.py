@@ -40,6 +40,10 @@ class Settings(BaseSettings):
         default=True,
         description="CUDA only: torch.compile the decode step before capturing it (2x faster steps, slower start)",
     )
+    compile_decode_cpu: bool = Field(
+        default=False,
+        description="CPU: torch.compile the decode step (inductor C++ kernels: shorter steps after a compile of about a minute)",
+    )
     decode_steps: int | None = Field(
         default=None, ge=1, le=64, description="decode steps per engine call, K (default: 8)"
     )

@@ -130,3 +130,21 @@ def test_seeded_requests_take_the_batched_path_and_replay_whatever_k_and_neighbo
     other = SamplingParams(temperature=1.0, top_p=0.95, seed=99, max_new_tokens=24, ignore_eos=True)
     with exact_engine(model) as engine:
         assert tokens_of(list(engine.generate(prompt, other))) != runs[0][0]
+
+
+@pytest.mark.slow  # inductor compiles the decode step: a minute or more on a cold cache
+def test_compiled_cpu_decode_gives_the_eager_tokens_without_recompiling(model: MiniGPT) -> None:
+    """Engine(compile_decode=True) on the CPU: the decode step is compiled at startup (one row and several), and
+    serving then gives the eager engine's greedy tokens with no further compilation."""
+    import torch._dynamo.utils as dynamo_utils
+
+    ps = prompts(6)
+    params = [SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True)] * len(ps)
+    with exact_engine(model) as engine:
+        eager = [tokens_of(r) for r in run_all(engine, ps, params)]
+    with exact_engine(model, compile_decode=True) as engine:
+        frames = dynamo_utils.counters["stats"]["unique_graphs"]
+        compiled = [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])]
+        compiled += [tokens_of(r) for r in run_all(engine, ps[1:], params[1:])]
+        assert dynamo_utils.counters["stats"]["unique_graphs"] == frames  # nothing compiled while serving
+    assert compiled == eager
