@@ -109,24 +109,19 @@ class Scheduler:
         self.lora_index: torch.Tensor | None = lora_index if isinstance(lora_index, torch.Tensor) else None
         self._fn: Callable[..., torch.Tensor] = model
         self.graphs: GraphCache | None = None
+        if compile_decode and (cuda_graphs or device.type == "cpu"):
+            # inductor fuses the decode step's many small ops (norms, RoPE, SiLU x mul, residuals; C++ kernels on
+            # the CPU); dynamic=True: one compilation serves one row and one every larger batch. Prefill runs (or
+            # captures) the eager forward: it runs once per request, and compiling its shapes cost minutes.
+            allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
+            self._fn = torch.compile(model, dynamic=True)
         if cuda_graphs:
-            # inductor fuses the decode step's many small ops (norms, RoPE, SiLU x mul, residuals) before capture;
-            # dynamic=True: one compilation serves batch 1 and one every larger bucket. Prefill graphs capture
-            # the eager forward: it runs once per request, and compiling its shapes too cost minutes at startup.
-            if compile_decode:
-                allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
-                self._fn = torch.compile(model, dynamic=True)
             self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
             self._capture_startup_graphs()
-        elif compile_decode:
-            # CPU: inductor's C++ kernels for the decode step (per-operator dispatch is most of an eager step);
-            # compiled now, on a throw-away step into slot 0's free cache, not on the first request.
-            allow_recompiles(32)
-            self._fn = torch.compile(model, dynamic=True)
-            kv = self._kv_len(1)
-            with torch.inference_mode():  # as the engine thread runs it, or the compiled code would not be reused
-                for rows in sorted({1, min(2, n)}):  # dynamic shapes still specialise one row apart from several
-                    slots = self.decode_slots[:rows]
+        elif compile_decode and device.type == "cpu":  # compile now (1 row, then several), not on a request
+            with torch.inference_mode():  # as the engine thread runs it, or serving would compile again
+                for rows in sorted({1, min(2, n)}):
+                    slots, kv = self.decode_slots[:rows], self._kv_len(1)  # a throw-away step into free slots
                     self._decode_loop(rows, kv, 1, "greedy", slots, self.table.gather(slots), [kv])
 
     # --- bookkeeping --------------------------------------------------------------------------
