@@ -45,7 +45,7 @@ def test_llama_server_command_line_matches_our_server() -> None:
     assert opts["--threads"] == opts["--threads-batch"] == "2"  # decode and prefill on the same N threads
     assert opts["--parallel"] == "8" and opts["--ctx-size"] == str(8 * 176)  # each slot gets prompt + output
     assert opts["--cache-type-k"] == opts["--cache-type-v"] == "f32"  # our dtype, not llama.cpp's f16 default
-    assert {"--no-kv-unified", "--metrics", "--no-webui"} <= set(cmd)
+    assert {"--kv-unified", "--metrics", "--no-webui"} <= set(cmd)  # one KV pool: llama.cpp's faster layout here
 
 
 def test_binary_from_flag_then_env_then_path_then_build_folder(
@@ -108,6 +108,28 @@ def test_stream_tokens_from_usage_else_timings_else_text_events() -> None:
     assert count(sse(text("a"), text("b"), last))["tokens"] == 2
     with pytest.raises(RuntimeError, match="timings 2"):
         count(sse(text("a"), {**last, "usage": {"completion_tokens": 3}, "timings": {"predicted_n": 2}}))
+
+
+def test_a_dropped_keep_alive_connection_is_retried_and_counted() -> None:
+    """cpp-httplib now and then closes a kept-alive connection as the next request arrives (no response at all):
+    the request goes again, the row counts it; a stream cut after its headers is an error, never retried."""
+    calls = []
+    ok = sse(text("a"), {"choices": [], "usage": {"completion_tokens": 3}})
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+        return ok.handle_request(request)
+
+    result = count(httpx.MockTransport(flaky))
+    assert len(calls) == 2 and result["retries"] == 1 and result["tokens"] == 3
+
+    def always(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    with pytest.raises(httpx.RemoteProtocolError):  # at most two retries
+        count(httpx.MockTransport(always))
 
 
 @pytest.mark.slow
