@@ -32,7 +32,8 @@ from minigpt_core.config import ModelConfig
 from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER
 from minigpt_core.tokenizer import Tokenizer
-from server.bench import free_port, random_checkpoint, run_level
+from server.bench import random_checkpoint
+from server.bench_http import free_port, run_level
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:

@@ -14,12 +14,9 @@ It prints a table and writes JSON; on CPU it runs small sizes so CI can smoke-te
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import random
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -37,14 +34,16 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
 from minigpt_core.threads import default_threads
 from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
-
-OURS = "minigpt-serve (HTTP)"
-LLAMA = "llama-server (HTTP)"
-LLAMA_SERVER_ENV = "MINIGPT_LLAMA_SERVER"
-LLAMA_BUILT = Path(__file__).resolve().parents[1] / ".llama" / "build" / "bin" / "llama-server"
-LLAMA_SKIP = (
-    "llama-server not found (--llama-server PATH, $MINIGPT_LLAMA_SERVER, PATH, .llama/build/bin): "
-    "build it with scripts/build-llama-server.sh; skipping the llama.cpp peer"
+from server.bench_http import OURS, free_port, run_level, start_server
+from server.bench_llama import (
+    LLAMA,
+    LLAMA_SERVER_ENV,
+    cpu_model,
+    export_gguf,
+    level_plan,
+    llama_levels,
+    llama_peer,
+    llama_version,
 )
 
 
@@ -56,225 +55,6 @@ def random_checkpoint(config: str, out: Path) -> Path:
     return save_checkpoint(
         out / config, MiniGPT(cfg.replace(vocab_size=max(cfg.vocab_size, tokenizer.vocab_size))), tokenizer
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(
-    model: Path,
-    port: int,
-    device: str,
-    max_num_seqs: int,
-    max_model_len: int,
-    compile_decode: bool = False,
-    threads: int | None = None,
-) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "server",
-        "--model",
-        str(model),
-        "--port",
-        str(port),
-        "--device",
-        device,
-        "--max-num-seqs",
-        str(max_num_seqs),
-        "--max-model-len",
-        str(max_model_len),
-        "--max-queued",
-        "4096",
-        "--log-level",
-        "warning",
-        "--served-model-name",
-        "bench",
-    ]
-    if device == "cuda":
-        cmd += ["--dtype", "bfloat16"]
-    cmd += ["--compile-decode", "true" if compile_decode else "false"]
-    if threads is not None:
-        cmd += ["--threads", str(threads)]
-    return wait_healthy(subprocess.Popen(cmd), port, "minigpt-serve")
-
-
-def wait_healthy(
-    proc: subprocess.Popen[bytes], port: int, name: str, timeout_s: float = 600
-) -> subprocess.Popen[bytes]:
-    """Poll /health (both servers answer 503 while loading) until 200; kill the process if it never comes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{name} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"{name} did not become healthy in {timeout_s:.0f} s")
-
-
-async def one_request(client: httpx.AsyncClient, prompt: list[int], output_len: int) -> dict[str, float]:
-    body = {
-        "model": "bench",
-        "prompt": prompt,
-        "max_tokens": output_len,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
-    }
-    t0 = time.perf_counter()
-    retries = 0
-    while True:
-        answered = False
-        try:
-            async with client.stream("POST", "/v1/completions", json=body) as resp:
-                answered = True
-                if resp.status_code != 200:
-                    raise RuntimeError(f"HTTP {resp.status_code}: {(await resp.aread())[:300]!r}")
-                first, usage, timed, events = await _read_stream(resp)
-            break
-        except httpx.RemoteProtocolError:
-            # llama-server (cpp-httplib) now and then closes a kept-alive connection just as the next request
-            # arrives (~1 in 100 requests here): nothing was answered, so send it again on a fresh connection, at
-            # most twice; t0 stays, so the lost time counts against that server, and the row reports the retries
-            if answered or retries == 2:
-                raise
-            retries += 1
-    end = time.perf_counter()
-    tokens = usage if usage is not None else (timed if timed is not None else events)
-    if usage is not None and timed is not None and usage != timed:
-        raise RuntimeError(f"usage says {usage} completion tokens, timings {timed}")
-    first = first or end
-    itl_s = (end - first) / max(tokens - 1, 1)
-    return {"ttft_s": first - t0, "total_s": end - t0, "tokens": tokens, "itl_s": itl_s, "retries": retries}
-
-
-async def _read_stream(resp: httpx.Response) -> tuple[float | None, int | None, int | None, int]:
-    """Time of the first chunk, the usage's completion tokens, llama-server's own count (`timings.predicted_n`)
-    and the number of text events (the count when neither comes: ours may carry several tokens per event)."""
-    first: float | None = None
-    usage: int | None = None
-    timed: int | None = None
-    events = 0
-    async for line in resp.aiter_lines():
-        if not line.startswith("data: ") or line == "data: [DONE]":
-            continue
-        chunk = json.loads(line[6:])
-        if not isinstance(chunk, dict):
-            continue
-        if "error" in chunk:
-            raise RuntimeError(f"stream error: {chunk['error']}")
-        if chunk.get("choices"):
-            first = first or time.perf_counter()
-            events += bool(chunk["choices"][0].get("text"))
-        if chunk.get("usage"):
-            usage = chunk["usage"]["completion_tokens"]
-        if isinstance(chunk.get("timings"), dict) and "predicted_n" in chunk["timings"]:
-            timed = int(chunk["timings"]["predicted_n"])
-    return first, usage, timed, events
-
-
-async def _drive(
-    base_url: str, concurrency: int, prompts: list[list[int]], output_len: int, start: Any = None
-) -> tuple[list[dict[str, float]], float, float]:
-    """`concurrency` workers send `prompts` one after another; returns the results and the start and end times."""
-    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
-    async with httpx.AsyncClient(base_url=base_url, timeout=600, limits=limits) as client:
-        await one_request(client, prompts[0], 4)  # warm-up (connection, first-use paths)
-        if start is not None:
-            start.wait()  # every client process begins together
-        queue = list(prompts)
-        results: list[dict[str, float]] = []
-
-        async def worker() -> None:
-            while queue:
-                results.append(await one_request(client, queue.pop(), output_len))
-
-        t0 = time.perf_counter()  # CLOCK_MONOTONIC on Linux: comparable across processes
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return results, t0, time.perf_counter()
-
-
-def _client_process(
-    base_url: str, concurrency: int, prompts: list[list[int]], output_len: int, start: Any, out: Any
-) -> None:
-    out.put(asyncio.run(_drive(base_url, concurrency, prompts, output_len, start)))
-
-
-def server_tokens(base_url: str, metric: str = "minigpt_generation_tokens_total") -> int:
-    """The server's own count of generated tokens (its /metrics), to check what the clients measured."""
-    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(f"{metric} "):
-            return int(float(line.split()[1]))
-    return 0
-
-
-def run_level(
-    base_url: str,
-    concurrency: int,
-    n_requests: int,
-    prompt_len: int,
-    output_len: int,
-    vocab: int,
-    clients: int = 1,
-    impl: str = OURS,
-    metric: str = "minigpt_generation_tokens_total",
-) -> dict[str, Any]:
-    """One concurrency level, driven from `clients` processes (the load generator must not be the bottleneck)."""
-    rng = random.Random(concurrency)
-    prompts = [[rng.randrange(NUM_SPECIAL, vocab) for _ in range(prompt_len)] for _ in range(n_requests)]
-    clients = max(1, min(clients, concurrency))
-    before = server_tokens(base_url, metric)
-    if clients == 1:
-        results, t0, t1 = asyncio.run(_drive(base_url, concurrency, prompts, output_len))
-        starts, ends = [t0], [t1]
-    else:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("spawn")
-        start, out = ctx.Barrier(clients), ctx.Queue()
-        procs = [
-            ctx.Process(
-                target=_client_process,
-                args=(base_url, len(range(c, concurrency, clients)), prompts[c::clients], output_len, start, out),
-            )
-            for c in range(clients)
-        ]
-        for proc in procs:
-            proc.start()
-        parts = [out.get(timeout=1200) for _ in procs]
-        for proc in procs:
-            proc.join()
-        results = [r for part, _, _ in parts for r in part]
-        starts, ends = [p[1] for p in parts], [p[2] for p in parts]
-    wall = max(ends) - min(starts)
-    served = server_tokens(base_url, metric) - before
-    ttfts = sorted(r["ttft_s"] for r in results)
-    tokens = sum(r["tokens"] for r in results)
-    if tokens != output_len * len(results):  # ignore_eos: every request must make exactly output_len tokens
-        print(f"warning: {impl} made {tokens} tokens in {len(results)} requests of {output_len}", file=sys.stderr)
-    return {
-        "impl": impl,
-        "concurrency": concurrency,
-        "requests": len(results),
-        "clients": clients,
-        "tokens": tokens,
-        "retries": sum(r["retries"] for r in results),  # requests sent again after a dropped keep-alive connection
-        "output_tok_s": tokens / wall,
-        "server_tok_s": served / wall,  # includes the clients' warm-up requests (4 tokens each)
-        "ttft_p50_ms": 1000 * statistics.median(ttfts),
-        "ttft_p90_ms": 1000 * ttfts[int(0.9 * (len(ttfts) - 1))],
-        "itl_mean_ms": 1000 * statistics.mean(r["itl_s"] for r in results),
-        "per_stream_tok_s": statistics.mean(1 / r["itl_s"] for r in results),
-    }
 
 
 def hf_generate(model_dir: Path, device: str, batch: int, prompt_len: int, output_len: int) -> dict[str, Any]:
@@ -311,122 +91,6 @@ def hf_generate(model_dir: Path, device: str, batch: int, prompt_len: int, outpu
         "itl_mean_ms": 1000 * (total - ttft) / max(output_len - 1, 1),
         "per_stream_tok_s": (output_len - 1) / max(total - ttft, 1e-9),
     }
-
-
-def find_llama_server(explicit: str | None = None) -> Path | None:
-    """llama-server from `--llama-server`, else $MINIGPT_LLAMA_SERVER, else PATH, else the build script's output.
-
-    A path that was named but is not an executable stops the run at once (not after our own levels)."""
-    named = explicit or os.environ.get(LLAMA_SERVER_ENV)
-    if named:
-        path = Path(named).expanduser()
-        if not (path.is_file() and os.access(path, os.X_OK)):
-            raise SystemExit(f"minigpt-bench: {named}: not an executable llama-server")
-        return path
-    found = shutil.which("llama-server")
-    if found:
-        return Path(found)
-    return LLAMA_BUILT if LLAMA_BUILT.is_file() and os.access(LLAMA_BUILT, os.X_OK) else None
-
-
-def llama_peer(args: argparse.Namespace) -> Path | None:
-    """The CPU run's llama-server, or None (one line on stderr says how to build it when it is missing)."""
-    if args.no_llama:
-        return None
-    binary = find_llama_server(args.llama_server)
-    if binary is None:
-        print(LLAMA_SKIP, file=sys.stderr)
-    return binary
-
-
-def llama_server_cmd(binary: Path, gguf: Path, port: int, parallel: int, slot_ctx: int, threads: int) -> list[str]:
-    """llama-server set up as minigpt-serve is: `parallel` slots with room for `slot_ctx` tokens each, in one unified
-    KV pool (llama.cpp's default when it picks the slot count itself; measured here 10-15% faster at 8 streams on one
-    thread than per-slot caches, equal on two), an fp32 KV cache (llama.cpp's default is f16; ours is the model's
-    dtype), `threads` for decode and for prefill, /metrics for its own token count."""
-    return [
-        str(binary),
-        "--model",
-        str(gguf),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--threads",
-        str(threads),
-        "--threads-batch",
-        str(threads),
-        "--parallel",
-        str(parallel),
-        "--ctx-size",
-        str(parallel * slot_ctx),
-        "--kv-unified",
-        "--cache-type-k",
-        "f32",
-        "--cache-type-v",
-        "f32",
-        "--alias",
-        "bench",
-        "--metrics",
-        "--no-webui",
-    ]
-
-
-def export_gguf(model_dir: Path, out: Path) -> Path:
-    """Our fp32 GGUF export of the checkpoint (`minigpt-export` in its own process: server may not import training)."""
-    cmd = [sys.executable, "-m", "training.export", "--model", str(model_dir), "--format", "gguf", "--dtype", "f32"]
-    subprocess.run([*cmd, "--out", str(out)], check=True)
-    return out
-
-
-def llama_levels(
-    binary: Path, gguf: Path, levels: list[int], plan: dict[str, Any], threads: int, log_dir: Path
-) -> list[dict[str, Any]]:
-    """The llama.cpp peer: one llama-server per level with `--parallel` = the level, driven as minigpt-serve is."""
-    rows = []
-    for c in levels:
-        port = free_port()
-        slot_ctx = plan["prompt_len"] + plan["output_len"] + 16  # what minigpt-serve gets as --max-model-len
-        log = log_dir / f"llama-server-{c}.log"
-        with log.open("wb") as out:
-            cmd = llama_server_cmd(binary, gguf, port, c, slot_ctx, threads)
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            wait_healthy(proc, port, "llama-server")
-            n, clients = level_plan(plan, c)
-            shape = (plan["prompt_len"], plan["output_len"], plan["vocab"], clients)
-            rows.append(run_level(f"http://127.0.0.1:{port}", c, n, *shape, LLAMA, "llamacpp:tokens_predicted_total"))
-        except Exception:
-            print(log.read_text(errors="replace")[-3000:], file=sys.stderr)
-            raise
-        finally:
-            proc.terminate()
-            proc.wait(30)
-    return rows
-
-
-def level_plan(plan: dict[str, Any], concurrency: int) -> tuple[int, int]:
-    """Requests and client processes for one level (the same for every server)."""
-    n = plan["requests"] or max(2 * concurrency, 4)
-    return n, plan["clients"] or max(1, min(4, concurrency // 16))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "cpu"
-
-
-def llama_version(binary: Path) -> str:
-    proc = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=60)
-    lines = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("version")]
-    return lines[0] if lines else "unknown"
 
 
 def format_rows(rows: list[dict[str, Any]]) -> str:

@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
-from server import bench
+from minigpt_core.resources import DEMO_MODEL_DIR
+from server import bench, bench_http, bench_llama
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,13 +33,13 @@ def fake_binary(folder: Path, name: str = "llama-server") -> Path:
 
 @pytest.fixture
 def no_llama_anywhere(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.delenv(bench.LLAMA_SERVER_ENV, raising=False)
+    monkeypatch.delenv(bench_llama.LLAMA_SERVER_ENV, raising=False)
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
-    monkeypatch.setattr(bench, "LLAMA_BUILT", tmp_path / "not-built" / "llama-server")
+    monkeypatch.setattr(bench_llama, "LLAMA_BUILT", tmp_path / "not-built" / "llama-server")
 
 
 def test_llama_server_command_line_matches_our_server() -> None:
-    cmd = bench.llama_server_cmd(Path("/opt/llama-server"), Path("/tmp/m.gguf"), 8123, 8, 176, 2)
+    cmd = bench_llama.llama_server_cmd(Path("/opt/llama-server"), Path("/tmp/m.gguf"), 8123, 8, 176, 2)
     assert cmd[0] == "/opt/llama-server"
     opts = {flag: value for flag, value in itertools.pairwise(cmd) if flag.startswith("--")}
     assert opts["--model"] == "/tmp/m.gguf" and opts["--host"] == "127.0.0.1" and opts["--port"] == "8123"
@@ -51,19 +52,19 @@ def test_llama_server_command_line_matches_our_server() -> None:
 def test_binary_from_flag_then_env_then_path_then_build_folder(
     no_llama_anywhere: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert bench.find_llama_server(None) is None
+    assert bench_llama.find_llama_server(None) is None
     built = fake_binary(tmp_path / "build")
-    monkeypatch.setattr(bench, "LLAMA_BUILT", built)
-    assert bench.find_llama_server(None) == built
+    monkeypatch.setattr(bench_llama, "LLAMA_BUILT", built)
+    assert bench_llama.find_llama_server(None) == built
     on_path = fake_binary(tmp_path / "empty-bin")  # the folder PATH names
-    assert bench.find_llama_server(None) == on_path
+    assert bench_llama.find_llama_server(None) == on_path
     env = fake_binary(tmp_path, "from-env")
-    monkeypatch.setenv(bench.LLAMA_SERVER_ENV, str(env))
-    assert bench.find_llama_server(None) == env
+    monkeypatch.setenv(bench_llama.LLAMA_SERVER_ENV, str(env))
+    assert bench_llama.find_llama_server(None) == env
     flag = fake_binary(tmp_path, "from-flag")
-    assert bench.find_llama_server(str(flag)) == flag
+    assert bench_llama.find_llama_server(str(flag)) == flag
     with pytest.raises(SystemExit, match="not an executable llama-server"):  # named but missing: stop at once
-        bench.find_llama_server(str(tmp_path / "missing"))
+        bench_llama.find_llama_server(str(tmp_path / "missing"))
 
 
 def test_missing_llama_server_prints_one_line_and_skips_the_peer(
@@ -71,10 +72,10 @@ def test_missing_llama_server_prints_one_line_and_skips_the_peer(
 ) -> None:
     args = bench.build_parser().parse_args(["serve", "--device", "cpu", "--threads", "1"])
     assert args.threads == 1 and args.llama_server is None
-    assert bench.llama_peer(args) is None
+    assert bench_llama.llama_peer(args) is None
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "scripts/build-llama-server.sh" in err and "skipping" in err
-    assert bench.llama_peer(argparse.Namespace(no_llama=True, llama_server=None)) is None
+    assert bench_llama.llama_peer(argparse.Namespace(no_llama=True, llama_server=None)) is None
     assert capsys.readouterr().err == ""  # --no-llama: silent
     with pytest.raises(SystemExit):
         bench.build_parser().parse_args(["serve", "--threads", "0"])
@@ -90,7 +91,7 @@ def sse(*events: Any) -> httpx.MockTransport:
 def count(transport: httpx.MockTransport) -> dict[str, float]:
     async def go() -> dict[str, float]:
         async with httpx.AsyncClient(transport=transport, base_url="http://peer") as client:
-            return await bench.one_request(client, [5, 6, 7], 3)
+            return await bench_http.one_request(client, [5, 6, 7], 3)
 
     return asyncio.run(go())
 
@@ -134,11 +135,11 @@ def test_a_dropped_keep_alive_connection_is_retried_and_counted() -> None:
 
 @pytest.mark.slow
 def test_bench_runs_the_real_llama_server_beside_ours(tmp_path: Path) -> None:
-    binary = bench.find_llama_server(os.environ.get(bench.LLAMA_SERVER_ENV))
+    binary = bench_llama.find_llama_server(os.environ.get(bench_llama.LLAMA_SERVER_ENV))
     if binary is None:
-        pytest.skip(bench.LLAMA_SKIP)
+        pytest.skip(bench_llama.LLAMA_SKIP)
     out = tmp_path / "serve.json"
-    args = ["serve", "--model", str(bench.DEMO_MODEL_DIR), "--configs", "demo", "--device", "cpu", "--no-peer"]
+    args = ["serve", "--model", str(DEMO_MODEL_DIR), "--configs", "demo", "--device", "cpu", "--no-peer"]
     args += ["--concurrency", "1,2", "--requests", "2", "--prompt-len", "8", "--output-len", "4", "--threads", "1"]
     proc = subprocess.run(
         [sys.executable, "-m", "server.bench", *args, "--llama-server", str(binary), "--json", str(out)],
@@ -149,9 +150,9 @@ def test_bench_runs_the_real_llama_server_beside_ours(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
-    peer = [r for r in data["rows"] if r["impl"] == bench.LLAMA]
+    peer = [r for r in data["rows"] if r["impl"] == bench_llama.LLAMA]
     assert [r["concurrency"] for r in peer] == [1, 2]
     assert all(r["tokens"] == 2 * 4 and r["output_tok_s"] > 0 and r["ttft_p50_ms"] > 0 for r in peer)
     assert all(r["server_tok_s"] >= r["output_tok_s"] for r in peer)  # its /metrics count agrees (plus warm-ups)
-    assert data["threads"][bench.LLAMA] == 1 and data["threads"][bench.OURS] == 1
+    assert data["threads"][bench_llama.LLAMA] == 1 and data["threads"][bench_http.OURS] == 1
     assert "warning" not in proc.stderr and "llama-server (HTTP)" in proc.stdout
