@@ -130,7 +130,14 @@ def bench_serve(args: argparse.Namespace) -> int:
             plan["vocab"] = Tokenizer.from_dir(model_dir).vocab_size
             port = free_port()
             proc = start_server(
-                model_dir, port, device, max(levels), prompt_len + output_len + 16, not args.no_compile, args.threads
+                model_dir,
+                port,
+                device,
+                max(levels),
+                prompt_len + output_len + 16,
+                not args.no_compile,
+                args.threads,
+                args.compile_cpu,
             )
             try:
                 for c in levels:
@@ -312,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clients", type=int, help="client processes per level (default: 1 per 16 streams, at most 4)")
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
     s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
+    s.add_argument("--compile-cpu", action="store_true", help="on the CPU, serve with --compile-decode-cpu true")
     s.add_argument(
         "--threads",
         type=positive_int,

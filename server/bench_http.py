@@ -36,6 +36,7 @@ def start_server(
     max_model_len: int,
     compile_decode: bool = False,
     threads: int | None = None,
+    compile_cpu: bool = False,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -61,6 +62,7 @@ def start_server(
     if device == "cuda":
         cmd += ["--dtype", "bfloat16"]
     cmd += ["--compile-decode", "true" if compile_decode else "false"]
+    cmd += ["--compile-decode-cpu", "true" if compile_cpu else "false"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
     return wait_healthy(subprocess.Popen(cmd), port, "minigpt-serve")

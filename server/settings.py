@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     )
     compile_decode_cpu: bool = Field(
         default=False,
-        description="CPU: torch.compile the decode step (inductor C++ kernels: shorter steps after a compile of about a minute)",
+        description="CPU: torch.compile the decode step (inductor C++ kernels; about a minute of compiling at start)",
     )
     decode_steps: int | None = Field(
         default=None, ge=1, le=64, description="decode steps per engine call, K (default: 8)"
