@@ -257,7 +257,10 @@ class Engine:
             self.model.fuse_projections()
         self.vocab_size = config.vocab_size
         self.max_num_seqs, self.max_model_len, self.max_queued = max_num_seqs, max_model_len, max_queued
-        self.cache = KVCache(config, max_num_seqs, max_model_len, self.device, param.dtype)
+        # Compiled on the CPU: one spare position per slot, so reading a whole slot is never a slice to the end of
+        # the cache, a case the compiler specialises (it would compile again mid-serving at the context's end).
+        spare = 1 if compile_decode and self.device.type == "cpu" else 0
+        self.cache = KVCache(config, max_num_seqs, max_model_len + spare, self.device, param.dtype)
         self.num_adapters = max(
             (m.lora_A.shape[0] - 1 for m in self.model.modules() if isinstance(m, MultiLoRALinear)), default=0
         )

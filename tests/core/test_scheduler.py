@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minigpt_core.engine import TokenEvent
+from minigpt_core.engine import Engine, TokenEvent
 from minigpt_core.model import MiniGPT
 from minigpt_core.sampling import SamplingParams
 from tests.core.engine_helpers import (
@@ -135,16 +135,19 @@ def test_seeded_requests_take_the_batched_path_and_replay_whatever_k_and_neighbo
 @pytest.mark.slow  # inductor compiles the decode step: a minute or more on a cold cache
 def test_compiled_cpu_decode_gives_the_eager_tokens_without_recompiling(model: MiniGPT) -> None:
     """Engine(compile_decode=True) on the CPU: the decode step is compiled at startup (one row and several), and
-    serving then gives the eager engine's greedy tokens with no further compilation."""
+    serving then gives the eager engine's greedy tokens with no further compilation, up to the context's end
+    (a read of the whole slot) and across KV-length buckets."""
     import torch._dynamo.utils as dynamo_utils
 
     ps = prompts(6)
-    params = [SamplingParams(temperature=0.0, max_new_tokens=20, ignore_eos=True)] * len(ps)
-    with exact_engine(model) as engine:
-        eager = [tokens_of(r) for r in run_all(engine, ps, params)]
-    with exact_engine(model, compile_decode=True) as engine:
-        frames = dynamo_utils.counters["stats"]["unique_graphs"]
-        compiled = [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])]
-        compiled += [tokens_of(r) for r in run_all(engine, ps[1:], params[1:])]
-        assert dynamo_utils.counters["stats"]["unique_graphs"] == frames  # nothing compiled while serving
-    assert compiled == eager
+    params = [SamplingParams(temperature=0.0, max_new_tokens=48 - len(p), ignore_eos=True) for p in ps]
+    out = {}
+    for compiled in (False, True):
+        with Engine(model, max_num_seqs=8, max_model_len=48, kv_len_bucket=16, compile_decode=compiled) as engine:
+            graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+            tokens = [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])]
+            tokens += [tokens_of(r) for r in run_all(engine, ps[1:], params[1:])]
+            assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
+            out[compiled] = tokens
+    assert all(len(p) + len(t) == 48 for p, t in zip(ps, out[False], strict=True))  # every row to the end
+    assert out[True] == out[False]
