@@ -21,10 +21,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import torch
 
 from minigpt_core.checkpoint import save_checkpoint
@@ -33,7 +31,7 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER
 from minigpt_core.tokenizer import Tokenizer
 from server.bench import random_checkpoint
-from server.bench_http import free_port, run_level
+from server.bench_http import free_port, run_level, wait_healthy
 
 
 def thread_cpu_s(pid: int) -> dict[int, float]:
@@ -75,14 +73,8 @@ def main(argv: list[str]) -> int:
         cmd += ["--max-num-seqs", "64", "--max-model-len", "300", "--max-queued", "4096", "--log-level", "warning"]
         if args.device == "cuda":
             cmd += ["--dtype", "bfloat16", "--compile-decode", "true"]
-        proc = subprocess.Popen([*cmd, "--served-model-name", "bench"], env=env)
+        proc = wait_healthy(subprocess.Popen([*cmd, "--served-model-name", "bench"], env=env), port, "minigpt-serve")
         try:
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.3)
             base = f"http://127.0.0.1:{port}"
             run_level(base, 8, 16, 16, 32, tok.vocab_size)  # warm-up
             before = thread_cpu_s(proc.pid)
