@@ -21,7 +21,7 @@ from server.generation import merge_choices
 from server.openapi import BODY_ERRORS, STREAMING_OK, errors
 from server.responses import ResponsesRequest, echo_tools, to_chat
 from server.responses_stream import ResponsesMeta, responses_body, responses_stream
-from server.routes import SSEResponse, _canceller, _on_done, _request_id, _state, _until_disconnect
+from server.routes import SSEResponse, _canceller, _on_done, _request_id, _serving, _until_disconnect
 
 router = APIRouter()
 
@@ -50,10 +50,7 @@ def _echo(body: ResponsesRequest, defaults: dict[str, float]) -> dict[str, Any]:
 @router.post("/v1/responses", response_model=None, responses={**STREAMING_OK, **errors(*BODY_ERRORS, 404, 429, 503)})
 async def create_response(body: ResponsesRequest, request: Request) -> Response:
     """OpenAI's Responses API, stateless: text, function tools, reasoning, JSON schema output, streaming."""
-    state = _state(request)
-    _, tokenizer = state.require_ready()
-    state.check_model(body.model)
-    engine = state.engine_for(body.model)  # the base model or a --lora-modules adapter, as on the chat route
+    state, tokenizer, engine = _serving(request, body.model)  # as the chat route starts
     started = time.perf_counter()
     chat = to_chat(body)
     rid = _request_id(request)
