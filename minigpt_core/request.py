@@ -4,7 +4,6 @@ the engine thread only; the slot and step logic is in scheduler.py."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,8 +44,6 @@ class Request:
     num_generated: int = 0
     last_token: int = -1
     finished: bool = False
-    arrival_s: float = field(default_factory=time.monotonic)
-    first_token_s: float | None = None
     adapter: int = 0  # LoRA adapter index (minigpt_core.lora); 0 = the base model
     cached_tokens: int = 0  # prompt tokens whose keys/values came from the prefix cache
     output_ids: list[int] = field(default_factory=list)
@@ -66,8 +63,6 @@ class Request:
         self.num_generated += 1
         self.last_token = token_id
         self.output_ids.append(token_id)
-        if self.first_token_s is None:
-            self.first_token_s = time.monotonic()
         top = sampled.top_logprobs if self.params.top_logprobs > 0 else None
         event = TokenEvent(token_id, sampled.logprob, top, reason)
         if self.num_generated == 1:
