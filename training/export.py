@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from minigpt_core.checkpoint import load_checkpoint, load_config, replace_dir, write_checkpoint_files
+from minigpt_core.checkpoint import (
+    load_checkpoint,
+    load_config,
+    read_json_object,
+    replace_dir,
+    write_checkpoint_files,
+)
 from minigpt_core.config import ModelConfig
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.lora import merge_lora, read_adapter
@@ -148,10 +154,7 @@ def gguf_vocab(tokenizer: Tokenizer, vocab_size: int) -> tuple[list[str], list[i
 def _chat_template(model_dir: Path) -> str:
     path = model_dir / TOKENIZER_CONFIG_FILE
     if path.is_file():
-        try:
-            template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExportError(f"{path}: not valid JSON ({exc})") from exc
+        template = read_json_object(path, ExportError).get("chat_template")
         if isinstance(template, str) and template:
             return template
     from minigpt_core.chat_template import CHAT_TEMPLATE_JINJA
