@@ -161,6 +161,37 @@ def decode_attention(
     contiguous); cos, sin (B, D) for each row's position; k_cache, v_cache (slots, KV, L, D) with row b in slot b;
     positions (B,) or (B, 1); kv_len: how many cache positions a row may read (its keys at positions <= its own).
     """
+    block_n, num_warps = launch_config(k_cache.shape[3], min(kv_len, k_cache.shape[2]))
+    return _launch(q, k, v, cos, sin, k_cache, v_cache, positions, kv_len, block_n, num_warps)
+
+
+# (BLOCK_N, num_warps) per head size, from `scripts/tune_decode_kernel.py` on an H200. Other head sizes keep each
+# of the four (BLOCK_N x BLOCK_H) float32 tiles at <= 2048 elements (small's shape, which did not spill).
+TUNED: dict[int, tuple[int, int]] = {}
+
+
+def launch_config(head_dim: int, kv_len: int) -> tuple[int, int]:
+    """The (BLOCK_N, num_warps) the kernel runs with for this head size and number of readable positions."""
+    block_n, num_warps = TUNED.get(head_dim, (128, 2))
+    if head_dim not in TUNED:
+        while block_n > 16 and block_n * _next_pow2(head_dim // 2) > 2048:  # the (BLOCK_N x half) tiles
+            block_n //= 2
+    return max(16, min(block_n, _next_pow2(kv_len))), num_warps
+
+
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    kv_len: int,
+    block_n: int,
+    num_warps: int,
+) -> torch.Tensor:
     B = q.shape[0]
     n_kv, L, D = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
     G = q.shape[1] // (n_kv * D)
@@ -191,8 +222,8 @@ def decode_attention(
         D=D,
         HALF=half,
         BLOCK_H=_next_pow2(half),
-        BLOCK_N=max(16, min(128, _next_pow2(min(kv_len, L)))),
-        num_warps=2,
+        BLOCK_N=block_n,
+        num_warps=num_warps,
     )
     return out
 
