@@ -1,6 +1,7 @@
 """The realistic-API tool dialogues (training/datagen/api_tools.py) and the BFCL contamination check.
 
-BFCL is a test set: no BFCL function name or question may appear in the generated corpus. That check reads the
+BFCL is a test set: no BFCL function name or question may appear in the generated corpus (the composed tools of
+composed_tools.py included). That check reads the
 BFCL data from ../shared/data/bfcl (or $MINIGPT_BFCL_DIR) and is skipped, saying why, when it is absent.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from training.bfcl import CATEGORIES, DATA_ENV, tool_name
-from training.datagen import api_tools, generate_corpus, iter_texts, schema_errors
+from training.datagen import api_tools, composed_tools, generate_corpus, iter_texts, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,8 +122,13 @@ def test_no_bfcl_function_or_question_in_the_corpus(tmp_path: Path) -> None:
                     offered |= {c["function"]["name"] for c in m.get("tool_calls") or []}
             offered |= {t["function"]["name"] for t in record.get("tools") or []}
     offered |= {t["function"]["name"] for conv in conversations(3000) for t in conv[0]["tools"]}
+    # composed tools (issue 18) are built from word lists: a name like a BFCL one must not come out of them either
+    rng = random.Random(0)
+    built = [composed_tools.composed_conversation(rng, split) for split in ("train", "val") for _ in range(4000)]
+    offered |= {t["function"]["name"] for conv in built for t in conv[0].get("tools") or []}
     assert offered and not offered & functions, sorted(offered & functions)[:10]
-    text = "\n".join(" ".join(t.split()) for t in iter_texts(tmp_path))
+    texts = [*iter_texts(tmp_path), *(json.dumps(m, ensure_ascii=False) for conv in built for m in conv)]
+    text = "\n".join(" ".join(t.split()) for t in texts)
     long_names = {n for n in functions if len(n) >= 12 and ("_" in n or "." in n)}
     found = [n for n in long_names if n in text]
     assert not found, found[:10]

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import tools
-from training.datagen import api_tools, identity, math_dialogues, smalltalk, tool_dialogues
+from training.datagen import (
+    api_tools,
+    composed_tools,
+    identity,
+    math_dialogues,
+    persona,
+    smalltalk,
+    tool_dialogues,
+)
 from training.datagen.base import SPLITS, TEMPLATE_REGISTRY, Conversation, Split, decorate, make_rng
 from training.datagen.preference import preference_pair
 from training.datagen.pretrain import pretrain_document
@@ -39,14 +47,19 @@ BASE_COUNTS: dict[str, int] = {
     "eval_identity": 100,
 }
 
+# Issue 18: tool dialogues are mostly composed tools (a new schema in nearly every row, so reading the schema pays
+# and recalling one does not); the fixed API catalogue (36 tools), the built-in / verb_noun tools, identity and
+# small talk (a few hundred distinct rows each, repeated thousands of times at the demo's scale) shrank.
 SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]]] = {
-    "identity": (0.12, identity.identity_conversation),
-    "math_think": (0.18, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
-    "math_direct": (0.12, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
-    "tools": (0.28, tool_dialogues.tool_conversation),
+    "identity": (0.07, identity.identity_conversation),
+    "persona": (0.04, persona.persona_conversation),  # system personas win; world questions are not identity
+    "math_think": (0.16, lambda rng, split: math_dialogues.math_conversation(rng, split, think=True)),
+    "math_direct": (0.10, lambda rng, split: math_dialogues.math_conversation(rng, split, think=False)),
+    "tools": (0.17, tool_dialogues.tool_conversation),
     # realistic API schemas: reading names, descriptions and parameter types of tools written by others (issue 18)
-    "api_tools": (0.20, api_tools.api_conversation),
-    "smalltalk": (0.10, smalltalk.smalltalk_conversation),
+    "api_tools": (0.10, api_tools.api_conversation),
+    "composed_tools": (0.30, composed_tools.composed_conversation),
+    "smalltalk": (0.06, smalltalk.smalltalk_conversation),
 }
 
 
@@ -123,8 +136,12 @@ def build_records(seed: int, scale: float) -> dict[str, list[dict[str, Any]]]:
         records[f"dpo_{split}"] = [preference_pair(rng, split) for _ in range(_count(f"dpo_{split}", scale))]
     records["eval_think"] = _unique(make_rng(seed, "eval_think"), math_dialogues.math_eval, _count("eval_think", scale))
     records["eval_tools"] = _unique(make_rng(seed, "eval_tools"), tool_dialogues.tool_eval, _count("eval_tools", scale))
-    records["eval_identity"] = _unique(
-        make_rng(seed, "eval_identity"), identity.identity_eval, _count("eval_identity", scale)
+    n_identity = _count("eval_identity", scale)
+    records["eval_identity"] = (
+        _unique(make_rng(seed, "eval_identity"), identity.identity_eval, n_identity)
+        # two eval lines beside identity: a system persona wins, and a world question is not an identity question
+        + _unique(make_rng(seed, "eval_persona"), persona.persona_eval, max(1, n_identity * 2 // 5))
+        + _unique(make_rng(seed, "eval_off_topic"), persona.off_topic_eval, max(1, n_identity // 5))
     )
     return records
 

@@ -9,6 +9,7 @@ What it is not: the bare-arithmetic problem builders (arithmetic.py).
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from training.datagen import arithmetic as ar
@@ -325,12 +326,36 @@ def sample_problem(rng: random.Random, split: Split) -> ar.Problem:
     return PROBLEM_KINDS[kind](rng, split)
 
 
-def math_conversation(rng: random.Random, split: Split, think: bool) -> Conversation:
-    """One problem answered with reasoning (think mode) or directly (off mode); same final sentence."""
+_SENTENCE_END = re.compile(r"(?<=[.。!?！？])\s*")
+
+
+def budget_cut(rng: random.Random, reasoning: str, final: str) -> tuple[str, str]:
+    """The thought cut off mid-way, as `max_thinking_tokens` cuts it, and an answer that goes on from the cut:
+    the interrupted step said again in full, the steps after it, then the final sentence. A model trained only on
+    finished thoughts drifted after a cut ("12 × 3 = 36. Then 36 + 36 = 72 ... 12 × 3 = 72.", issue 18)."""
+    sentences = [s for s in _SENTENCE_END.split(reasoning) if s]
+    index = rng.randrange(len(sentences))
+    current = sentences[index]
+    zh = is_zh(current)
+    pieces = re.findall(r"\d+|.", current) if zh else current.split(" ")  # never cut inside a number
+    partial = ("" if zh else " ").join(pieces[: rng.randrange(len(pieces))])  # may be empty: cut between steps
+    done = ("" if zh else " ").join(sentences[:index])
+    cut = (done + ("" if zh or not done or not partial else " ") + partial).strip()
+    rest = ("" if zh else " ").join(sentences[index:])
+    return cut, rest + ("" if zh else " ") + final
+
+
+def math_conversation(rng: random.Random, split: Split, think: bool, cut_share: float = 0.12) -> Conversation:
+    """One problem answered with reasoning (think mode) or directly (off mode); same final sentence. In think mode
+    a `cut_share` of the thoughts are cut off (budget_cut), training only."""
     problem = sample_problem(rng, split)
     messages = maybe_system(rng, split, probability=0.3)
     messages.append(user(problem.question))
-    messages.append(assistant(problem.final, problem.reasoning if think else None))
+    if think and split == "train" and rng.random() < cut_share:
+        reasoning, answer = budget_cut(rng, problem.reasoning, problem.final)
+        messages.append(assistant(answer, reasoning))
+    else:
+        messages.append(assistant(problem.final, problem.reasoning if think else None))
     return messages
 
 

@@ -166,14 +166,14 @@ def no_fit_dialogue(rng: random.Random, split: Split) -> Conversation:
 
 
 def tool_conversation(rng: random.Random, split: Split) -> Conversation:
-    """One tool dialogue: mostly single calls, some parallel, some with no fitting tool."""
+    """One tool dialogue: mostly single calls, some parallel, some (18%) with no fitting tool."""
     roll = rng.random()
-    if roll < 0.55:
+    if roll < 0.65:
         # few tool dialogues think: reasoning about offered tools leaked into think-mode answers without tools
         return single_call_dialogue(rng, split, think=rng.random() < 0.05)
-    if roll < 0.7:
+    if roll < 0.82:
         return parallel_dialogue(rng, split)
-    return no_fit_dialogue(rng, split)
+    return no_fit_dialogue(rng, split)  # 18% (was 30%: refusing became the default on unfamiliar tools)
 
 
 def tool_eval(rng: random.Random, split: Split = "val") -> dict[str, Any]:
