@@ -220,7 +220,12 @@ def run_identity(args: argparse.Namespace) -> int:
     engine, tok, records = _load_for_generation(args, "identity")
     with engine:
         result = evaluate_identity(engine, tok, records, max_new_tokens=args.max_new_tokens)
-    return _finish("identity", args, [("answers containing must_contain", _pct(result["accuracy"]))], result)
+    rows = [
+        ("answers containing must_contain", _pct(result["accuracy"])),
+        ("system persona kept (name, not MiniGPT)", _pct(result["persona_accuracy"])),
+        ("world questions answered, not identity", _pct(result["off_topic_accuracy"])),
+    ]
+    return _finish("identity", args, rows, result)
 
 
 def _pct(value: float) -> str:

@@ -235,9 +235,9 @@ def _counts(items: Any) -> dict[str, int]:
 # ----- identity -----
 
 
-def identity_hit(content: str, must_contain: Sequence[str]) -> bool:
-    """Every required string occurs in the answer (exact substring)."""
-    return all(s in content for s in must_contain)
+def identity_hit(content: str, must_contain: Sequence[str], must_not_contain: Sequence[str] = ()) -> bool:
+    """Every required string occurs in the answer (exact substring) and no forbidden one does."""
+    return all(s in content for s in must_contain) and not any(s in content for s in must_not_contain)
 
 
 def evaluate_identity(
@@ -247,11 +247,17 @@ def evaluate_identity(
     samples = []
     for record, gen in zip(records, run_jobs(engine, jobs), strict=True):
         parsed, _ = parse_all(tok, gen.token_ids, thinking=False, parse_tools=False)
-        must = record.get("must_contain", [])
-        samples.append({"must_contain": must, "content": parsed.content, "hit": identity_hit(parsed.content, must)})
+        must, must_not = record.get("must_contain", []), record.get("must_not_contain", [])
+        hit = identity_hit(parsed.content, must, must_not)
+        kind = record.get("kind", "identity")
+        samples.append({"kind": kind, "must_contain": must, "content": parsed.content, "hit": hit})
     return {
         "samples_n": len(samples),
-        "accuracy": _fraction([s["hit"] for s in samples]),
+        # records without a kind are identity questions; `persona` ones carry a system persona that must win,
+        # `off_topic` ones a world question that must not get the identity answer (issue 18)
+        "accuracy": _fraction([s["hit"] for s in samples if s["kind"] == "identity"]),
+        "persona_accuracy": _fraction([s["hit"] for s in samples if s["kind"] == "persona"]),
+        "off_topic_accuracy": _fraction([s["hit"] for s in samples if s["kind"] == "off_topic"]),
         "samples": samples,
     }
 

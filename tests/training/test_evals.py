@@ -124,6 +124,8 @@ def test_identity_hit() -> None:
     assert identity_hit("I am MiniGPT, made by alex-ckl.com.", ["MiniGPT", "alex-ckl.com"])
     assert not identity_hit("I am MiniGPT.", ["MiniGPT", "alex-ckl.com"])
     assert not identity_hit("I am minigpt.", ["MiniGPT"])
+    assert identity_hit("Arr! I'm Bob, a pirate.", ["Bob"], ["MiniGPT"])
+    assert not identity_hit("I'm Bob. I am MiniGPT.", ["Bob"], ["MiniGPT"])  # the persona must win outright
 
 
 def test_tool_result_runs_builtins_and_stands_in_for_synthetic_tools() -> None:
@@ -199,11 +201,20 @@ def test_tools_smoke(tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_identity_smoke(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    records = [{"messages": [{"role": "user", "content": "who are you"}], "must_contain": ["MiniGPT"]}] * 5
+    records: list[dict[str, Any]] = [
+        {"messages": [{"role": "user", "content": "who are you"}], "must_contain": ["MiniGPT"]}
+    ] * 3
+    asked = [{"role": "system", "content": "You are Bob, a pirate."}, {"role": "user", "content": "who are you"}]
+    persona = {"kind": "persona", "must_contain": ["Bob"], "must_not_contain": ["MiniGPT"], "messages": asked}
+    records += [persona] * 2
     result = _smoke("identity", _write(tmp_path / "i.jsonl", records), tiny_checkpoint, tmp_path / "i.json",
                     "--max-new-tokens", "16")  # fmt: skip
     assert result["samples_n"] == 4
-    assert result["accuracy"] == sum(s["hit"] for s in result["samples"]) / 4
+    kinds = [s["kind"] for s in result["samples"]]
+    assert kinds == ["identity", "identity", "identity", "persona"]
+    assert result["accuracy"] == sum(s["hit"] for s in result["samples"][:3]) / 3
+    assert result["persona_accuracy"] == float(result["samples"][3]["hit"])
+    assert result["off_topic_accuracy"] is None  # no such records: null in the JSON report
 
 
 def test_generation_evals_reject_bad_flags(tiny_checkpoint: Path, tmp_path: Path) -> None:
