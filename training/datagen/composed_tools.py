@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.datagen import smalltalk, values
+from training.datagen import persona, smalltalk, values
 from training.datagen.base import (
     Conversation,
     Split,
@@ -305,11 +305,14 @@ def arguments(rng: random.Random, split: Split, tool: ComposedTool) -> tuple[dic
     taken: set[float] = set()
     args: dict[str, Any] = {}
     phrases: list[str] = []
-    for p in tool.params:
-        if not p.required and rng.random() < 0.55:
-            continue  # an optional parameter the user does not mention: the call leaves it out
+    mentioned = [p for p in tool.params if p.required or rng.random() >= 0.55]  # the rest: left out of the call
+    units = [p.kind.unit for p in mentioned if isinstance(p.kind, Number) and p.kind.unit]
+    for p in mentioned:
         args[p.name] = draw_value(rng, split, p, taken)
-        phrases.append(say_value(rng, p, args[p.name]))
+        if isinstance(p.kind, Number) and p.kind.unit and units.count(p.kind.unit) == 1 and rng.random() < 0.2:
+            phrases.append(f"{args[p.name]} {p.kind.unit}")  # the unit alone tells which parameter it fills
+        else:
+            phrases.append(say_value(rng, p, args[p.name]))
     return args, phrases
 
 
@@ -507,8 +510,10 @@ def no_fitting_tool(rng: random.Random, split: Split) -> Conversation:
         if other.obj != wanted.obj or other.quantity != wanted.quantity:
             offered.append(other)
     offered = offered or [make_tool(rng, split, obj=wanted.obj + " case")]
-    if rng.random() < 0.3:
-        question, answer = smalltalk.sample_chat(rng, split)
+    if rng.random() < 0.3:  # small talk or a world question with tools offered: answered, no call
+        question, answer = (
+            smalltalk.sample_chat(rng, split) if rng.random() < 0.5 else persona.world_question(rng, split)[:2]
+        )
         return [system_message(rng, split, _offered(rng, offered)), user(question), assistant(answer)]
     _, phrases = arguments(rng, split, wanted)
     request = request_text(rng, split, wanted, phrases)
