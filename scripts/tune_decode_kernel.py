@@ -1,10 +1,11 @@
 """Sweep the fused decode-attention kernel's launch shape (BLOCK_N, num_warps) per preset head size, on CUDA.
 
 For each preset's attention shape (q heads, KV heads, head_dim), batch size and readable cache length, it times the
-kernel (minigpt_core/kernels.py) for every (BLOCK_N, num_warps) and a reference made of the operations the model
-runs without it (RoPE on q and k, the cache write, cuDNN/flash SDPA with GQA over the cache), each as a CUDA graph
-of 100 calls so launch overhead does not hide the kernel time; checks each result against the reference; prints
-microseconds per call and writes JSON. The winner per head size belongs in `kernels.TUNED`.
+kernel (minigpt_core/kernels.py) for every (BLOCK_N, num_warps), each as a CUDA graph of 100 calls so launch
+overhead does not hide the kernel time, and checks each result against a reference built from plain operations
+(RoPE, an indexed cache write, SDPA with GQA). That reference is for correctness: it is slower than the model's own
+unfused path (which the engine profile, scripts/profile_engine.py, measures), so compare speed there. The fastest
+launch shape per head size belongs in `kernels.TUNED`.
 
     python3 scripts/tune_decode_kernel.py --json /tmp/tune.json
 """
@@ -95,7 +96,7 @@ def tune_case(name: str, H: int, KV: int, D: int, B: int, kv_len: int) -> dict[s
     trials.sort(key=lambda t: t["us"])
     for t in trials[:4]:
         print(f"  BLOCK_N={t['block_n']:3d} warps={t['num_warps']}: {t['us']:.2f} us (max err {t['max_err']:.3f})")
-    default = kernels.launch_config(D, kv_len)
+    default = kernels.launch_config(D, B * H, kv_len)
     default_us = next(t["us"] for t in trials if (t["block_n"], t["num_warps"]) == default)
     print(f"  default {default}: {default_us:.2f} us", flush=True)
     return {
