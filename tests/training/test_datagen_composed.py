@@ -11,11 +11,15 @@ import re
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from training.datagen import api_specs, composed_tools, persona, schema_errors
 from training.datagen.base import make_rng
 from training.datagen.corpus import SFT_KINDS, sft_conversation
 from training.datagen.identity import NAME
 from training.datagen.math_dialogues import budget_cut, math_conversation
+from training.datagen.stats import main as stats_cli
+from training.datagen.stats import sft_stats
 
 Conv = list[dict[str, Any]]
 
@@ -148,3 +152,16 @@ def test_budget_cut_thoughts_continue_in_the_answer() -> None:
         assert reasoning.startswith(thought) and answer.endswith("The total is 72.")
         assert "36 + 36 = 72" in thought + " " + answer and "12 × 3 = 72" not in answer
     assert math_conversation(random.Random(1), "val", think=True, cut_share=1.0)[-1]["content"]  # val: never cut
+
+
+def test_stats_count_the_corpus_the_generator_writes(capsys: pytest.CaptureFixture[str]) -> None:
+    stats = sft_stats(seed=0, scale=0.25)
+    assert stats["rows"] == 1500 and stats["demo_sft_epochs"] == 256.0
+    assert sum(stats["kinds"].values()) == 1500 and stats["distinct_rows"] > 0.93 * 1500
+    assert 0.1 < stats["no_call_share"] < 0.22
+    descriptions = stats["offered_descriptions"]
+    assert descriptions["distinct"] > 0.5 * descriptions["total"]
+    repeated, multi = stats["calls_with_a_repeated_number"]
+    assert multi > 100 and repeated < 0.02 * multi
+    assert stats_cli(["--scale", "0.01"]) == 0 and json.loads(capsys.readouterr().out)["rows"] == 60
+    assert stats_cli(["--scale", "0"]) == 2

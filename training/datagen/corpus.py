@@ -63,8 +63,8 @@ SFT_KINDS: dict[str, tuple[float, Callable[[random.Random, Split], Conversation]
 }
 
 
-def sft_conversation(rng: random.Random, split: Split) -> Conversation:
-    """One SFT dialogue of a kind drawn by the mix weights."""
+def sft_kind_conversation(rng: random.Random, split: Split) -> tuple[str, Conversation]:
+    """One SFT dialogue of a kind drawn by the mix weights, and that kind (stats.py counts by it)."""
     names = list(SFT_KINDS)
     kind = rng.choices(names, weights=[SFT_KINDS[n][0] for n in names])[0]
     conversation = SFT_KINDS[kind][1](rng, split)
@@ -72,7 +72,12 @@ def sft_conversation(rng: random.Random, split: Split) -> Conversation:
         for message in conversation:
             if message["role"] == "user" and isinstance(message.get("content"), str):
                 message["content"] = decorate(rng, message["content"])
-    return conversation
+    return kind, conversation
+
+
+def sft_conversation(rng: random.Random, split: Split) -> Conversation:
+    """One SFT dialogue of a kind drawn by the mix weights."""
+    return sft_kind_conversation(rng, split)[1]
 
 
 SOURCE_SUFFIXES = (".py", ".txt", ".tsv", ".md")  # modules, word lists (vocabulary.py), the search_docs pages
@@ -137,12 +142,14 @@ def build_records(seed: int, scale: float) -> dict[str, list[dict[str, Any]]]:
     records["eval_think"] = _unique(make_rng(seed, "eval_think"), math_dialogues.math_eval, _count("eval_think", scale))
     records["eval_tools"] = _unique(make_rng(seed, "eval_tools"), tool_dialogues.tool_eval, _count("eval_tools", scale))
     n_identity = _count("eval_identity", scale)
-    records["eval_identity"] = (
+    identity_records = (
         _unique(make_rng(seed, "eval_identity"), identity.identity_eval, n_identity)
         # two eval lines beside identity: a system persona wins, and a world question is not an identity question
         + _unique(make_rng(seed, "eval_persona"), persona.persona_eval, max(1, n_identity * 2 // 5))
         + _unique(make_rng(seed, "eval_off_topic"), persona.off_topic_eval, max(1, n_identity // 5))
     )
+    make_rng(seed, "eval_identity_order").shuffle(identity_records)  # `--limit N` samples every kind
+    records["eval_identity"] = identity_records
     return records
 
 
