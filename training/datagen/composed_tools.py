@@ -283,7 +283,7 @@ def say_value(rng: random.Random, p: Param, value: Any) -> str:
         unit = f" {kind.unit}" if kind.unit else ""
         return rng.choice(
             (
-                f"{article(p.label)} {p.label} of {value}{unit}",
+                f"{'' if p.label.endswith('s') else article(p.label) + ' '}{p.label} of {value}{unit}",
                 f"{p.label} {value}{unit}",
                 f"{p.label} = {value}",
                 f"{p.label} is {value}{unit}",
