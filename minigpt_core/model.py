@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from minigpt_core import kernels
 from minigpt_core.config import ModelConfig
@@ -119,8 +120,8 @@ class Attention(nn.Module):
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
-        if cache is None:
-            y = _sdpa(q, k, v, None, is_causal=True)
+        if cache is None:  # a training mask (document boundaries) replaces the plain causal one
+            y = _sdpa(q, k, v, attn_mask, is_causal=attn_mask is None)
         else:
             assert positions is not None
             ck, cv = cache.k[self.layer_idx], cache.v[self.layer_idx]  # (S, KV, L, D)
@@ -233,6 +234,9 @@ class MiniGPT(nn.Module):
         self.config = config
         self.model = Backbone(config)
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        # Training only: recompute each block's activations in backward (torch.utils.checkpoint) instead of
+        # keeping them; uncached forwards with gradients only, so inference never sees it.
+        self.activation_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -291,6 +295,7 @@ class MiniGPT(nn.Module):
         kv_len: int | None = None,
         last_index: torch.Tensor | None = None,
         return_hidden: bool = False,
+        doc_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits (B, T, V) in float32, or the final hidden states (B, T, C) with `return_hidden`.
 
@@ -301,6 +306,9 @@ class MiniGPT(nn.Module):
         fixed value keeps the shapes, and so the arithmetic, of one row independent of its batch neighbours.
         `last_index` (B,): only position `last_index[b]` of row b goes through the final norm and the output
         projection, and the result is (B, 1, V): a prefill needs the next-token logits of its last real token only.
+        `doc_ids` (B, T), training without a cache: packed rows whose documents must not see each other; a token
+        attends only to earlier tokens of its own document and its RoPE position restarts at 0 with each document,
+        so a packed row gives every document the logits it would get alone.
         """
         B, T = input_ids.shape
         x = self.model.embed_tokens(input_ids)  # (B, T, C)
@@ -308,6 +316,8 @@ class MiniGPT(nn.Module):
         if cache is None:
             pos = torch.arange(T, device=input_ids.device)[None].expand(B, T)
             n_kv = T
+            if doc_ids is not None:
+                pos, attn_mask = document_positions(doc_ids), document_mask(doc_ids)
         else:
             if positions is None:
                 raise ValueError("a cached forward needs positions (and slots, unless row b is slot b)")
@@ -316,8 +326,12 @@ class MiniGPT(nn.Module):
             key_pos = torch.arange(n_kv, device=input_ids.device)
             attn_mask = key_pos[None, None, None, :] <= positions[:, None, :, None]  # (B, 1, T, kv)
         cos, sin = self.rotary(pos, x.dtype)
+        checkpointed = self.activation_checkpointing and cache is None and torch.is_grad_enabled()
         for layer in self.model.layers:
-            x = layer(x, cos, sin, cache, slots, positions, attn_mask, n_kv)
+            if checkpointed:
+                x = checkpoint(layer, x, cos, sin, None, None, None, attn_mask, n_kv, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, cache, slots, positions, attn_mask, n_kv)
         if last_index is not None:
             x = x.gather(1, last_index.view(B, 1, 1).expand(B, 1, x.shape[-1]))  # (B, 1, C)
         x = self.model.norm(x)
@@ -331,3 +345,19 @@ class MiniGPT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def document_positions(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) positions that restart at 0 where `doc_ids` (B, T, non-decreasing along T) changes."""
+    T = doc_ids.shape[1]
+    idx = torch.arange(T, device=doc_ids.device).expand_as(doc_ids)
+    starts = torch.zeros_like(idx)
+    starts[:, 1:] = torch.where(doc_ids[:, 1:] != doc_ids[:, :-1], idx[:, 1:], 0)
+    return idx - starts.cummax(dim=1).values
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T, T) boolean: query t may attend key s when s <= t and both lie in the same document."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (doc_ids[:, None, :, None] == doc_ids[:, None, None, :]) & causal

@@ -28,6 +28,9 @@ REWARD_FEATURES: tuple[str, ...] = ("last", "last+loglik")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda", "mps")
 REWARD_RULES = ("arithmetic", "tool", "think", "length")  # training.rule_rewards.RULES, named here to keep --help light
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")  # float16: autocast + loss scaling
+PARAM_DTYPES: tuple[str, ...] = ("float32", "bfloat16")
+COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+DOC_MASKS: tuple[str, ...] = ("auto", "on", "off")
 
 
 def setting(default: Any, help: str | None = None, *, flat: str | None = None, cli: bool = True, **flag: Any) -> Any:
@@ -61,9 +64,17 @@ class DataSettings:
     seq_len: int = setting(256)
     batch_size: int = setting(32, "rows per micro-batch per process")
     grad_accum: int = setting(1, "micro-batches per optimizer step")
+    doc_mask: str = setting(
+        "auto",
+        "packed rows: a token attends only to its own document, whose positions restart at 0 (auto = on for sft, "
+        "where whole conversations share a row; off for pretrain's token stream)",
+        choices=DOC_MASKS,
+    )
 
     def __post_init__(self) -> None:
         _positive_ints(self, "seq_len", "batch_size", "grad_accum")
+        if self.doc_mask not in DOC_MASKS:
+            raise ConfigError(f"doc_mask must be one of {', '.join(DOC_MASKS)}, got {self.doc_mask!r}")
         if not 0.0 <= self.max_bad_fraction <= 1.0:
             raise ConfigError("min_lr_ratio and max_bad_fraction must lie in [0, 1]")
 
@@ -134,6 +145,19 @@ class RuntimeSettings:
         choices=DTYPES,
     )
     compile: bool = setting(False, "torch.compile the model")
+    compile_mode: str = setting(
+        "default", "torch.compile mode with --compile (max-autotune: a slower first compile)", choices=COMPILE_MODES
+    )
+    param_dtype: str = setting(
+        "float32",
+        "bfloat16 = the forward and backward run on a bf16 copy of the weights, AdamW updates float32 master "
+        "weights (which checkpoints hold); the loss curve differs from float32 by bf16 rounding",
+        choices=PARAM_DTYPES,
+    )
+    fused_ce: bool = setting(False, "the loss over chunks of rows: never the whole batch's float32 logits at once")
+    activation_checkpointing: bool = setting(
+        False, "recompute each block's activations in backward: less memory, about a third more compute"
+    )  # fmt: skip
     threads: int | None = setting(
         None, "CPU threads for torch (default: $OMP_NUM_THREADS, else half the usable CPUs)", names=("-t",)
     )  # fmt: skip
@@ -145,6 +169,12 @@ class RuntimeSettings:
             raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ConfigError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}")
+        if self.param_dtype not in PARAM_DTYPES:
+            raise ConfigError(f"param_dtype must be one of {', '.join(PARAM_DTYPES)}, got {self.param_dtype!r}")
+        if self.param_dtype == "bfloat16" and self.dtype == "float16":
+            raise ConfigError("--param-dtype bfloat16 cannot be combined with --dtype float16")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,9 +300,15 @@ class TrainConfig:
             raise ConfigError(
                 f"seq_len {self.data.seq_len} exceeds the model's max_seq_len {self.model.max_seq_len}"
             )  # fmt: skip
+        rt = self.runtime
         if self.mode in STAGE_MODES:
             for name, value, why in (
-                ("--dtype float16", self.runtime.dtype == "float16", "use bfloat16 or float32"),
+                ("--dtype float16", rt.dtype == "float16", "use bfloat16 or float32"),
+                ("--param-dtype bfloat16", rt.param_dtype != "float32", "the stages train float32 weights"),
+                ("--fused-ce", rt.fused_ce, "their losses are per sequence"),
+                ("--activation-checkpointing", rt.activation_checkpointing, "their rows are short"),
+                ("--compile-mode", rt.compile_mode != "default", "--compile reaches pretrain and sft only"),
+                ("--doc-mask on", self.data.doc_mask == "on", "their rows hold one sequence each"),
                 ("--epochs", self.schedule.epochs is not None, "use --max-steps"),
                 ("--tensorboard", self.schedule.tensorboard is not None, "metrics.jsonl has the same numbers"),
             ):
@@ -282,6 +318,8 @@ class TrainConfig:
             raise ConfigError("group_size must be >= 2 (GRPO compares samples within a group)")
         if self.mode == "rlhf" and not self.grpo.reward_model and not self.grpo.rewards.strip():
             raise ConfigError("rlhf needs --reward RULES and/or --reward-model DIR")
+        if rt.param_dtype != "float32" and self.lora.rank:
+            raise ConfigError("--param-dtype bfloat16 is for full training; LoRA trains float32 adapters")
         if self.lora.rank and self.mode != "sft":
             raise ConfigError(f"LoRA (--lora-rank) trains with --mode sft only, not {self.mode}")
         if self.lora.rank:
@@ -293,6 +331,11 @@ class TrainConfig:
     def tokens_per_step(self) -> int:
         """Per rank: rows x seq_len x accumulation."""
         return self.data.batch_size * self.data.seq_len * self.data.grad_accum
+
+    @property
+    def document_masked(self) -> bool:
+        """Whether packed rows keep their documents apart (--doc-mask; auto: SFT only)."""
+        return self.data.doc_mask == "on" or (self.data.doc_mask == "auto" and self.mode == "sft")
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with flat settings changed (`cfg.replace(max_steps=3, model=...)`), sections rebuilt."""

@@ -30,8 +30,10 @@ from minigpt_core.lora import (
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer
 from training.config import TrainConfig
+from training.fused_ce import linear_cross_entropy
 from training.loader import IGNORE_INDEX, DocumentSet, PackedLoader
 from training.loop import Stage, clip_and_step, set_lr
+from training.precision import MasterWeights
 from training.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -54,9 +56,12 @@ class LMStage(Stage):
         loader: PackedLoader,
         val_docs: DocumentSet,
         byte_lengths: torch.Tensor,
+        master: MasterWeights[MiniGPT] | None = None,
     ) -> None:
         self.cfg, self.rt, self.model, self.tokenizer, self.optimizer = cfg, rt, model, tokenizer, optimizer
-        self.forward = forward  # what the step calls: the model, DDP-wrapped and/or compiled
+        self.forward = forward  # what the step calls: the model (or its bf16 copy), DDP-wrapped and/or compiled
+        self.master = master  # --param-dtype bfloat16: `model` holds the float32 master weights, `forward` a copy
+        self.trained = master.module if master is not None else model
         self.loader, self.val_docs = loader, val_docs
         self.byte_lengths = byte_lengths  # (V,) UTF-8 bytes per token id
         self.tokens_per_step = cfg.tokens_per_step * rt.world_size
@@ -66,28 +71,27 @@ class LMStage(Stage):
         cfg, rt = self.cfg, self.rt
         batches = []
         for _ in range(cfg.data.grad_accum):
-            batch = self.loader.next_batch()
+            batch = self.loader.next_batch_docs()
             assert batch is not None  # the training loader repeats forever
             batches.append(batch)
-        n_local = float(sum(int((y != IGNORE_INDEX).sum()) for _, y in batches))
+        n_local = float(sum(int((y != IGNORE_INDEX).sum()) for _, y, _ in batches))
         n_global = rt.all_reduce_sum([n_local])[0]
         # DDP averages gradients over ranks, so each rank scales by world/N to get sum/N overall.
         scale = rt.world_size / max(n_global, 1.0)
         lr = set_lr(self.optimizer, step, cfg)
         loss_sum = torch.zeros((), device=rt.device)
-        for i, (x, y) in enumerate(batches):
+        masked = cfg.document_masked
+        for i, (x, y, doc) in enumerate(batches):
             if rt.device.type == "cuda":  # pinned host memory lets the copy overlap the previous step's kernels
                 x, y = x.pin_memory(), y.pin_memory()
+                doc = doc.pin_memory() if masked else doc
             x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
+            doc_ids = doc.to(rt.device, non_blocking=True) if masked else None
             last = i == len(batches) - 1
             no_sync = getattr(self.forward, "no_sync", None)
             sync_ctx = no_sync() if (rt.distributed and not last and no_sync) else contextlib.nullcontext()
             with sync_ctx:
-                with rt.autocast():
-                    logits = self.forward(x)  # (B, T, V) float32
-                loss = F.cross_entropy(
-                    logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-                )
+                loss = self._loss(x, y, doc_ids)
                 scaled = loss * scale
                 (rt.scaler.scale(scaled) if rt.scaler is not None else scaled).backward()
             loss_sum += loss.detach()
@@ -95,8 +99,22 @@ class LMStage(Stage):
             dist_loss = torch.stack([loss_sum.double()])
             torch.distributed.all_reduce(dist_loss)
             loss_sum = dist_loss[0]
+        if self.master is not None:
+            self.master.grads_to_master()
         grad_norm = clip_and_step(self.model, self.optimizer, cfg.optim.grad_clip, rt.scaler)
+        if self.master is not None:
+            self.master.params_from_master()
         return {"loss": loss_sum / max(n_global, 1.0), "lr": lr, "grad_norm": grad_norm, "tokens": n_global}
+
+    def _loss(self, x: torch.Tensor, y: torch.Tensor, doc_ids: torch.Tensor | None) -> torch.Tensor:
+        """Summed cross-entropy of one micro-batch: over the full (B, T, V) logits, or with --fused-ce over chunks
+        of rows of the final hidden states against the tied embedding."""
+        with self.rt.autocast():
+            if self.cfg.runtime.fused_ce:
+                hidden = self.forward(x, return_hidden=True, doc_ids=doc_ids)  # (B, T, C)
+                return linear_cross_entropy(hidden, self.trained.lm_head_weight, y, ignore_index=IGNORE_INDEX)
+            logits = self.forward(x, doc_ids=doc_ids)  # (B, T, V) float32
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 
     def evaluate(self) -> dict[str, float]:
         """Validation loss (nats per target token) and bits per byte over up to `eval_batches` batches."""
@@ -104,6 +122,7 @@ class LMStage(Stage):
         return evaluate_docs(
             self.model, self.val_docs, self.rt, self.byte_lengths, pack=self.loader.pack, seq_len=data.seq_len,
             batch_size=data.batch_size, max_batches=self.cfg.schedule.eval_batches,
+            doc_mask=self.cfg.document_masked,
         )  # fmt: skip
 
     def data_state(self) -> dict[str, Any]:
@@ -154,8 +173,13 @@ def evaluate_docs(
     seq_len: int,
     batch_size: int,
     max_batches: int | None = None,
+    doc_mask: bool | None = None,
 ) -> dict[str, float]:
-    """Loss and bits-per-byte of `model` over `docs` (this rank's share, summed over ranks); {} if empty."""
+    """Loss and bits-per-byte of `model` over `docs` (this rank's share, summed over ranks); {} if empty.
+
+    `doc_mask` (default: for pack="docs", where whole conversations share a row) keeps the documents of a row apart.
+    """
+    doc_mask = pack == "docs" if doc_mask is None else doc_mask
     loader = PackedLoader(
         docs, seq_len, batch_size, pack=pack, shuffle=False, repeat=False, rank=rt.rank, world_size=rt.world_size
     )
@@ -163,12 +187,12 @@ def evaluate_docs(
     model.eval()
     byte_lengths = byte_lengths.to(rt.device)
     nats = tokens = byte_nats = n_bytes = 0.0
-    for i, (x, y) in enumerate(loader):
-        if max_batches is not None and i >= max_batches:
-            break
-        x, y = x.to(rt.device), y.to(rt.device)
+    i = 0
+    while (batch := loader.next_batch_docs()) is not None and (max_batches is None or i < max_batches):
+        i += 1
+        x, y = batch[0].to(rt.device), batch[1].to(rt.device)
         with rt.autocast():
-            logits = model(x)
+            logits = model(x, doc_ids=batch[2].to(rt.device) if doc_mask else None)
         per_token = F.cross_entropy(
             logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="none"
         )

@@ -249,11 +249,13 @@ class PackedLoader:
         return True
 
     # --- rows ----------------------------------------------------------------------------------
-    def _row(self) -> tuple[np.ndarray, np.ndarray] | None:
+    def _row(self) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """tokens, loss mask and document index (0, 1, ... per piece of a document; the padding its own) of a row."""
         need = self.seq_len + 1
         tokens = np.full(need, EOT_ID, dtype=np.int64)
         mask = np.zeros(need, dtype=np.uint8)
-        filled = 0
+        docs = np.zeros(need, dtype=np.int64)
+        filled = pieces = 0
         while filled < need and self.cursor < len(self.order()):
             doc = int(self.order()[self.cursor])
             room = need - filled
@@ -267,15 +269,23 @@ class PackedLoader:
             n = len(ids)
             tokens[filled : filled + n] = ids
             mask[filled : filled + n] = 1 if m is None else m
-            filled += n
+            docs[filled : filled + n] = pieces
+            filled, pieces = filled + n, pieces + 1
             if self.pack == "stream" and self.offset + n < self.docs.length(doc):
                 self.offset += n
             elif not self._advance_doc():
                 break
-        return (tokens, mask) if filled else None
+        docs[filled:] = pieces
+        return (tokens, mask, docs) if filled else None
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The next (x, y) batch, or None when a non-repeating loader has nothing left."""
+        batch = self.next_batch_docs()
+        return None if batch is None else batch[:2]
+
+    def next_batch_docs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """The next (x, y, doc_ids) batch: doc_ids (B, T) numbers the documents of each row of x (for
+        MiniGPT's `doc_ids`, which keeps them apart); None when a non-repeating loader has nothing left."""
         rows = []
         for _ in range(self.batch_size):
             row = self._row()
@@ -288,7 +298,8 @@ class PackedLoader:
         mask = torch.from_numpy(np.stack([r[1] for r in rows])).bool()
         x = tokens[:, :-1].contiguous()
         y = tokens[:, 1:].masked_fill(~mask[:, 1:], IGNORE_INDEX).contiguous()
-        return x, y
+        doc_ids = torch.from_numpy(np.stack([r[2][:-1] for r in rows]))
+        return x, y, doc_ids
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         while (batch := self.next_batch()) is not None:

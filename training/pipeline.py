@@ -43,6 +43,7 @@ from training.loader import (
 from training.loop import Run, Stage, build_optimizer, fit
 from training.plaintext import is_text_file, iter_text_pieces
 from training.plot import plot_after_run
+from training.precision import MasterWeights
 from training.runtime import Runtime, seed_everything, set_rng_state, setup_runtime
 from training.shards import iter_lines
 from training.stage import distribute
@@ -271,8 +272,11 @@ def build_lm_stage(cfg: TrainConfig, rt: Runtime, run_dir: Path, loaded: LoadedC
         train_docs, cfg.data.seq_len, cfg.data.batch_size, pack=PACKING[cfg.mode], seed=cfg.runtime.seed, rank=rt.rank,
         world_size=rt.world_size,
     )  # fmt: skip
-    forward = distribute(model, rt, compile=cfg.runtime.compile)
-    args = (cfg, rt, model, forward, tokenizer, optimizer, loader, val_docs, token_byte_lengths(tokenizer))
+    master = MasterWeights(model) if cfg.runtime.param_dtype == "bfloat16" else None
+    trained = master.module if master is not None else model  # what the forward and backward run on
+    trained.activation_checkpointing = cfg.runtime.activation_checkpointing
+    forward = distribute(trained, rt, compile=cfg.runtime.compile, compile_mode=cfg.runtime.compile_mode)
+    args = (cfg, rt, model, forward, tokenizer, optimizer, loader, val_docs, token_byte_lengths(tokenizer), master)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info(
         "%s %s: %.2fM parameters, %d train / %d val documents, %d tokens per step on %d rank(s), device %s, "

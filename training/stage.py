@@ -98,14 +98,19 @@ class PolicyStage(Stage):
 
 
 def distribute(
-    module: torch.nn.Module, rt: Runtime, *, compile: bool = False, find_unused_parameters: bool = False
+    module: torch.nn.Module,
+    rt: Runtime,
+    *,
+    compile: bool = False,
+    compile_mode: str = "default",
+    find_unused_parameters: bool = False,
 ) -> torch.nn.Module:
     """What the training step calls: `module`, DDP-wrapped under torchrun, and compiled when asked (--compile
-    reaches the pretrain/SFT step only: the other stages' rows change length every step)."""
+    reaches the pretrain/SFT step only: the other stages' rows change length every step) in `compile_mode`."""
     forward = module
     if rt.distributed:
         device_ids = [rt.device.index] if rt.device.type == "cuda" else None
         forward = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
     if compile:
-        forward = torch.compile(forward)  # type: ignore[assignment]
+        forward = torch.compile(forward, mode=None if compile_mode == "default" else compile_mode)  # type: ignore[assignment]
     return forward

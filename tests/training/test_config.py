@@ -23,6 +23,11 @@ def test_a_flat_config_of_an_older_version_loads_with_every_value() -> None:
     assert (cfg.data.seq_len, cfg.lora.targets, cfg.model.n_layer) == (768, "q_proj", 8)
     old = json.loads(OLD_CONFIG.read_text())
     flat = to_flat(cfg)
+    newer = {"doc_mask", "compile_mode", "param_dtype", "fused_ce", "activation_checkpointing"}  # issue 20
+    assert set(flat) - set(old) == newer
+    defaults = {"doc_mask": "auto", "compile_mode": "default", "param_dtype": "float32", "fused_ce": False}
+    assert {k: flat[k] for k in newer} == {**defaults, "activation_checkpointing": False}
+    flat = {k: v for k, v in flat.items() if k not in newer}
     assert {**flat, "model": dataclasses.asdict(flat["model"])} == old  # the same settings, key for key
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg  # and the nested form round-trips
     assert set(cfg.to_dict()) == {"mode", "config_name", "model", "out_dir", "init", *SECTIONS}
