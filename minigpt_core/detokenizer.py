@@ -41,6 +41,11 @@ class IncrementalDetokenizer:
             return ""
         return self._decoder.decode(self._token_bytes(token_id))
 
+    def push_many(self, token_ids: Iterable[int]) -> str:
+        """Add several tokens at once; the same text as pushing them one by one, joined."""
+        token_bytes, skip = self._token_bytes, self._skip_ids
+        return self._decoder.decode(b"".join([token_bytes(t) for t in token_ids if t not in skip]))
+
     def push_bytes(self, data: bytes) -> str:
         """Add raw bytes directly (used by tests and by callers that already hold bytes)."""
         return self._decoder.decode(data)

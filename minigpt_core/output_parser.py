@@ -238,6 +238,32 @@ class OutputParser:
             self.reasoning_tokens += 1
         return self._route(self._detok.push(token_id))
 
+    def push_many(self, token_ids: Sequence[int], *, stop_at_call_end: bool = False) -> tuple[list[Segment], int]:
+        """`push` each id in turn, in one call: the segments, and how many ids were taken. That is all of them
+        unless the output ended on one (a stop string; with `stop_at_call_end`, the end of a tool call): the ids
+        after it are not taken. A run of text tokens in reasoning or content with no stop strings to watch is
+        decoded at once (the same text: the detokenizer and the whitespace shaping do not depend on how the
+        text is cut)."""
+        segments: list[Segment] = []
+        n, i = len(token_ids), 0
+        while i < n and self.mode != "done":
+            token_id = token_ids[i]
+            if token_id >= NUM_SPECIAL and not self._stops and self.mode in ("reasoning", "content"):
+                j = i + 1
+                while j < n and token_ids[j] >= NUM_SPECIAL:
+                    j += 1
+                if self.mode == "reasoning":
+                    self.reasoning_tokens += j - i
+                segments += self._route(self._detok.push_many(token_ids[i:j]))
+                i = j
+                continue
+            new = self.push(token_id)
+            segments += new
+            i += 1
+            if stop_at_call_end and any(isinstance(seg, ToolCallEnd) for seg in new):
+                break
+        return segments, i
+
     def finish(self) -> list[Segment]:
         """End of generation: release held text, close an open tool call. Idempotent."""
         segments = self._route(self._detok.flush())

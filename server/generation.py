@@ -97,11 +97,16 @@ class _ChoiceState:
                 self.metrics.observe_itl((now - self.last_token) / tokens, tokens)
         self.last_token = now
 
-    def observe_token(self, delta: ChoiceDelta, event: TokenEvent) -> None:
-        assert event.token_id is not None  # the caller passes token events only
-        delta.completion_tokens += 1
-        delta.cached_tokens = max(delta.cached_tokens, event.cached_tokens)
-        if event.logprob is not None:
+    def observe_tokens(self, delta: ChoiceDelta, events: Sequence[TokenEvent], taken: int) -> None:
+        """Count the first `taken` token events of a batch into `delta`, with their logprobs."""
+        delta.completion_tokens += taken
+        first = events[0]
+        if first.cached_tokens:  # only a request's first token carries it
+            delta.cached_tokens = max(delta.cached_tokens, first.cached_tokens)
+        if first.logprob is None:
+            return
+        for event in events[:taken]:
+            assert event.token_id is not None and event.logprob is not None  # token events only
             top = [(int(t), float(lp)) for t, lp in (event.top_logprobs or [])]
             delta.logprobs.append(TokenLogprob(int(event.token_id), float(event.logprob), top))
 
@@ -141,53 +146,60 @@ class _ChoiceState:
 
 
 async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
-    """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request."""
+    """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request.
+
+    Tokens that arrived together (the engine posts K decode steps at once; more pile up while the loop is busy)
+    are handled as one batch: one parser call, one delta, so one SSE event under load. Tokens after the one
+    that ended the output (a stop string, a single tool call's end) are neither shown nor counted."""
     state = _ChoiceState(job, metrics, time.perf_counter())
+    handle, parser = job.handle, job.parser
     try:
-        async for first in job.handle:
-            # Tokens that arrived while we were busy go out in one chunk: fewer, larger SSE events under load.
+        async for first in handle:
+            events = [first, *handle.drain_nowait()]
+            last = events[-1]  # a finish event is always the last of its batch
+            if last.finish_reason == "error":
+                raise MiniGPTError(f"generation failed: {last.error or 'engine error'}")
+            if last.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down
+                raise EngineClosed("generation was cancelled: the server is shutting down")
+            if last.token_id is None:  # only a finish event may carry no token
+                events.pop()
+            ids = [event.token_id for event in events if event.token_id is not None]
             delta = ChoiceDelta(job.index)
-            events = [first, *job.handle.drain_nowait()]
-            state.observe_arrival(sum(1 for event in events if event.token_id is not None))
-            for event in events:
-                if event.finish_reason == "error":
-                    raise MiniGPTError(f"generation failed: {event.error or 'engine error'}")
-                if event.finish_reason == "cancelled":  # not by us (we stop iterating first): engine shut down
-                    raise EngineClosed("generation was cancelled: the server is shutting down")
-                segments: list[Any] = []
-                if event.token_id is not None:
-                    state.observe_token(delta, event)
-                    segments += job.parser.push(event.token_id)
-                if event.finish_reason is not None:
-                    segments += job.parser.finish()
+            if ids:
+                state.observe_arrival(len(ids))
+                segments, taken = parser.push_many(ids, stop_at_call_end=job.single_tool_call)
+                state.observe_tokens(delta, events, taken)
                 if state.apply(delta, segments):
                     delta.finish_reason = state.finish_reason(None)
                     yield delta
                     return
-                if event.finish_reason is not None:
-                    delta.finish_reason = state.finish_reason(event.finish_reason)
-                    yield delta
-                    return
+            if last.finish_reason is not None:
+                stopped = state.apply(delta, parser.finish())
+                delta.finish_reason = state.finish_reason(None if stopped else last.finish_reason)
+                yield delta
+                return
             if delta.has_output() or delta.logprobs:
                 yield delta
         # The handle ended without a finish reason (engine shut down): close the choice cleanly.
         delta = ChoiceDelta(job.index)
-        state.apply(delta, job.parser.finish())
+        state.apply(delta, parser.finish())
         delta.finish_reason = state.finish_reason(None)
         yield delta
     finally:
-        job.handle.cancel()
+        handle.cancel()
 
 
 _DONE = object()
 
 
-async def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
+def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
     """Interleave the deltas of every choice as they come; an error in any choice ends them all."""
-    if len(jobs) == 1:  # the common case needs no pump task and queue hop per token
-        async for delta in run_choice(jobs[0], metrics):
-            yield delta
-        return
+    if len(jobs) == 1:  # the common case: no pump task, queue hop or generator layer per delta
+        return run_choice(jobs[0], metrics)
+    return _merge(jobs, metrics)
+
+
+async def _merge(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump(job: ChoiceJob) -> None:

@@ -11,6 +11,7 @@ What it is not: no HTTP (the route is in `server.routes`), no timing logic (call
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,6 +54,22 @@ class EngineCollector(Collector):
         )
 
 
+def observe_many(histogram: Histogram, seconds: float, count: int) -> None:
+    """`count` observations of `seconds` in one step: prometheus_client's `observe` takes one value, and a chunk
+    of K tokens observed one by one cost K times its locks (a visible share of the event loop per streamed
+    token). This adds to the same sum and bucket values `observe` updates, as `observe` does; a prometheus_client
+    without them gets `count` plain observations."""
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if count == 1 or buckets is None or bounds is None or total is None:
+        for _ in range(count):
+            histogram.observe(seconds)
+        return
+    total.inc(seconds * count)
+    buckets[bisect.bisect_left(bounds, seconds)].inc(count)  # the first bucket whose bound is >= seconds
+
+
 class Metrics:
     """All server metrics of one app. prometheus_client's metrics are thread safe; no lock of our own."""
 
@@ -82,9 +99,8 @@ class Metrics:
         self.ttft.observe(seconds)
 
     def observe_itl(self, seconds: float, count: int = 1) -> None:
-        """`count` observations of `seconds` (a chunk of tokens that shared one gap)."""
-        for _ in range(count):
-            self.itl.observe(seconds)
+        """`count` observations of `seconds` (a chunk of tokens that shared one gap), at the cost of one."""
+        observe_many(self.itl, seconds, count)
 
     def observe_e2e(self, seconds: float) -> None:
         self.e2e.observe(seconds)

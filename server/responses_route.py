@@ -21,7 +21,8 @@ from server.generation import merge_choices
 from server.openapi import BODY_ERRORS, STREAMING_OK, errors
 from server.responses import ResponsesRequest, echo_tools, to_chat
 from server.responses_stream import ResponsesMeta, responses_body, responses_stream
-from server.routes import SSEResponse, _canceller, _on_done, _request_id, _serving, _until_disconnect
+from server.routes import _canceller, _on_done, _request_id, _serving, _until_disconnect
+from server.sse import SSEResponse
 
 router = APIRouter()
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from minigpt_core.custom_template import render_prompt
 from minigpt_core.errors import InvalidRequest
@@ -27,6 +26,7 @@ from server.generation import ChoiceJob, merge_choices, submit_all
 from server.metrics import CONTENT_TYPE
 from server.openapi import BODY_ERRORS, HEALTH_RESPONSES, STREAMING_OK, HealthStatus, errors, text_response
 from server.protocol import ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest
+from server.sse import SSEResponse
 from server.state import ServerState, package_version
 from server.streaming import (
     ResponseMeta,
@@ -41,21 +41,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
-
-
-class SSEResponse(StreamingResponse):
-    """text/event-stream whose engine requests are cancelled however the response ends (disconnect included)."""
-
-    def __init__(self, body: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
-        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        super().__init__(body, media_type="text/event-stream", headers=headers)
-        self._on_close = on_close
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._on_close()
 
 
 def _state(request: Request) -> ServerState:

@@ -27,10 +27,12 @@ from server.generation import ChoiceDelta, TokenLogprob
 logger = logging.getLogger(__name__)
 
 DONE_LINE = b"data: [DONE]\n\n"
+# One encoder for every event: `json.dumps` with options builds a new JSONEncoder on each call.
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + _encode(obj).encode() + b"\n\n"
 
 
 @dataclass
@@ -48,10 +50,23 @@ class ResponseMeta:
     include_usage: bool = False
     prompt_texts: list[str] = field(default_factory=list)  # /v1/completions echo, per choice
     on_done: Callable[[Usage], None] | None = None  # logging / metrics once the last delta is in
+    _frames: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
 
     def done(self, usage: Usage) -> None:
         if self.on_done is not None:
             self.on_done(usage)
+
+    def frame(self, obj: str) -> tuple[bytes, bytes]:
+        """The bytes around `choices` in every chunk of this response: `data: {"id":...,"choices":` and the
+        rest (`,"usage":null}` when usage was asked for), computed once so that an event encodes only its
+        choices."""
+        frame = self._frames.get(obj)
+        if frame is None:
+            head = {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+            prefix = b"data: " + _encode(head).encode()[:-1] + b',"system_fingerprint":null,"choices":'
+            suffix = b',"usage":null}\n\n' if self.include_usage else b"}\n\n"
+            frame = self._frames[obj] = (prefix, suffix)
+        return frame
 
 
 @dataclass
@@ -156,17 +171,10 @@ def completion_logprobs(meta: ResponseMeta, tokens: list[tuple[TokenLogprob, str
 # --- chat completions ------------------------------------------------------------------------------------
 def _chunk(meta: ResponseMeta, obj: str, choices: list[dict[str, Any]], usage: Any = None) -> bytes:
     """One SSE event of a stream: the same id, created and model on every chunk; usage only when asked for."""
-    body: dict[str, Any] = {
-        "id": meta.id,
-        "object": obj,
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": None,
-        "choices": choices,
-    }
-    if meta.include_usage:
-        body["usage"] = usage
-    return sse(body)
+    prefix, suffix = meta.frame(obj)
+    if usage is not None and meta.include_usage:
+        suffix = b',"usage":' + _encode(usage).encode() + b"}\n\n"
+    return prefix + _encode(choices).encode() + suffix
 
 
 def _chat_chunk(meta: ResponseMeta, choices: list[dict[str, Any]], usage: Any = None) -> bytes:

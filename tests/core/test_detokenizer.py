@@ -143,3 +143,16 @@ def test_matcher_equals_one_shot_find(text: str, cuts: list[int]) -> None:
     hits = [text.find(s) for s in stops if s in text]
     assert stopped == bool(hits)
     assert "".join(emitted) == (text[: min(hits)] if hits else text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=3), min_size=1, max_size=12), st.data())
+def test_push_many_equals_pushing_one_by_one(pieces: list[bytes], data: st.DataObject) -> None:
+    """Split characters and invalid bytes included: a batch decodes to the per-token text, joined."""
+    vocab = {NUM_SPECIAL + i: piece for i, piece in enumerate(pieces)}
+    ids = list(vocab)
+    cut = data.draw(st.integers(0, len(ids)))
+    one = IncrementalDetokenizer(vocab.__getitem__, skip_ids=[ids[0]])
+    many = IncrementalDetokenizer(vocab.__getitem__, skip_ids=[ids[0]])
+    expected = "".join(one.push(t) for t in ids) + one.flush()
+    assert many.push_many(ids[:cut]) + many.push_many(ids[cut:]) + many.flush() == expected

@@ -244,3 +244,70 @@ def test_call_with_arguments_first_is_parsed_at_its_end() -> None:
     assert all(step == [] for step in steps[:-2])  # nothing to stream before the name is known
     assert steps[-2] == [ToolCallStart(0, "f"), ToolCallArgs(0, '{"a": 1}'), ToolCallEnd(0, '{"a": 1}')]
     assert not parser.tool_parse_failed
+
+
+# --- push_many: a batch of ids parses as the same ids pushed one by one --------------------------------
+_PIECES = [b'{"name": "f", "arguments": {"a": [1, "}"]}}', b"ab", b"a b ", b"\xe2\x82\xac", b"\xf0\x9f", b"\n"]
+
+
+def _one_by_one(ids: list[int], parser: OutputParser, stop_at_call_end: bool) -> tuple[list[Segment], int]:
+    segments: list[Segment] = []
+    for n, token_id in enumerate(ids):
+        new = parser.push(token_id)
+        segments += new
+        if parser.mode == "done" or (stop_at_call_end and any(isinstance(s, ToolCallEnd) for s in new)):
+            return segments, n + 1
+    return segments + parser.finish(), len(ids)
+
+
+def _in_batches(
+    ids: list[int], parser: OutputParser, stop_at_call_end: bool, cuts: list[int]
+) -> tuple[list[Segment], int]:
+    segments: list[Segment] = []
+    taken = 0
+    for start, end in itertools.pairwise([0, *cuts, len(ids)]):
+        new, n = parser.push_many(ids[start:end], stop_at_call_end=stop_at_call_end)
+        segments += new
+        taken += n
+        if n < end - start or parser.mode == "done":
+            return segments, taken
+        if stop_at_call_end and any(isinstance(s, ToolCallEnd) for s in new):
+            return segments, taken
+    return segments + parser.finish(), taken
+
+
+def test_push_many_equals_pushing_one_by_one() -> None:
+    """Every mix of text (split characters, a call in the template's layout), tags, stop strings and thinking;
+    cut into batches every way: the same text, calls, stop, reasoning count, and the same number of ids taken."""
+    import random
+
+    rng = random.Random(0)
+    specials = [THINK_ID, THINK_END_ID, TOOL_CALL_ID, TOOL_CALL_END_ID, IM_END_ID]
+    for trial in range(400):
+        ids: list[int] = []
+        for _ in range(rng.randrange(1, 8)):
+            if rng.random() < 0.3:
+                ids.append(rng.choice(specials))
+            else:
+                ids += [100 + b for b in rng.choice(_PIECES)]
+        cuts = sorted(rng.sample(range(1, len(ids)), min(len(ids) - 1, rng.randrange(0, 6)))) if len(ids) > 1 else []
+        kw = {"thinking": rng.random() < 0.5, "parse_tools": rng.random() < 0.7, "stops": rng.choice([(), ("b",)])}
+        stop_at_call_end = rng.random() < 0.5
+        one = OutputParser(ByteTok(), **kw)  # type: ignore[arg-type]
+        many = OutputParser(ByteTok(), **kw)  # type: ignore[arg-type]
+        seg_one, taken_one = _one_by_one(ids, one, stop_at_call_end)
+        seg_many, taken_many = _in_batches(ids, many, stop_at_call_end, cuts)
+        assert accumulate(seg_many) == accumulate(seg_one), (trial, ids, cuts, kw)
+        assert taken_many == taken_one, (trial, ids, cuts, kw)
+        assert (many.reasoning_tokens, many.tool_calls, many.tool_parse_failed) == (
+            one.reasoning_tokens,
+            one.tool_calls,
+            one.tool_parse_failed,
+        )
+
+
+def test_push_many_takes_the_ids_up_to_a_stop_string_only() -> None:
+    parser = OutputParser(ByteTok(), thinking=False, parse_tools=False, stops=["cd"])
+    ids = [100 + b for b in b"abcdef"]
+    segments, taken = parser.push_many(ids)
+    assert taken == 4 and accumulate(segments).content == "ab" and accumulate(segments).stopped
