@@ -151,7 +151,7 @@ def bench_train(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
             if fused_ce and isinstance(trained, MiniGPT):
                 hidden = fwd(x, return_hidden=True)
-                loss = linear_cross_entropy(hidden, trained.lm_head_weight, y) / y.numel()
+                loss = linear_cross_entropy(hidden, trained.lm_head_weight, y, compile=compile) / y.numel()
             else:
                 logits = logits_of(impl, fwd, x)
                 loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1))

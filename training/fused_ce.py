@@ -14,6 +14,8 @@ that it runs and is tested on the CPU) or a reduction other than "sum" (the LM s
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,8 +30,13 @@ def linear_cross_entropy(
     *,
     ignore_index: int = -100,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    compile: bool = False,
 ) -> torch.Tensor:
-    """Summed cross-entropy of `hidden (..., C) @ weight (V, C).T` against `targets (...)`, a float32 scalar."""
+    """Summed cross-entropy of `hidden (..., C) @ weight (V, C).T` against `targets (...)`, a float32 scalar.
+
+    `compile`: the per-chunk softmax and gradient run as one torch.compile'd function (a few fused kernels per
+    chunk instead of a dozen eager ones; worth it on CUDA, where the eager version cost about 10% of small's step).
+    """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     h = hidden.reshape(-1, hidden.shape[-1])  # (N, C)
@@ -39,8 +46,30 @@ def linear_cross_entropy(
         compute_dtype = torch.get_autocast_dtype(device_type)
     else:
         compute_dtype = torch.promote_types(h.dtype, weight.dtype)
-    out: torch.Tensor = _LinearCrossEntropy.apply(h, weight, y, ignore_index, chunk_rows, compute_dtype)
+    fn = _compiled_chunk() if compile else _chunk
+    out: torch.Tensor = _LinearCrossEntropy.apply(h, weight, y, ignore_index, chunk_rows, compute_dtype, fn)
     return out
+
+
+def _chunk(
+    hc: torch.Tensor, w: torch.Tensor, yc: torch.Tensor, ignore_index: int, grads: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The summed loss of one chunk of rows and (with `grads`) d loss / d logits, (n, V) in the matmul dtype."""
+    valid = yc != ignore_index  # (n,)
+    safe = torch.where(valid, yc, 0)[:, None]  # (n, 1): an in-range index for ignored rows
+    logits = (hc @ w.T).float()  # (n, V)
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
+    loss = ((lse - logits.gather(1, safe)).squeeze(1) * valid).sum()
+    if not grads:
+        return loss, None
+    probs = logits.sub_(lse).exp_()  # softmax, in the logits' memory
+    probs.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # minus the one-hot target
+    return loss, probs.mul_(valid[:, None]).to(hc.dtype)
+
+
+@functools.cache
+def _compiled_chunk() -> Callable[..., tuple[torch.Tensor, torch.Tensor | None]]:
+    return torch.compile(_chunk, dynamic=False)  # type: ignore[no-any-return]
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -53,6 +82,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         ignore_index: int,
         chunk_rows: int,
         compute_dtype: torch.dtype,
+        chunk_fn: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
     ) -> torch.Tensor:
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(h) if need_h else None
@@ -62,17 +92,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
             w = weight.to(compute_dtype)  # (V, C)
             for start in range(0, h.shape[0], chunk_rows):
                 hc = h[start : start + chunk_rows].to(compute_dtype)  # (n, C)
-                yc = y[start : start + chunk_rows]
-                valid = yc != ignore_index  # (n,)
-                safe = torch.where(valid, yc, 0)[:, None]  # (n, 1): an in-range index for ignored rows
-                logits = (hc @ w.T).float()  # (n, V)
-                lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (n, 1)
-                loss += ((lse - logits.gather(1, safe)).squeeze(1) * valid).sum()
-                if not (need_h or need_w):
+                chunk_loss, g = chunk_fn(hc, w, y[start : start + chunk_rows], ignore_index, need_h or need_w)
+                loss += chunk_loss
+                if g is None:
                     continue
-                probs = logits.sub_(lse).exp_()  # softmax, in the logits' memory
-                probs.scatter_add_(1, safe, torch.full_like(lse, -1.0))  # minus the one-hot target
-                g = probs.mul_(valid[:, None]).to(compute_dtype)  # (n, V): d loss / d logits
                 if grad_h is not None:
                     grad_h[start : start + chunk_rows] = (g @ w).to(h.dtype)
                 if grad_w is not None:
@@ -92,4 +115,4 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_h = grad_h * grad_out.to(grad_h.dtype)
         if has_w:
             grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype)
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None

@@ -112,7 +112,9 @@ class LMStage(Stage):
         with self.rt.autocast():
             if self.cfg.runtime.fused_ce:
                 hidden = self.forward(x, return_hidden=True, doc_ids=doc_ids)  # (B, T, C)
-                return linear_cross_entropy(hidden, self.trained.lm_head_weight, y, ignore_index=IGNORE_INDEX)
+                return linear_cross_entropy(
+                    hidden, self.trained.lm_head_weight, y, ignore_index=IGNORE_INDEX, compile=self.cfg.runtime.compile
+                )  # fmt: skip
             logits = self.forward(x, doc_ids=doc_ids)  # (B, T, V) float32
         return F.cross_entropy(logits.view(-1, logits.size(-1)), y.view(-1), ignore_index=IGNORE_INDEX, reduction="sum")
 

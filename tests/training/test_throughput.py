@@ -54,6 +54,21 @@ def test_chunked_linear_cross_entropy_equals_the_full_logits(chunk_rows: int) ->
     assert float(chunked_grads[0][0, :4].abs().sum()) == 0.0
 
 
+def test_the_compiled_chunk_gives_the_same_loss_and_gradients() -> None:
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 12, 16, requires_grad=True)
+    weight = torch.randn(40, 16, requires_grad=True)
+    targets = torch.randint(0, 40, (2, 12))
+    targets[1, :5] = IGNORE_INDEX
+    eager = linear_cross_entropy(hidden, weight, targets, chunk_rows=8)
+    compiled = linear_cross_entropy(hidden, weight, targets, chunk_rows=8, compile=True)
+    torch.testing.assert_close(compiled, eager, rtol=1e-6, atol=1e-5)
+    for got, want in zip(
+        torch.autograd.grad(compiled, (hidden, weight)), torch.autograd.grad(eager, (hidden, weight)), strict=True
+    ):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_chunked_loss_under_bf16_autocast_matches_the_autocast_path() -> None:
     torch.manual_seed(0)
     hidden = torch.randn(4, 9, 32, requires_grad=True)
