@@ -7,15 +7,18 @@ thread per token (the main thread is the event loop; the busiest other one is th
 environment settings for the server, e.g. `MINIGPT_DECODE_STEPS=1`. With `--py-spy FILE` it also records the
 server with py-spy (raw format) while the load runs. With `--config small --device cuda` it serves that preset's
 random weights on the GPU (bf16, decode compiled) instead, 128-token prompts, to split a GPU server's host time the
-same way.
+same way. `--engine-process true|false` serves with the engine in its own process or not; the threads of the
+engine process are listed too (marked "[engine proc]").
 
-    .venv/bin/python scripts/server_cpu_per_token.py [--py-spy /tmp/server.txt] [MINIGPT_X=Y ...]
-    python3 scripts/server_cpu_per_token.py --config small --device cuda --requests 1280 --clients 4
+    .venv/bin/python scripts/server_cpu_per_token.py [--py-spy FILE] [--engine-process true] [MINIGPT_X=Y ...]
+    python3 scripts/server_cpu_per_token.py --config small --device cuda --requests 1280 --clients 4 \
+        --engine-process true
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -34,11 +37,23 @@ from server.bench import random_checkpoint
 from server.bench_http import free_port, run_level, wait_healthy
 
 
-def thread_cpu_s(pid: int) -> dict[int, float]:
-    out = {}
+def child_pids(pid: int) -> list[int]:
+    """The server's child processes (the engine process under --engine-process)."""
+    out = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return out
+
+
+def thread_cpu_s(pid: int) -> dict[tuple[int, int], float]:
+    """CPU seconds of every thread of the server and of its child processes, by (pid, tid)."""
+    out = {}
+    for proc_id in (pid, *child_pids(pid)):
+        for tid in os.listdir(f"/proc/{proc_id}/task"):
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{proc_id}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                out[(proc_id, int(tid))] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
@@ -50,6 +65,11 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--clients", type=int, default=1)
     ap.add_argument("--switch-interval", type=float, help="the server's sys.setswitchinterval (seconds)")
+    ap.add_argument(
+        "--engine-process",
+        type=lambda text: text.lower() in ("1", "true", "yes", "on"),
+        help="serve with --engine-process true|false (default: the server's own default)",
+    )
     ap.add_argument("env", nargs="*", help="KEY=VALUE environment settings for the server")
     args = ap.parse_args(argv)
     spy_out = args.spy_out
@@ -73,6 +93,8 @@ def main(argv: list[str]) -> int:
         cmd += ["--max-num-seqs", "64", "--max-model-len", "300", "--max-queued", "4096", "--log-level", "warning"]
         if args.device == "cuda":
             cmd += ["--dtype", "bfloat16", "--compile-decode", "true"]
+        if args.engine_process is not None:
+            cmd += ["--engine-process", "true" if args.engine_process else "false"]
         proc = wait_healthy(subprocess.Popen([*cmd, "--served-model-name", "bench"], env=env), port, "minigpt-serve")
         try:
             base = f"http://127.0.0.1:{port}"
@@ -80,7 +102,8 @@ def main(argv: list[str]) -> int:
             before = thread_cpu_s(proc.pid)
             spy = None
             if spy_out and shutil.which("py-spy"):
-                spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-r", "300", "--threads", "--nonblocking"]
+                spy_cmd = ["py-spy", "record", "-p", str(proc.pid), "-r", "300", "--threads", "--subprocesses"]
+                spy_cmd.append("--nonblocking")
                 spy = subprocess.Popen([*spy_cmd, "--format", "raw", "-o", spy_out, "-d", "12"])
             row = run_level(base, 64, args.requests, prompt_len, 128, tok.vocab_size, clients=args.clients)
             after = thread_cpu_s(proc.pid)
@@ -91,11 +114,14 @@ def main(argv: list[str]) -> int:
             proc.wait(30)
     tokens = args.requests * 128
     print(f"{row['output_tok_s']:,.0f} tok/s at 64 streams (server counted {row['server_tok_s']:,.0f})")
-    for tid, cpu in sorted(after.items(), key=lambda kv: before.get(kv[0], 0.0) - kv[1]):
-        spent = cpu - before.get(tid, 0.0)
+    mode = {None: "the server's default", True: "on", False: "off"}[args.engine_process]
+    print(f"TTFT p50 {row['ttft_p50_ms']:.1f} ms; --engine-process: {mode}")
+    for (pid, tid), cpu in sorted(after.items(), key=lambda kv: before.get(kv[0], 0.0) - kv[1]):
+        spent = cpu - before.get((pid, tid), 0.0)
         if spent > 0.05:
-            role = "main thread (event loop)" if tid == proc.pid else "thread"
-            print(f"{role:<26}{tid:>8}{spent:8.2f} s CPU{1e6 * spent / tokens:8.1f} us/token")
+            where = "" if pid == proc.pid else " [engine proc]"
+            role = ("main thread (event loop)" if pid == proc.pid else "main thread") if tid == pid else "thread"
+            print(f"{role + where:<30}{tid:>8}{spent:8.2f} s CPU{1e6 * spent / tokens:8.1f} us/token")
     return 0
 
 

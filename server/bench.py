@@ -34,6 +34,7 @@ from minigpt_core.model import MiniGPT
 from minigpt_core.resources import BUNDLED_TOKENIZER, DEMO_MODEL_DIR
 from minigpt_core.threads import default_threads
 from minigpt_core.tokenizer import NUM_SPECIAL, Tokenizer
+from server.__main__ import parse_bool
 from server.bench_http import OURS, free_port, run_level, start_server
 from server.bench_llama import (
     LLAMA,
@@ -138,6 +139,7 @@ def bench_serve(args: argparse.Namespace) -> int:
                 not args.no_compile,
                 args.threads,
                 args.compile_cpu,
+                args.engine_process,
             )
             try:
                 for c in levels:
@@ -320,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-peer", action="store_true", help="skip HF generate")
     s.add_argument("--no-compile", action="store_true", help="serve with --compile-decode false")
     s.add_argument("--compile-cpu", action="store_true", help="on the CPU, serve with --compile-decode-cpu true")
+    s.add_argument(
+        "--engine-process",
+        type=parse_bool,
+        metavar="true|false",
+        help="serve with --engine-process true|false (default: minigpt-serve's own: on for CUDA, off on the CPU)",
+    )
     s.add_argument(
         "--threads",
         type=positive_int,

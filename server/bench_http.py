@@ -37,6 +37,7 @@ def start_server(
     compile_decode: bool = False,
     threads: int | None = None,
     compile_cpu: bool = False,
+    engine_process: bool | None = None,
 ) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,
@@ -65,6 +66,8 @@ def start_server(
     cmd += ["--compile-decode-cpu", "true" if compile_cpu else "false"]
     if threads is not None:
         cmd += ["--threads", str(threads)]
+    if engine_process is not None:  # None: the server's default (on for CUDA)
+        cmd += ["--engine-process", "true" if engine_process else "false"]
     return wait_healthy(subprocess.Popen(cmd), port, "minigpt-serve")
 
 
