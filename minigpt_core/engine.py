@@ -21,13 +21,15 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
 
 import torch
 
 from minigpt_core.constraints import Constraint
+from minigpt_core.cpu_compile import CompiledForward
+from minigpt_core.cuda_graphs import allow_recompiles
 from minigpt_core.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -44,11 +46,15 @@ from minigpt_core.sampling import RequestSampler, SamplingParams
 from minigpt_core.scheduler import Scheduler
 from minigpt_core.tokenizer import EOT_ID, IM_END_ID
 
-__all__ = ["Engine", "EngineStats", "RequestHandle", "TokenEvent"]
+__all__ = ["Engine", "EngineStats", "EventSink", "RequestHandle", "TokenEvent", "validate_request"]
 
 logger = logging.getLogger(__name__)
 
 _WAKE = TokenEvent(None, None, None, "cancelled")  # identity sentinel that wakes a consumer after cancel()
+
+# Takes one engine step's events of every request submitted with it, in one call from the engine thread
+# (`Engine.submit(..., sink=...)`: the engine process sends them on to the API process in one message).
+EventSink = Callable[[list[tuple["RequestHandle", TokenEvent]]], None]
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,19 @@ class RequestHandle:
     cancelled) cancels the request.
     """
 
-    def __init__(self, engine: Engine, request_id: str, prompt_tokens: int, loop: asyncio.AbstractEventLoop | None):
+    def __init__(
+        self,
+        engine: Engine,
+        request_id: str,
+        prompt_tokens: int,
+        loop: asyncio.AbstractEventLoop | None,
+        sink: EventSink | None = None,
+    ):
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self._engine = engine
         self._loop = loop
+        self._sink = sink  # with a sink, events go there and this handle is not iterated
         self._async_queue: asyncio.Queue[TokenEvent] | None = asyncio.Queue() if loop is not None else None
         self._sync_queue: queue.Queue[TokenEvent] = queue.Queue()
         self._cancelled = False
@@ -100,17 +114,22 @@ class RequestHandle:
         self._deliver(event)
 
     def _deliver(self, event: TokenEvent) -> None:
-        if self._loop is None or self._async_queue is None:
+        target = self._sink if self._sink is not None else self._loop
+        if target is None:
             self._sync_queue.put(event)
             return
         if threading.current_thread() is self._engine._thread:
-            # Batched: the engine hands a whole step's events to each loop in one thread-safe call.
-            self._engine._outbox.setdefault(self._loop, []).append((self, event))
+            # Batched: the engine hands a whole step's events to each loop (or sink) in one call.
+            self._engine._outbox.setdefault(target, []).append((self, event))
             return
-        self._post(self._loop, [(self, event)])
+        self._post(target, [(self, event)])
 
     @staticmethod
-    def _post(loop: asyncio.AbstractEventLoop, items: list[tuple[RequestHandle, TokenEvent]]) -> None:
+    def _post(target: asyncio.AbstractEventLoop | EventSink, items: list[tuple[RequestHandle, TokenEvent]]) -> None:
+        if not isinstance(target, asyncio.AbstractEventLoop):
+            target(items)
+            return
+        loop = target
         try:
             loop.call_soon_threadsafe(RequestHandle._put_all, items)
         except RuntimeError:  # the loop is closed: nobody can listen any more
@@ -139,7 +158,8 @@ class RequestHandle:
         if self._cancelled or self._engine_done:
             return
         self._cancelled = True
-        self._deliver(_WAKE)  # wake a consumer blocked on the queue
+        if self._sink is None:
+            self._deliver(_WAKE)  # wake a consumer blocked on the queue
         self._engine._wake()
 
     def _next_event(self, event: TokenEvent) -> TokenEvent:
@@ -213,6 +233,10 @@ class Engine:
     schemas, the earlier turns of a chat) reuses their keys/values instead of recomputing them (prefix_cache.py);
     the first TokenEvent reports how many in `cached_tokens`.
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
+    `compile_decode` on the CPU compiles the decode and prefill forwards (cpu_compile.py) before `__init__`
+    returns; with `compile_background` the engine serves its eager forward at once while a child process compiles
+    the same graphs into the on-disk cache, then loads them on its own thread at the first moment no request runs
+    (seconds) and switches between two steps (`compiled_ready()`, `wait_compiled()`).
     """
 
     def __init__(
@@ -229,6 +253,7 @@ class Engine:
         cuda_graphs: bool | None = None,
         output_vocab: int | None = None,
         compile_decode: bool = False,
+        compile_background: bool = False,
         decode_steps: int | None = None,
         max_prefill_tokens: int = 8192,
         fuse_projections: bool = False,
@@ -276,6 +301,7 @@ class Engine:
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
             output_vocab=output_vocab,
             compile_decode=compile_decode,
+            compiled=self._compiled_forward(compile_decode, compile_background, kv_len_bucket),
             decode_steps=8 if decode_steps is None else decode_steps,
             max_prefill_tokens=max_prefill_tokens,
             prefix_caching=prefix_caching,
@@ -288,7 +314,19 @@ class Engine:
         self._thread: threading.Thread | None = None
         self._stop = False
         self._closed = False
-        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, TokenEvent]]] = {}
+        self._outbox: dict[asyncio.AbstractEventLoop | EventSink, list[tuple[RequestHandle, TokenEvent]]] = {}
+
+    def _compiled_forward(self, compile_decode: bool, background: bool, kv_len_bucket: int) -> CompiledForward | None:
+        """On the CPU, the compiled forward: built now, or started on a background thread while serving is eager."""
+        if not compile_decode or self.device.type != "cpu":
+            return None
+        allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
+        kv_len = min(self.max_model_len, kv_len_bucket)
+        threads = torch.get_num_threads()
+        compiled = CompiledForward(self.model, cache=self.cache, kv_len=kv_len, threads=threads)
+        if not background:
+            compiled.build()
+        return compiled  # else start() has a child process compile it, and _run() builds it when idle
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -299,6 +337,9 @@ class Engine:
                 return
             self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
             self._thread.start()
+            compiled = self._scheduler.compiled
+            if compiled is not None and compiled.pending():
+                compiled.prepare_in_background(on_prepared=self._wake)
         logger.info("engine started: %d slots x %d tokens on %s", self.max_num_seqs, self.max_model_len, self.device)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
@@ -337,21 +378,25 @@ class Engine:
         constraint: Constraint | None = None,
         request_id: str | None = None,
         adapter: int = 0,
+        *,
+        sink: EventSink | None = None,
     ) -> RequestHandle:
         """Queue a request; iterate the returned handle for its TokenEvents.
 
         `adapter`: the LoRA adapter (1-based, as `minigpt_core.lora.attach_adapters` stacked them) the request
         runs with; 0 is the base model. Requests for different adapters share batches.
+        `sink`: the engine thread hands every step's events of the requests submitted with this sink to it in one
+        call, instead of to the handle (then not iterated; `cancel()` still works). The engine process uses it.
 
         Raises InvalidRequest (empty prompt, ids outside the vocabulary, bad sampling values),
         ContextLengthExceeded, EngineOverloaded (waiting queue full) or EngineClosed. Requests submitted
         before `start()` wait for it.
         """
         try:
-            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop() if sink is None else None
         except RuntimeError:
             loop = None
-        return self._submit(prompt_ids, params, constraint, request_id, loop, adapter)
+        return self._submit(prompt_ids, params, constraint, request_id, loop, adapter, sink)
 
     def generate(
         self, prompt_ids: Iterable[int], params: SamplingParams, constraint: Constraint | None = None
@@ -368,12 +413,13 @@ class Engine:
         request_id: str | None,
         loop: asyncio.AbstractEventLoop | None,
         adapter: int = 0,
+        sink: EventSink | None = None,
     ) -> RequestHandle:
-        prompt = self._validate(prompt_ids, params)
+        prompt = validate_request(prompt_ids, params, vocab_size=self.vocab_size, max_model_len=self.max_model_len)
         if isinstance(adapter, bool) or not isinstance(adapter, int) or not 0 <= adapter <= self.num_adapters:
             raise InvalidRequest(f"LoRA adapter {adapter!r} is not one of this engine's {self.num_adapters}")
         request_id = request_id or f"req-{uuid.uuid4().hex[:16]}"
-        handle = RequestHandle(self, request_id, len(prompt), loop)
+        handle = RequestHandle(self, request_id, len(prompt), loop, sink)
         seq = Request(
             request_id=request_id,
             prompt_ids=prompt,
@@ -398,20 +444,16 @@ class Engine:
         logger.debug("queued %s: %d prompt tokens, max_new_tokens=%d", request_id, len(prompt), params.max_new_tokens)
         return handle
 
-    def _validate(self, prompt_ids: Iterable[int], params: SamplingParams) -> list[int]:
-        try:
-            prompt = [int(t) for t in prompt_ids]
-        except (TypeError, ValueError) as exc:
-            raise InvalidRequest(f"prompt token ids must be integers: {exc}", param="prompt") from None
-        if not prompt:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        bad = next((t for t in prompt if not 0 <= t < self.vocab_size), None)
-        if bad is not None:
-            raise InvalidRequest(f"token id {bad} is outside the vocabulary (size {self.vocab_size})", param="prompt")
-        params.validate(self.vocab_size)
-        if len(prompt) + params.max_new_tokens > self.max_model_len:
-            raise ContextLengthExceeded(len(prompt), params.max_new_tokens, self.max_model_len)
-        return prompt
+    def compiled_ready(self) -> bool:
+        """Whether the compiled CPU forward is built (False when the engine does not compile on the CPU)."""
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.ready()
+
+    def wait_compiled(self, timeout_s: float | None = None) -> bool:
+        """Block until the compiled CPU forward is built (True) or failed or `timeout_s` passed (False); the engine
+        takes it at its next step. A background build finishes only while the engine is idle."""
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.wait(timeout_s)
 
     def stats(self) -> EngineStats:
         sched = self._scheduler
@@ -447,13 +489,19 @@ class Engine:
             while True:
                 with self._cond:
                     self._drop_cancelled_waiting()
-                    while not self._stop and not self._waiting and not sched.running:
+                    while not self._stop and not self._waiting and not sched.running and not self._build_due():
                         self._cond.wait()
                         self._drop_cancelled_waiting()
                     if self._stop:
                         break
-                    while self._waiting and sched.free_slots:
+                    build = self._build_due() and not self._waiting and not sched.running
+                    while self._waiting and sched.free_slots and not build:
                         sched.admit(self._waiting.popleft()[0])
+                if build and sched.compiled is not None:
+                    # Here, with no request running: tracing patches torch process-wide (cpu_compile.py says why),
+                    # and the kernels are on disk by now, so it takes seconds; requests arriving meanwhile wait.
+                    sched.compiled.build()
+                    continue
                 try:
                     sched.step()
                 except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
@@ -470,14 +518,38 @@ class Engine:
             self._flush_outbox()
         logger.info("engine stopped")
 
+    def _build_due(self) -> bool:
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.pending() and compiled.prepared()
+
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}
-        for loop, items in outbox.items():
-            RequestHandle._post(loop, items)
+        for target, items in outbox.items():
+            RequestHandle._post(target, items)
 
     def _drop_cancelled_waiting(self) -> None:
         if any(handle.cancelled for _, handle in self._waiting):
             self._waiting = deque(item for item in self._waiting if not item[1].cancelled)
+
+
+def validate_request(
+    prompt_ids: Iterable[int], params: SamplingParams, *, vocab_size: int, max_model_len: int
+) -> list[int]:
+    """The prompt as a list of ints, after the checks `Engine.submit` makes before anything is queued (the engine
+    process's client makes them in the API process): InvalidRequest, ContextLengthExceeded."""
+    try:
+        prompt = [int(t) for t in prompt_ids]
+    except (TypeError, ValueError) as exc:
+        raise InvalidRequest(f"prompt token ids must be integers: {exc}", param="prompt") from None
+    if not prompt:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"token id {bad} is outside the vocabulary (size {vocab_size})", param="prompt")
+    params.validate(vocab_size)
+    if len(prompt) + params.max_new_tokens > max_model_len:
+        raise ContextLengthExceeded(len(prompt), params.max_new_tokens, max_model_len)
+    return prompt
 
 
 class _BlockingStream(Iterator[TokenEvent]):

@@ -1,7 +1,9 @@
 """The app factory: `create_app(settings, engine=None)`, its lifespan, and the gateway middleware.
 
 The lifespan loads the checkpoint in a worker thread (so /health can answer 503 while it loads), builds and
-starts the engine, warms up the grammar engine (llguidance initialises lazily) and shuts it down on exit.
+starts the engine, warms up the grammar engine (llguidance initialises lazily) and shuts it down on exit. With
+`engine_process` (default on CUDA) the engine runs in a process of its own (`minigpt_core.engine_client`), so the
+event loop and the engine do not share a GIL; the server talks to either through `EngineLike`.
 A caller that passes its own `engine` (tests, embedding) keeps ownership of it. Every request passes through
 `server.gateway` first (request id, Host check, CORS, API key, body limits, 500s, logging and metrics).
 Routes live in `server.routes`; error mapping in `server.errors`; the OpenAPI document in `server.openapi`.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from minigpt_core.custom_template import load_chat_template
+from minigpt_core.engine_process import EngineOptions, load_engine, warm_grammar
 from minigpt_core.errors import MiniGPTError
 from minigpt_core.tokenizer import Tokenizer
 from server.errors import install_error_handlers
@@ -28,70 +31,83 @@ from server.settings import Settings
 from server.state import ServerState, package_version
 
 if TYPE_CHECKING:
-    from minigpt_core.engine import Engine
+    from minigpt_core.engine_api import EngineLike
+    from minigpt_core.engine_client import EngineClient
 
 logger = logging.getLogger(__name__)
 
 
-def lora_rows(max_num_seqs: int) -> int:
-    """Rows of `model.lora_index`: a power of two above max_num_seqs, so that padded batch buckets and the
-    scratch row fit."""
-    return 1 << max_num_seqs.bit_length()
-
-
-def build_engine(settings: Settings) -> tuple[Engine, Tokenizer, Path]:
-    """Load the checkpoint and build a started engine (blocking: run it in a worker thread)."""
-    import torch
-
-    from minigpt_core.checkpoint import load_checkpoint
-    from minigpt_core.engine import Engine
-    from minigpt_core.resources import resolve_device
-
-    model_dir = settings.resolved_model_dir()
-    device = resolve_device(settings.device)
-    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dtype = dtypes.get(settings.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    model, tokenizer = load_checkpoint(model_dir, device, dtype)
-    if settings.lora_modules:  # before the engine exists: it may capture the forward
-        from minigpt_core.lora import attach_adapters, read_adapter
-
-        adapters = [(name, read_adapter(path)) for name, path in settings.lora_modules]
-        attach_adapters(model, adapters, max_rows=lora_rows(settings.max_num_seqs))
-        logger.info("LoRA adapters: %s", ", ".join(f"{name} (r={w.rank})" for name, w in adapters))
-    max_len = min(settings.max_model_len or model.config.max_seq_len, model.config.max_seq_len)
-    engine = Engine(
-        model,
+def engine_options(settings: Settings) -> EngineOptions:
+    """The engine-building part of the settings."""
+    return EngineOptions(
+        model_dir=settings.resolved_model_dir(),
+        device=settings.device,
+        dtype=settings.dtype,
+        lora_modules=settings.lora_modules,
         max_num_seqs=settings.max_num_seqs,
-        max_model_len=max_len,
+        max_model_len=settings.max_model_len,
         max_queued=settings.max_queued,
-        output_vocab=tokenizer.vocab_size,
-        compile_decode=settings.compile_decode if device.type == "cuda" else settings.compile_decode_cpu,
-        fuse_projections=True,  # the server's own model copy; a no-op when LoRA adapters wrap the projections
+        compile_decode=settings.compile_decode,
+        compile_decode_cpu=settings.compile_decode_cpu,
         decode_steps=settings.decode_steps,
         max_prefill_tokens=settings.max_prefill_tokens,
+        threads=settings.threads,
+        log_level=settings.log_level,
     )
+
+
+def uses_engine_process(settings: Settings) -> bool:
+    """`--engine-process`, else on for CUDA and off elsewhere (on a small CPU box the second process's
+    interpreter competes with torch for the same cores: docs/benchmarks.md has the measurement)."""
+    if settings.engine_process is not None:
+        return settings.engine_process
+    from minigpt_core.resources import resolve_device
+
+    return resolve_device(settings.device).type == "cuda"
+
+
+def build_engine(settings: Settings) -> tuple[EngineLike, Tokenizer, Path]:
+    """Load the checkpoint and build a started in-process engine (blocking: run it in a worker thread)."""
+    engine, tokenizer = load_engine(engine_options(settings))
     engine.start()
-    warm_grammar(tokenizer, model.config.vocab_size)
-    logger.info("serving %s from %s on %s (%s)", settings.model_name(), model_dir, device, dtype)
-    return engine, tokenizer, model_dir
+    warm_grammar(tokenizer, engine.vocab_size)
+    logger.info("serving %s from %s", settings.model_name(), settings.resolved_model_dir())
+    return engine, tokenizer, settings.resolved_model_dir()
 
 
-def warm_grammar(tokenizer: Tokenizer, vocab_size: int) -> None:
-    """Build the grammar engine's tokenizer state and first mask now (blocking), not on the first tools request.
+async def start_engine_process(state: ServerState) -> tuple[EngineClient, Tokenizer, Path]:
+    """The engine in its own process (spawned now, loading there) and this process's tokenizer and grammar engine
+    (the constraint built to validate a request is built here); returns once both are ready."""
+    from minigpt_core.engine_client import EngineClient
 
-    A tokenizer llguidance cannot handle is logged, not fatal: only constrained requests will fail then.
-    """
-    from minigpt_core.grammar import warm_up
+    settings = state.settings
+    model_dir = settings.resolved_model_dir()
+    loop = asyncio.get_running_loop()
 
+    def on_exit(reason: str) -> None:  # on the loop, when the child dies while serving
+        state.engine_failed(reason)
+
+    client = EngineClient(engine_options(settings), on_exit=on_exit)
     try:
-        warm_up(tokenizer, vocab_size)
-    except MiniGPTError as exc:
-        logger.warning("grammar engine unavailable, tools and response_format requests will fail: %s", exc)
+        tokenizer, _ = await asyncio.gather(
+            asyncio.to_thread(Tokenizer.from_dir, model_dir), asyncio.to_thread(client.wait_ready)
+        )
+        await asyncio.to_thread(warm_grammar, tokenizer, client.vocab_size)
+    except BaseException:
+        client.shutdown(timeout_s=5)
+        raise
+    client.bind(loop)
+    logger.info("serving %s from %s (engine process %s)", settings.model_name(), model_dir, client.pid)
+    return client, tokenizer, model_dir
 
 
 async def _load(state: ServerState) -> None:
+    engine: EngineLike
     try:
-        engine, tokenizer, model_dir = await asyncio.to_thread(build_engine, state.settings)
+        if uses_engine_process(state.settings):
+            engine, tokenizer, model_dir = await start_engine_process(state)
+        else:
+            engine, tokenizer, model_dir = await asyncio.to_thread(build_engine, state.settings)
     except Exception as exc:  # whatever failed (also torch out of memory), /health must not stay "loading"
         if not isinstance(exc, MiniGPTError | OSError):
             logger.error("unexpected error while loading the model", exc_info=exc)
@@ -103,8 +119,9 @@ async def _load(state: ServerState) -> None:
     state.attach(engine, tokenizer, model_dir)
 
 
-def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
-    """The FastAPI app. With `engine` given, the caller owns it and the tokenizer comes from `settings.model`."""
+def create_app(settings: Settings, engine: EngineLike | None = None) -> FastAPI:
+    """The FastAPI app. With `engine` given, the caller owns it (in this process, whatever `engine_process` says)
+    and the tokenizer comes from `settings.model`."""
     from server.apidocs import router as apidocs_router
     from server.responses_route import router as responses_router
     from server.routes import router

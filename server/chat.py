@@ -19,6 +19,7 @@ from typing import Any
 from minigpt_core.chat_template import Message, make_tool_call
 from minigpt_core.constraints import Constraint
 from minigpt_core.custom_template import CustomTemplate
+from minigpt_core.engine_api import EngineLike, portable_constraints
 from minigpt_core.errors import ContextLengthExceeded, InvalidRequest
 from minigpt_core.output_parser import OutputParser
 from minigpt_core.prompting import ChatRequest, prepare
@@ -229,12 +230,12 @@ def prepare_chat(
         thinking=chat.thinking,
         parse_tools=chat.parse_tools,
         single_tool_call=chat.single_tool_call,
-        make_constraint=chat.constraint_factory(),
+        make_constraint=portable_constraints(chat),  # each carries its spec, for an engine process
     )
 
 
 async def start_chat(
-    state: Any, engine: Any, req: ChatCompletionRequest, tokenizer: Any, request_id: str
+    state: Any, engine: EngineLike, req: ChatCompletionRequest, tokenizer: Any, request_id: str
 ) -> tuple[PreparedRequest, list[ChoiceJob]]:
     """The common start of the chat routes (/v1/chat/completions, /v1/responses): `prepare_chat` in a worker thread
     (a long prompt or a new grammar, compiled and tried there, seconds for some schemas, must not stall every other

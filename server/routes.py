@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from minigpt_core.custom_template import render_prompt
+from minigpt_core.engine_api import EngineLike
 from minigpt_core.errors import InvalidRequest
 from minigpt_core.output_parser import OutputParser
 from minigpt_core.tokenizer import Tokenizer
@@ -48,7 +49,7 @@ def _state(request: Request) -> ServerState:
     return state
 
 
-def _serving(request: Request, model: str | None) -> tuple[ServerState, Tokenizer, Any]:
+def _serving(request: Request, model: str | None) -> tuple[ServerState, Tokenizer, EngineLike]:
     """What a generation route starts from: the state, the tokenizer and the engine serving `model` (the base model
     or a view of it for an adapter); 503 while loading or draining and 404 for an unknown model, in that order."""
     state = _state(request)
@@ -131,7 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         on_done=_on_done(state, rid, len(prep.prompt_ids), started),
     )
-    deltas = merge_choices(jobs, state.metrics)
+    deltas = merge_choices(jobs, state.metrics, logprobs=meta.logprobs)
     if body.stream:
         return SSEResponse(chat_stream(meta, deltas), _canceller(jobs))
     return await _until_disconnect(request, chat_response(meta, deltas), jobs)
@@ -200,7 +201,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         prompt_texts=[text for _, text in prompts for _ in range(body.n)] if body.echo else [],
         on_done=_on_done(state, rid, prompt_tokens, started),
     )
-    deltas = merge_choices(jobs, state.metrics)
+    deltas = merge_choices(jobs, state.metrics, logprobs=meta.logprobs)
     if body.stream:
         return SSEResponse(completion_stream(meta, deltas), _canceller(jobs))
     return await _until_disconnect(request, completion_response(meta, deltas), jobs)

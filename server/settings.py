@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     decode_steps: int | None = Field(
         default=None, ge=1, le=64, description="decode steps per engine call, K (default: 8)"
     )
+    engine_process: bool | None = Field(
+        default=None,
+        description="run the engine in a process of its own, so the API's event loop and the engine do not share "
+        "a GIL (default: on for CUDA, off on the CPU)",
+    )
     max_prefill_tokens: int = Field(
         default=8192, ge=16, description="prompt tokens prefilled together in one step (one batched forward)"
     )

@@ -12,10 +12,10 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from minigpt_core.custom_template import CustomTemplate
 from minigpt_core.tokenizer import Tokenizer
@@ -24,7 +24,10 @@ from server.metrics import Metrics
 from server.settings import Settings
 
 if TYPE_CHECKING:
-    from minigpt_core.engine import Engine, EngineStats
+    from minigpt_core.constraints import Constraint
+    from minigpt_core.engine import EngineStats
+    from minigpt_core.engine_api import EngineLike, HandleLike
+    from minigpt_core.sampling import SamplingParams
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ class ServerState:
     settings: Settings
     model_name: str
     metrics: Metrics = field(init=False)  # one registry per app; its engine gauges read `engine_stats()`
-    engine: Engine | None = None
+    engine: EngineLike | None = None  # in this process, or the engine process's client
     tokenizer: Tokenizer | None = None
     max_model_len: int = 0
     vocab_size: int = 0
@@ -59,12 +62,12 @@ class ServerState:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.tokenizer is not None
+        return self.engine is not None and self.tokenizer is not None and self.load_error is None
 
-    def require_ready(self) -> tuple[Engine, Tokenizer]:
+    def require_ready(self) -> tuple[EngineLike, Tokenizer]:
         if self.draining:
             raise Draining("this server is shutting down and takes no new requests; retry (another replica)")
-        if self.engine is None or self.tokenizer is None:
+        if self.engine is None or self.tokenizer is None or self.load_error is not None:
             raise NotReady(self.load_error or "the model is still loading; retry shortly")
         return self.engine, self.tokenizer
 
@@ -77,19 +80,25 @@ class ServerState:
         """The model id a response names: the adapter asked for, else the base model."""
         return name if name is not None and name in self.adapters else self.model_name
 
-    def engine_for(self, name: str | None) -> Any:
+    def engine_for(self, name: str | None) -> EngineLike:
         """What to submit a request for model `name` to: the engine for the base model, else a view of it that
         passes the adapter's index (1-based, in --lora-modules order; 0 is the base) as `submit(..., adapter=k)`."""
+        engine, _ = self.require_ready()
         if name is None or name not in self.adapters:
-            return self.engine
-        return AdapterEngine(self.engine, list(self.adapters).index(name) + 1)
+            return engine
+        return AdapterEngine(engine, list(self.adapters).index(name) + 1)
 
-    def attach(self, engine: Engine, tokenizer: Tokenizer, model_dir: Path | None) -> None:
+    def attach(self, engine: EngineLike, tokenizer: Tokenizer, model_dir: Path | None) -> None:
         self.engine, self.tokenizer = engine, tokenizer
         self.max_model_len = int(engine.max_model_len)
         self.vocab_size = int(engine.vocab_size)
         self.defaults = _generation_defaults(model_dir)
         self.load_done.set()
+
+    def engine_failed(self, reason: str) -> None:
+        """The engine process died while serving: /health and /ready report `reason`, new requests get 503."""
+        logger.error("engine failed: %s", reason)
+        self.load_error = reason
 
     def fail(self, reason: str, public_reason: str) -> None:
         """The model cannot be loaded: /health shows `public_reason`; `on_load_error` gets `reason`."""
@@ -100,19 +109,43 @@ class ServerState:
 
 
 class AdapterEngine:
-    """The engine as seen by the requests for one LoRA adapter: `submit` adds `adapter=index`, the rest is the
-    engine's own."""
+    """The engine as seen by the requests for one LoRA adapter: `submit` runs them with `adapter=index` (whatever
+    adapter the caller names), the rest is the engine's own."""
 
-    def __init__(self, engine: Any, adapter: int) -> None:
+    def __init__(self, engine: EngineLike, adapter: int) -> None:
         self._engine, self.adapter = engine, adapter
 
-    def submit(self, prompt_ids: Any, params: Any, constraint: Any = None, request_id: str | None = None) -> Any:
-        return self._engine.submit(
-            prompt_ids, params, constraint=constraint, request_id=request_id, adapter=self.adapter
-        )
+    @property
+    def max_model_len(self) -> int:
+        return self._engine.max_model_len
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
+    @property
+    def vocab_size(self) -> int:
+        return self._engine.vocab_size
+
+    @property
+    def max_queued(self) -> int:
+        return self._engine.max_queued
+
+    @property
+    def num_adapters(self) -> int:
+        return self._engine.num_adapters
+
+    def submit(
+        self,
+        prompt_ids: Iterable[int],
+        params: SamplingParams,
+        constraint: Constraint | None = None,
+        request_id: str | None = None,
+        adapter: int = 0,
+    ) -> HandleLike:
+        return self._engine.submit(prompt_ids, params, constraint, request_id, self.adapter)
+
+    def stats(self) -> EngineStats:
+        return self._engine.stats()
+
+    def shutdown(self, timeout_s: float = 30.0) -> None:
+        self._engine.shutdown(timeout_s)
 
 
 def _generation_defaults(model_dir: Path | None) -> dict[str, float]:
