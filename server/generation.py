@@ -75,9 +75,10 @@ class ChoiceJob:
 
 
 class _ChoiceState:
-    def __init__(self, job: ChoiceJob, metrics: Metrics | None, started: float) -> None:
+    def __init__(self, job: ChoiceJob, metrics: Metrics | None, started: float, logprobs: bool = True) -> None:
         self.job = job
         self.metrics = metrics
+        self.logprobs = logprobs  # the engine sends every token's logprob; keep them only when they are shown
         self.started = started
         self.last_token: float | None = None
         self.reasoning_seen = 0
@@ -105,7 +106,7 @@ class _ChoiceState:
         first = events[0]
         if first.cached_tokens:  # only a request's first token carries it
             delta.cached_tokens = max(delta.cached_tokens, first.cached_tokens)
-        if first.logprob is None:
+        if first.logprob is None or not self.logprobs:
             return
         for event in events[:taken]:
             assert event.token_id is not None and event.logprob is not None  # token events only
@@ -147,13 +148,13 @@ class _ChoiceState:
         return engine_reason or "stop"
 
 
-async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
+async def run_choice(job: ChoiceJob, metrics: Metrics | None, *, logprobs: bool = True) -> AsyncIterator[ChoiceDelta]:
     """Deltas for one choice; the last one carries `finish_reason`. Always cancels the engine request.
 
     Tokens that arrived together (the engine posts K decode steps at once; more pile up while the loop is busy)
     are handled as one batch: one parser call, one delta, so one SSE event under load. Tokens after the one
     that ended the output (a stop string, a single tool call's end) are neither shown nor counted."""
-    state = _ChoiceState(job, metrics, time.perf_counter())
+    state = _ChoiceState(job, metrics, time.perf_counter(), logprobs)
     handle, parser = job.handle, job.parser
     try:
         async for first in handle:
@@ -180,7 +181,7 @@ async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[C
                 delta.finish_reason = state.finish_reason(None if stopped else last.finish_reason)
                 yield delta
                 return
-            if delta.has_output() or delta.logprobs:
+            if delta.has_output() or delta.completion_tokens:  # tokens with no text yet still count in usage
                 yield delta
         # The handle ended without a finish reason (engine shut down): close the choice cleanly.
         delta = ChoiceDelta(job.index)
@@ -194,19 +195,22 @@ async def run_choice(job: ChoiceJob, metrics: Metrics | None) -> AsyncIterator[C
 _DONE = object()
 
 
-def merge_choices(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
-    """Interleave the deltas of every choice as they come; an error in any choice ends them all."""
+def merge_choices(
+    jobs: Sequence[ChoiceJob], metrics: Metrics | None, *, logprobs: bool = True
+) -> AsyncIterator[ChoiceDelta]:
+    """Interleave the deltas of every choice as they come; an error in any choice ends them all. `logprobs`: the
+    deltas carry each token's logprobs (off when the response does not show them)."""
     if len(jobs) == 1:  # the common case: no pump task, queue hop or generator layer per delta
-        return run_choice(jobs[0], metrics)
-    return _merge(jobs, metrics)
+        return run_choice(jobs[0], metrics, logprobs=logprobs)
+    return _merge(jobs, metrics, logprobs)
 
 
-async def _merge(jobs: Sequence[ChoiceJob], metrics: Metrics | None) -> AsyncIterator[ChoiceDelta]:
+async def _merge(jobs: Sequence[ChoiceJob], metrics: Metrics | None, logprobs: bool) -> AsyncIterator[ChoiceDelta]:
     queue: asyncio.Queue[Any] = asyncio.Queue()
 
     async def pump(job: ChoiceJob) -> None:
         try:
-            async for delta in run_choice(job, metrics):
+            async for delta in run_choice(job, metrics, logprobs=logprobs):
                 await queue.put(delta)
             await queue.put(_DONE)
         except asyncio.CancelledError:

@@ -69,7 +69,7 @@ async def create_response(body: ResponsesRequest, request: Request) -> Response:
         echo=_echo(body, state.defaults),
         on_done=_on_done(state, rid, len(prep.prompt_ids), started),
     )
-    deltas = merge_choices(jobs, state.metrics)
+    deltas = merge_choices(jobs, state.metrics, logprobs=False)  # the output_text parts carry `logprobs: []`
     if body.stream:
         return SSEResponse(responses_stream(meta, deltas), _canceller(jobs))
     return await _until_disconnect(request, responses_body(meta, deltas), jobs)

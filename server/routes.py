@@ -132,7 +132,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         on_done=_on_done(state, rid, len(prep.prompt_ids), started),
     )
-    deltas = merge_choices(jobs, state.metrics)
+    deltas = merge_choices(jobs, state.metrics, logprobs=meta.logprobs)
     if body.stream:
         return SSEResponse(chat_stream(meta, deltas), _canceller(jobs))
     return await _until_disconnect(request, chat_response(meta, deltas), jobs)
@@ -201,7 +201,7 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
         prompt_texts=[text for _, text in prompts for _ in range(body.n)] if body.echo else [],
         on_done=_on_done(state, rid, prompt_tokens, started),
     )
-    deltas = merge_choices(jobs, state.metrics)
+    deltas = merge_choices(jobs, state.metrics, logprobs=meta.logprobs)
     if body.stream:
         return SSEResponse(completion_stream(meta, deltas), _canceller(jobs))
     return await _until_disconnect(request, completion_response(meta, deltas), jobs)

@@ -1,10 +1,11 @@
 """`SSEResponse`: a text/event-stream response that writes its events straight to ASGI `send`.
 
 What it is: the response every streamed generation returns. It sends the headers, then each event of its body as
-one `http.response.body` message, then the closing empty message. One plain asyncio task per response waits for
-the client's `http.disconnect` (also while no token arrives: a request still queued for a slot); a disconnect
-cancels the engine requests at once (`on_close`), which ends the body's iteration, and nothing more is sent.
-However the response ends (finished, client gone, error), `on_close` runs and the body is closed.
+one `http.response.body` message; the event that ends with `data: [DONE]` (nothing may follow it) is the last
+message, else an empty one closes the response. One plain asyncio task per response waits for the client's
+`http.disconnect` (also while no token arrives: a request still queued for a slot); a disconnect cancels the
+engine requests at once (`on_close`), which ends the body's iteration, and nothing more is sent. However the
+response ends (finished, client gone, error), `on_close` runs and the body is closed.
 
 Why not Starlette's `StreamingResponse`: it runs the body and the disconnect listener in an anyio task group with
 cancel scopes for every response, and converts every chunk; per streamed token that was a visible share of the
@@ -22,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+DONE_LINE = b"data: [DONE]\n\n"  # OpenAI's end of stream: nothing follows it
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -43,11 +45,15 @@ class SSEResponse(Response):
         body = self.body_iterator
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            more = True
             async for event in body:
                 if self.disconnected:
                     break
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-            if not self.disconnected:
+                more = not event.endswith(DONE_LINE)  # the stream's last event closes the response with it
+                await send({"type": "http.response.body", "body": event, "more_body": more})
+                if not more:
+                    break
+            if more and not self.disconnected:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:  # servers of ASGI spec 2.4 may raise on a send to a closed connection
             self.disconnected = True

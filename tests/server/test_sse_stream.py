@@ -17,7 +17,7 @@ import pytest
 
 from minigpt_core.output_parser import OutputParser
 from minigpt_core.sampling import SamplingParams
-from minigpt_core.tokenizer import Tokenizer
+from minigpt_core.tokenizer import IM_END_ID, THINK_ID, TOOL_CALL_END_ID, Tokenizer
 from server.generation import ChoiceJob, merge_choices
 from server.streaming import ResponseMeta, chat_response, chat_stream, completion_response, completion_stream
 from tests.server.conftest import MODEL_NAME, LiveServer, live_server
@@ -143,3 +143,25 @@ def test_a_stream_dropped_before_its_first_token_is_cancelled(one_slot: LiveServ
         assert metric(c.get("/metrics").text, "minigpt_num_requests_running") == 0
     made = one_slot.engine.stats().generation_tokens_total - before
     assert 400 <= made < 400 + 100  # the first stream's tokens, and at most a few of the dropped one's
+
+
+def test_tokens_that_add_no_text_still_count_in_a_streams_usage(live: LiveServer) -> None:
+    """Without logprobs a delta carries none; a batch whose tokens add no text (tags, here) must still reach usage."""
+    tags = {str(t): 30 for t in (IM_END_ID, THINK_ID, TOOL_CALL_END_ID)}
+    body: dict[str, Any] = {
+        "model": MODEL_NAME,
+        "prompt": "hello",
+        "max_tokens": 12,
+        "temperature": 0,
+        "ignore_eos": True,
+        "logit_bias": tags,  # every token a tag: no text at all
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with live.client() as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            events = _events(r.iter_lines())
+        plain = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
+        full = c.post("/v1/completions", json=plain).json()
+    assert events[-1]["usage"]["completion_tokens"] == 12 == full["usage"]["completion_tokens"]
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == full["choices"][0]["text"] == ""
