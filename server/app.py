@@ -57,8 +57,10 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def uses_engine_process(settings: Settings) -> bool:
-    """`--engine-process`, else on for CUDA and off elsewhere (on a small CPU box the second process's
-    interpreter competes with torch for the same cores: docs/benchmarks.md has the measurement)."""
+    """`--engine-process`, else on for CUDA and off elsewhere. On the 2-core CPU box the process made no difference
+    beyond the noise (demo model, 1 thread, 1 and 8 streams; one-layer model at 64 streams) while it costs seconds of
+    start-up and a second interpreter with torch in memory; where the engine's host work and the event loop compete
+    for the GIL (a GPU doing the math) it pays."""
     if settings.engine_process is not None:
         return settings.engine_process
     from minigpt_core.resources import resolve_device
