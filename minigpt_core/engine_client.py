@@ -17,12 +17,14 @@ If the child dies, every request in flight ends with an "error" event, later sub
 "cancelled" (as `Engine.shutdown` does) and joins the process.
 
 What it is not: the engine (engine.py) or the child's loop (engine_process.py); no HTTP. Submit, cancel and
-iterate on the loop given to `bind`.
+iterate on the loop given to `bind`. As with any spawned multiprocessing child, a script that builds a client
+needs the `if __name__ == "__main__":` guard (minigpt-serve's entry points have it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import logging
@@ -138,11 +140,12 @@ class EngineClient:
         # The child's own queue allows max_num_seqs more than ours: our estimate counts every unread submission
         # that found no free slot as waiting, so it errs on the side of a 429, never of a rejection in the child.
         child_options = _replace_max_queued(options, options.max_queued + options.max_num_seqs)
-        self._process = ctx.Process(
-            target=child_main, args=(child_conn, child_options), name="minigpt-engine", daemon=True
-        )
+        # Not a daemon: torch.compile's workers (and Triton's) are child processes, which a daemon may not have.
+        # The child stops when our end of the pipe closes; at exit, whatever shutdown() did not stop is killed.
+        self._process = ctx.Process(target=child_main, args=(child_conn, child_options), name="minigpt-engine")
         self._process.start()
         child_conn.close()  # ours is closed: the child's death is an EOF on self._conn
+        atexit.register(self._kill_at_exit)
         self._send_lock = threading.Lock()
         self._handles: dict[int, ProcessHandle] = {}
         self._keys = itertools.count()
@@ -207,12 +210,18 @@ class EngineClient:
         if self._process.is_alive():
             logger.warning("the engine process did not stop within %g s: killing it", timeout_s)
             self._kill()
+        atexit.unregister(self._kill_at_exit)
         if self._loop is None or self._loop.is_closed():
             self._conn.close()
 
     def _kill(self) -> None:
         self._process.kill()
         self._process.join(5)
+
+    def _kill_at_exit(self) -> None:
+        # before multiprocessing's own exit handler, which would wait for a child nobody told to stop
+        if self._process.is_alive():
+            self._kill()
 
     # --- requests ---------------------------------------------------------------------------------------
     def submit(
