@@ -28,6 +28,8 @@ from types import TracebackType
 import torch
 
 from minigpt_core.constraints import Constraint
+from minigpt_core.cpu_compile import CompiledForward
+from minigpt_core.cuda_graphs import allow_recompiles
 from minigpt_core.errors import (
     ConfigError,
     ContextLengthExceeded,
@@ -231,6 +233,10 @@ class Engine:
     schemas, the earlier turns of a chat) reuses their keys/values instead of recomputing them (prefix_cache.py);
     the first TokenEvent reports how many in `cached_tokens`.
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
+    `compile_decode` on the CPU compiles the decode and prefill forwards (cpu_compile.py) before `__init__`
+    returns; with `compile_background` the engine serves its eager forward at once while a child process compiles
+    the same graphs into the on-disk cache, then loads them on its own thread at the first moment no request runs
+    (seconds) and switches between two steps (`compiled_ready()`, `wait_compiled()`).
     """
 
     def __init__(
@@ -247,6 +253,7 @@ class Engine:
         cuda_graphs: bool | None = None,
         output_vocab: int | None = None,
         compile_decode: bool = False,
+        compile_background: bool = False,
         decode_steps: int | None = None,
         max_prefill_tokens: int = 8192,
         fuse_projections: bool = False,
@@ -294,6 +301,7 @@ class Engine:
             cuda_graphs=self.device.type == "cuda" if cuda_graphs is None else cuda_graphs,
             output_vocab=output_vocab,
             compile_decode=compile_decode,
+            compiled=self._compiled_forward(compile_decode, compile_background, kv_len_bucket),
             decode_steps=8 if decode_steps is None else decode_steps,
             max_prefill_tokens=max_prefill_tokens,
             prefix_caching=prefix_caching,
@@ -308,6 +316,18 @@ class Engine:
         self._closed = False
         self._outbox: dict[asyncio.AbstractEventLoop | EventSink, list[tuple[RequestHandle, TokenEvent]]] = {}
 
+    def _compiled_forward(self, compile_decode: bool, background: bool, kv_len_bucket: int) -> CompiledForward | None:
+        """On the CPU, the compiled forward: built now, or started on a background thread while serving is eager."""
+        if not compile_decode or self.device.type != "cpu":
+            return None
+        allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
+        kv_len = min(self.max_model_len, kv_len_bucket)
+        threads = torch.get_num_threads()
+        compiled = CompiledForward(self.model, cache=self.cache, kv_len=kv_len, threads=threads)
+        if not background:
+            compiled.build()
+        return compiled  # else start() has a child process compile it, and _run() builds it when idle
+
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         with self._cond:
@@ -317,6 +337,9 @@ class Engine:
                 return
             self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
             self._thread.start()
+            compiled = self._scheduler.compiled
+            if compiled is not None and compiled.pending():
+                compiled.prepare_in_background(on_prepared=self._wake)
         logger.info("engine started: %d slots x %d tokens on %s", self.max_num_seqs, self.max_model_len, self.device)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
@@ -421,6 +444,17 @@ class Engine:
         logger.debug("queued %s: %d prompt tokens, max_new_tokens=%d", request_id, len(prompt), params.max_new_tokens)
         return handle
 
+    def compiled_ready(self) -> bool:
+        """Whether the compiled CPU forward is built (False when the engine does not compile on the CPU)."""
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.ready()
+
+    def wait_compiled(self, timeout_s: float | None = None) -> bool:
+        """Block until the compiled CPU forward is built (True) or failed or `timeout_s` passed (False); the engine
+        takes it at its next step. A background build finishes only while the engine is idle."""
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.wait(timeout_s)
+
     def stats(self) -> EngineStats:
         sched = self._scheduler
         with self._cond:
@@ -455,13 +489,19 @@ class Engine:
             while True:
                 with self._cond:
                     self._drop_cancelled_waiting()
-                    while not self._stop and not self._waiting and not sched.running:
+                    while not self._stop and not self._waiting and not sched.running and not self._build_due():
                         self._cond.wait()
                         self._drop_cancelled_waiting()
                     if self._stop:
                         break
-                    while self._waiting and sched.free_slots:
+                    build = self._build_due() and not self._waiting and not sched.running
+                    while self._waiting and sched.free_slots and not build:
                         sched.admit(self._waiting.popleft()[0])
+                if build and sched.compiled is not None:
+                    # Here, with no request running: tracing patches torch process-wide (cpu_compile.py says why),
+                    # and the kernels are on disk by now, so it takes seconds; requests arriving meanwhile wait.
+                    sched.compiled.build()
+                    continue
                 try:
                     sched.step()
                 except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
@@ -477,6 +517,10 @@ class Engine:
                 seq.emit(TokenEvent(None, None, None, "cancelled"))
             self._flush_outbox()
         logger.info("engine stopped")
+
+    def _build_due(self) -> bool:
+        compiled = self._scheduler.compiled
+        return compiled is not None and compiled.pending() and compiled.prepared()
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}

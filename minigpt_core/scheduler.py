@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 import torch
 
+from minigpt_core.cpu_compile import CompiledForward
 from minigpt_core.cuda_graphs import GraphCache, allow_recompiles, buckets_up_to, pick
 from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
@@ -59,6 +60,7 @@ class Scheduler:
         cuda_graphs: bool = False,
         output_vocab: int | None = None,
         compile_decode: bool = False,
+        compiled: CompiledForward | None = None,
         decode_steps: int = 1,
         max_prefill_tokens: int = 8192,
         prefix_caching: bool = True,
@@ -107,22 +109,25 @@ class Scheduler:
         # LoRA serving (minigpt_core.lora): row b of a forward uses adapter lora_index[b]; written before each one.
         lora_index = model._buffers.get("lora_index")
         self.lora_index: torch.Tensor | None = lora_index if isinstance(lora_index, torch.Tensor) else None
-        self._fn: Callable[..., torch.Tensor] = model
+        self._fn: Callable[..., torch.Tensor] = model  # the decode forward; prefill's is _prefill_fn
+        self._prefill_fn: Callable[..., torch.Tensor] = model
         self.graphs: GraphCache | None = None
-        if compile_decode and (cuda_graphs or device.type == "cpu"):
-            # inductor fuses the decode step's many small ops (norms, RoPE, SiLU x mul, residuals; C++ kernels on
-            # the CPU); dynamic=True: one compilation serves one row and one every larger batch. Prefill runs (or
-            # captures) the eager forward: it runs once per request, and compiling its shapes cost minutes.
+        self.compiled = compiled  # the CPU's compiled forward (cpu_compile.py): step() takes it once it is built
+        if compile_decode and cuda_graphs:
+            # inductor fuses the decode step's many small ops (norms, RoPE, SiLU x mul, residuals); dynamic=True:
+            # one compilation serves one row and one every larger batch. Prefill captures the eager forward: it
+            # runs once per request, and compiling its shapes cost minutes.
             allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
             self._fn = torch.compile(model, dynamic=True)
         if cuda_graphs:
             self.graphs = GraphCache(restore=self._snapshot_decode_inputs)
             self._capture_startup_graphs()
-        elif compile_decode and device.type == "cpu":  # compile now (1 row, then several), not on a request
-            with torch.inference_mode():  # as the engine thread runs it, or serving would compile again
-                for rows in sorted({1, min(2, n)}):
-                    slots, kv = self.decode_slots[:rows], self._kv_len(1)  # a throw-away step into free slots
-                    self._decode_loop(rows, kv, 1, "greedy", slots, self.table.gather(slots), [kv])
+        self._take_compiled()
+
+    def _take_compiled(self) -> None:
+        """Switch to the compiled CPU forward once it is built (between steps: no call runs half of each)."""
+        if self.compiled is not None and self._fn is self.model and self.compiled.ready():
+            self._fn = self._prefill_fn = self.compiled.fn
 
     # --- bookkeeping --------------------------------------------------------------------------
     def admit(self, seq: Request) -> None:
@@ -240,6 +245,7 @@ class Scheduler:
     def step(self) -> None:
         """One iteration. While a prompt is being prefilled the decode call runs one step, so new requests'
         chunks follow each other without waiting K steps; otherwise K = `decode_steps`."""
+        self._take_compiled()
         for seq in self.running:
             if seq.is_cancelled():
                 self._finish(seq, "cancelled")
@@ -361,7 +367,8 @@ class Scheduler:
         host = torch.tensor([ids, positions], dtype=torch.long).to(self.device, non_blocking=True)
         row_t = torch.tensor(rows, dtype=torch.long).to(self.device, non_blocking=True)
         self._set_adapters([seq.adapter for seq in seqs])
-        logits = self.model(
+        forward = self._prefill_fn if t > 1 and len(seqs) == 1 else self.model  # the compiled shapes (cpu_compile)
+        logits = forward(
             host[0], cache=self.cache, slots=row_t[0], positions=host[1], kv_len=kv_len, last_index=row_t[1]
         )  # (n, 1, V)
         return logits[:, 0, : self.output_vocab].float()

@@ -1,0 +1,63 @@
+"""Tests for the compiled CPU forward (minigpt_core/cpu_compile.py) and the CPU serving defaults
+(minigpt_core/resources.py): the background build serves eagerly at once, switches between steps without changing
+a greedy token, and compiles nothing while serving; real tiny models, real inductor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from minigpt_core.cpu_compile import persistent_cache_dir
+from minigpt_core.engine import Engine
+from minigpt_core.model import MiniGPT
+from minigpt_core.resources import cpu_has_bf16, cpu_serving_defaults
+from minigpt_core.sampling import SamplingParams
+from tests.core.engine_helpers import prompts, run_all, tokens_of
+
+
+def test_persistent_cache_dir_prefers_the_users_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert persistent_cache_dir() == tmp_path / "xdg" / "minigpt" / "inductor"
+    assert (tmp_path / "xdg" / "minigpt" / "inductor").is_dir()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "xdg" / "minigpt" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "torch"))  # torch's own variable wins
+    assert persistent_cache_dir() == tmp_path / "torch"
+
+
+def test_cpu_serving_defaults_are_float32_and_the_background_build() -> None:
+    """What `make serve` gets on the CPU (measured in docs/benchmarks.md): bf16 is not the default even on a CPU
+    with AVX512-BF16, and the compiled forward is built while the eager one serves."""
+    fast = cpu_serving_defaults()
+    assert (fast.dtype, fast.compile_decode, fast.compile_background) == ("float32", True, True)
+    assert isinstance(cpu_has_bf16(), bool)
+
+
+@pytest.mark.slow  # inductor compiles four graphs beside serving: minutes on a cold cache and a busy machine
+@pytest.mark.timeout(1200)
+def test_background_compile_serves_at_once_and_switches_without_changing_a_token(model: MiniGPT) -> None:
+    import torch._dynamo.utils as dynamo_utils
+
+    ps = [*prompts(6), [7]]  # a one-token prompt too (prefilled eagerly)
+    params = [SamplingParams(temperature=0.0, max_new_tokens=48 - len(p), ignore_eos=True) for p in ps]
+    with Engine(model, max_num_seqs=8, max_model_len=48, kv_len_bucket=16) as eager:
+        expected = [tokens_of(r) for r in run_all(eager, ps, params)]
+        alone = [tokens_of(r) for r in run_all(eager, ps[:1], params[:1])]
+    with Engine(
+        model, max_num_seqs=8, max_model_len=48, kv_len_bucket=16, compile_decode=True, compile_background=True
+    ) as engine:
+        assert not engine.compiled_ready()  # serving starts before the build ends
+        rounds = 0
+        while not engine.compiled_ready():  # requests while it builds, some spanning the switch
+            assert [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])] == alone
+            rounds += 1
+        assert rounds >= 1
+        assert engine.wait_compiled(1200)
+        run_all(engine, ps[:1], params[:1])  # the step that takes the compiled forward
+        assert engine._scheduler._fn is not model
+        graphs = dynamo_utils.counters["stats"]["unique_graphs"]
+        assert [tokens_of(r) for r in run_all(engine, ps, params)] == expected
+        assert [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])] == alone
+        assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
