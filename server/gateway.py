@@ -14,6 +14,7 @@ This module does not map library errors to HTTP (`server.errors` does) and holds
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import json
@@ -70,6 +71,7 @@ def printable(text: str, limit: int = 300) -> str:
     return out + ("…" if len(text) > limit else "")
 
 
+@functools.lru_cache(maxsize=256)  # asked on every request (the socket's address, the Host header): parse once
 def is_loopback_address(host: str) -> bool:
     """True for `localhost` and loopback IPs (127.0.0.0/8, ::1), the forms a bind address takes."""
     host = host.strip("[]").lower()
@@ -81,6 +83,7 @@ def is_loopback_address(host: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host_header(value: str) -> bool:
     """True when a Host header names this machine: localhost (and *.localhost), 127.x.y.z or [::1], any port."""
     host = value.strip().lower()
