@@ -121,6 +121,11 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
         if cache is None:  # a training mask (document boundaries) replaces the plain causal one
+            if attn_mask is not None and q.is_cuda and k.shape[1] != q.shape[1]:
+                # SDPA's GQA with a mask would take the math kernel ((B, H, T, T) scores kept for backward); the
+                # repeated heads keep the memory-efficient one
+                rep = q.shape[1] // k.shape[1]
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             y = _sdpa(q, k, v, attn_mask, is_causal=attn_mask is None)
         else:
             assert positions is not None
