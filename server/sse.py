@@ -43,6 +43,7 @@ class SSEResponse(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         watcher = asyncio.ensure_future(self._watch(receive))
         body = self.body_iterator
+        completed = False  # the last message went out (the watcher then sees uvicorn's "disconnect" too)
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             more = True
@@ -52,9 +53,11 @@ class SSEResponse(Response):
                 more = not event.endswith(DONE_LINE)  # the stream's last event closes the response with it
                 await send({"type": "http.response.body", "body": event, "more_body": more})
                 if not more:
+                    completed = True
                     break
             if more and not self.disconnected:
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
+                completed = True
         except OSError:  # servers of ASGI spec 2.4 may raise on a send to a closed connection
             self.disconnected = True
         finally:
@@ -63,7 +66,7 @@ class SSEResponse(Response):
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
-        if self.background is not None and not self.disconnected:
+        if self.background is not None and completed:
             await self.background()
 
     async def _watch(self, receive: Receive) -> None:

@@ -165,3 +165,47 @@ def test_tokens_that_add_no_text_still_count_in_a_streams_usage(live: LiveServer
         full = c.post("/v1/completions", json=plain).json()
     assert events[-1]["usage"]["completion_tokens"] == 12 == full["usage"]["completion_tokens"]
     assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == full["choices"][0]["text"] == ""
+
+
+def test_sse_response_messages_and_its_background_task() -> None:
+    """Headers, one message per event, [DONE] closes the response in its own message; the background task runs
+    after a completed response only; a client gone before the first event gets nothing and cancels at once."""
+    from starlette.background import BackgroundTask
+
+    from server.sse import SSEResponse
+
+    async def run(disconnect_first: bool) -> tuple[list[dict[str, Any]], list[str]]:
+        calls: list[str] = []
+        gone = asyncio.Event()
+        if disconnect_first:
+            gone.set()
+
+        async def body() -> Any:
+            await asyncio.sleep(0.01)
+            yield b"data: 1\n\n"
+            yield b"data: [DONE]\n\n"
+            calls.append("body went on after [DONE]")
+
+        async def receive() -> dict[str, Any]:
+            await gone.wait()
+            return {"type": "http.disconnect"}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+            if not message.get("more_body", True):
+                gone.set()  # uvicorn reports a completed response as a disconnect too
+
+        response = SSEResponse(body(), lambda: calls.append("closed"))
+        response.background = BackgroundTask(lambda: calls.append("background"))
+        await response({"type": "http"}, receive, send)  # type: ignore[arg-type]
+        return sent, calls
+
+    sent, calls = asyncio.run(run(disconnect_first=False))
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body", "http.response.body"]
+    assert (b"content-type", b"text/event-stream; charset=utf-8") in sent[0]["headers"]
+    assert [(m["body"], m["more_body"]) for m in sent[1:]] == [(b"data: 1\n\n", True), (b"data: [DONE]\n\n", False)]
+    assert calls[-1] == "background" and "body went on after [DONE]" not in calls
+    sent, calls = asyncio.run(run(disconnect_first=True))
+    assert [m["type"] for m in sent] == ["http.response.start"] and "closed" in calls and "background" not in calls
