@@ -101,8 +101,8 @@ class Attention(nn.Module):
             v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        fused = self.decode_kernel and cache is not None and T == 1 and slots is None
-        if fused and kernels.serves(self.head_dim, kv_len):
+        fused = self.decode_kernel and T == 1 and slots is None
+        if fused and cache is not None and kernels.serves(self.head_dim, kv_len):
             # One token per row, row b in slot b: RoPE, the cache write and attention in one kernel.
             assert positions is not None
             y = kernels.decode_attention(
