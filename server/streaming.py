@@ -375,19 +375,20 @@ async def _framed(
     """The frame of the chat and completion streams: the chunks `chunks_of` makes; at the end `meta.done` (metrics,
     the log line) and, when the client asked for it (`stream_options.include_usage`), a last chunk without choices
     that carries the usage; an error after the first byte becomes a last `data: {"error": ...}` event; then
-    `[DONE]`."""
+    `[DONE]`. The usage chunk or the error event comes in one piece with `[DONE]` (one send for the end)."""
     usage = Usage()
     chunks = chunks_of(meta, deltas, usage)  # they add every delta to `usage`
+    tail = DONE_LINE
     async with contextlib.aclosing(chunks):
         try:
             async for line in chunks:
                 yield line
             meta.done(usage)
             if meta.include_usage:
-                yield chunk(meta, [], usage.body(meta.prompt_tokens))
+                tail = chunk(meta, [], usage.body(meta.prompt_tokens)) + DONE_LINE
         except Exception as exc:
-            yield _stream_error(exc)
-    yield DONE_LINE
+            tail = _stream_error(exc) + DONE_LINE
+    yield tail
 
 
 def _stream_error(exc: BaseException) -> bytes:

@@ -65,6 +65,8 @@ def _backlog_and_plain(
         return events, await (chat_response if chat else completion_response)(meta(), plain)
 
     events, full = asyncio.run(run())
+    usage_and_done = events[-1].split(b"\n\n")  # the end goes out as one piece: the usage chunk, then [DONE]
+    assert usage_and_done[1:] == [b"data: [DONE]", b""] and b'"choices":[],"usage":{' in usage_and_done[0]
     return _events(iter(b"".join(events).decode().splitlines())), full
 
 
