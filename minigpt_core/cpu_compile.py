@@ -31,6 +31,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from minigpt_core.kv_cache import KVCache
 from minigpt_core.model import MiniGPT
 
 logger = logging.getLogger(__name__)
+
+_CHILD_NICENESS = 10  # the compiling child yields the CPU to the serving process
 
 __all__ = ["CompiledForward", "persistent_cache_dir"]
 
@@ -124,14 +127,20 @@ class CompiledForward:
         def watch() -> None:
             t0 = time.perf_counter()
             try:
-                done = subprocess.run(
-                    [sys.executable, "-m", "minigpt_core.cpu_compile"],
-                    input=json.dumps(spec).encode(),
-                    capture_output=True,
-                    check=False,
-                )
+                # stderr to a file, not a pipe: helper processes the compiler starts may outlive the child and hold
+                # a pipe open, and waiting for its end would never return.
+                with tempfile.TemporaryFile() as err:
+                    done = subprocess.run(
+                        [sys.executable, "-m", "minigpt_core.cpu_compile"],
+                        input=json.dumps(spec).encode(),
+                        stdout=subprocess.DEVNULL,
+                        stderr=err,
+                        env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"},  # one C++ compiler at a time
+                        check=False,
+                    )
+                    err.seek(0)
+                    tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
                 if done.returncode != 0:
-                    tail = done.stderr.decode(errors="replace").strip().splitlines()[-3:]
                     logger.warning("compiling the CPU forward in a child process failed: %s", " | ".join(tail))
                 else:
                     logger.info("CPU forward compiled in a child process in %.1f s", time.perf_counter() - t0)
@@ -185,6 +194,7 @@ class CompiledForward:
 def _main() -> int:
     """The child process of `prepare_in_background`: a JSON spec on stdin; exit status 0 when every graph built."""
     spec = json.loads(sys.stdin.read())
+    os.nice(_CHILD_NICENESS)  # the server's eager steps first; the compilers it starts inherit this
     torch.manual_seed(0)
     model = MiniGPT(ModelConfig.from_hf_dict(spec["config"])).to(getattr(torch, spec["dtype"])).eval()
     if spec["fused"]:
