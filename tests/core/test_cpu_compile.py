@@ -31,7 +31,12 @@ def test_cpu_serving_defaults_are_float32_and_the_background_build() -> None:
     """What `make serve` gets on the CPU (measured in docs/benchmarks.md): bf16 is not the default even on a CPU
     with AVX512-BF16, and the compiled forward is built while the eager one serves."""
     fast = cpu_serving_defaults()
-    assert (fast.dtype, fast.compile_decode, fast.compile_background) == ("float32", True, True)
+    assert (fast.dtype, fast.compile_decode, fast.compile_background, fast.engine_process) == (
+        "float32",
+        True,
+        True,
+        True,
+    )
     assert isinstance(cpu_has_bf16(), bool)
 
 
