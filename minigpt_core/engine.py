@@ -234,9 +234,9 @@ class Engine:
     the first TokenEvent reports how many in `cached_tokens`.
     `output_vocab` (the tokenizer's size) bounds the ids that can be sampled when the embedding is larger.
     `compile_decode` on the CPU compiles the decode and prefill forwards (cpu_compile.py) before `__init__`
-    returns; with `compile_background` the engine serves its eager forward at once while a child process compiles
-    the same graphs into the on-disk cache, then loads them on its own thread at the first moment no request runs
-    (seconds) and switches between two steps (`compiled_ready()`, `wait_compiled()`).
+    returns; with `compile_background` it does so only when an earlier start left the kernels in the on-disk cache
+    (~15-20 s on a 2-core box); on a cold cache the engine serves its eager forward and a child process fills the
+    cache for the next start (`compiled_ready()`, `wait_cache_warmed()`). It never switches mid-serving.
     """
 
     def __init__(
@@ -289,6 +289,8 @@ class Engine:
         self.num_adapters = max(
             (m.lora_A.shape[0] - 1 for m in self.model.modules() if isinstance(m, MultiLoRALinear)), default=0
         )
+        self._warming: CompiledForward | None = None  # the compiled forward a child builds for the next start
+        self._warming_done = threading.Event()
         self._scheduler = Scheduler(
             self.model,
             self.cache,
@@ -317,16 +319,20 @@ class Engine:
         self._outbox: dict[asyncio.AbstractEventLoop | EventSink, list[tuple[RequestHandle, TokenEvent]]] = {}
 
     def _compiled_forward(self, compile_decode: bool, background: bool, kv_len_bucket: int) -> CompiledForward | None:
-        """On the CPU, the compiled forward: built now, or started on a background thread while serving is eager."""
+        """On the CPU, the compiled forward, built now. With `background`, built now only when an earlier start left
+        its kernels in the on-disk cache (`CompiledForward.warm()`: ~15-20 s); else the engine serves its eager forward
+        and `start()` has a child process fill the cache for the next start (cpu_compile.py says why not switch)."""
         if not compile_decode or self.device.type != "cpu":
             return None
         allow_recompiles(32)  # a process may serve several models (benchmarks, tests)
         kv_len = min(self.max_model_len, kv_len_bucket)
         threads = torch.get_num_threads()
         compiled = CompiledForward(self.model, cache=self.cache, kv_len=kv_len, threads=threads)
-        if not background:
-            compiled.build()
-        return compiled  # else start() has a child process compile it, and _run() builds it when idle
+        if background and not compiled.warm():
+            self._warming = compiled
+            return None
+        compiled.build()
+        return compiled
 
     # --- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -337,9 +343,8 @@ class Engine:
                 return
             self._thread = threading.Thread(target=self._run, name="minigpt-engine", daemon=True)
             self._thread.start()
-            compiled = self._scheduler.compiled
-            if compiled is not None and compiled.pending():
-                compiled.prepare_in_background(on_prepared=self._wake)
+            if self._warming is not None:
+                self._warming.prepare_in_background(on_prepared=self._warming_done.set)
         logger.info("engine started: %d slots x %d tokens on %s", self.max_num_seqs, self.max_model_len, self.device)
 
     def shutdown(self, timeout_s: float = 30.0) -> None:
@@ -445,15 +450,14 @@ class Engine:
         return handle
 
     def compiled_ready(self) -> bool:
-        """Whether the compiled CPU forward is built (False when the engine does not compile on the CPU)."""
+        """Whether the compiled CPU forward serves (False when the engine does not compile on the CPU)."""
         compiled = self._scheduler.compiled
         return compiled is not None and compiled.ready()
 
-    def wait_compiled(self, timeout_s: float | None = None) -> bool:
-        """Block until the compiled CPU forward is built (True) or failed or `timeout_s` passed (False); the engine
-        takes it at its next step. A background build finishes only while the engine is idle."""
-        compiled = self._scheduler.compiled
-        return compiled is not None and compiled.wait(timeout_s)
+    def wait_cache_warmed(self, timeout_s: float | None = None) -> bool:
+        """With `compile_background` on a cold cache: block until the child process that fills the cache for the
+        next start has ended (True if it left the cache warm), or `timeout_s` passed (False)."""
+        return self._warming is not None and self._warming_done.wait(timeout_s) and self._warming.warm()
 
     def stats(self) -> EngineStats:
         sched = self._scheduler
@@ -489,19 +493,13 @@ class Engine:
             while True:
                 with self._cond:
                     self._drop_cancelled_waiting()
-                    while not self._stop and not self._waiting and not sched.running and not self._build_due():
+                    while not self._stop and not self._waiting and not sched.running:
                         self._cond.wait()
                         self._drop_cancelled_waiting()
                     if self._stop:
                         break
-                    build = self._build_due() and not self._waiting and not sched.running
-                    while self._waiting and sched.free_slots and not build:
+                    while self._waiting and sched.free_slots:
                         sched.admit(self._waiting.popleft()[0])
-                if build and sched.compiled is not None:
-                    # Here, with no request running: tracing patches torch process-wide (cpu_compile.py says why),
-                    # and the kernels are on disk by now, so it takes seconds; requests arriving meanwhile wait.
-                    sched.compiled.build()
-                    continue
                 try:
                     sched.step()
                 except Exception:  # step() guards model calls itself; this keeps the thread alive regardless
@@ -517,10 +515,6 @@ class Engine:
                 seq.emit(TokenEvent(None, None, None, "cancelled"))
             self._flush_outbox()
         logger.info("engine stopped")
-
-    def _build_due(self) -> bool:
-        compiled = self._scheduler.compiled
-        return compiled is not None and compiled.pending() and compiled.prepared()
 
     def _flush_outbox(self) -> None:
         outbox, self._outbox = self._outbox, {}

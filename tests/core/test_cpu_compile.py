@@ -1,6 +1,7 @@
 """Tests for the compiled CPU forward (minigpt_core/cpu_compile.py) and the CPU serving defaults
-(minigpt_core/resources.py): the background build serves eagerly at once, switches between steps without changing
-a greedy token, and compiles nothing while serving; real tiny models, real inductor."""
+(minigpt_core/resources.py): on a cold cache the engine serves eagerly at once while a child fills the cache; the
+next start builds from it before serving, changes no greedy token and compiles nothing while serving; real tiny
+models, real inductor."""
 
 from __future__ import annotations
 
@@ -42,27 +43,32 @@ def test_cpu_serving_defaults_are_float32_and_the_background_build() -> None:
 
 @pytest.mark.slow  # inductor compiles four graphs beside serving: minutes on a cold cache and a busy machine
 @pytest.mark.timeout(1200)
-def test_background_compile_serves_at_once_and_switches_without_changing_a_token(model: MiniGPT) -> None:
+def test_background_compile_serves_at_once_and_the_next_start_is_compiled_with_the_same_tokens(
+    model: MiniGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cold cache: the engine serves eagerly at once while a child fills the cache, and never switches. The next
+    engine finds the cache warm, builds before serving, and gives the eager greedy tokens without compiling again."""
     import torch._dynamo.utils as dynamo_utils
 
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     ps = [*prompts(6), [7]]  # a one-token prompt too (prefilled eagerly)
     params = [SamplingParams(temperature=0.0, max_new_tokens=48 - len(p), ignore_eos=True) for p in ps]
     with Engine(model, max_num_seqs=8, max_model_len=48, kv_len_bucket=16) as eager:
         expected = [tokens_of(r) for r in run_all(eager, ps, params)]
         alone = [tokens_of(r) for r in run_all(eager, ps[:1], params[:1])]
-    with Engine(
-        model, max_num_seqs=8, max_model_len=48, kv_len_bucket=16, compile_decode=True, compile_background=True
-    ) as engine:
-        assert not engine.compiled_ready()  # serving starts before the build ends
-        rounds = 0
-        while not engine.compiled_ready():  # requests while it builds, some spanning the switch
-            assert [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])] == alone
-            rounds += 1
-        assert rounds >= 1
-        assert engine.wait_compiled(1200)
-        run_all(engine, ps[:1], params[:1])  # the step that takes the compiled forward
-        assert engine._scheduler._fn is not model
+    opts = {"max_num_seqs": 8, "max_model_len": 48, "kv_len_bucket": 16, "compile_decode": True}
+    with Engine(model, compile_background=True, **opts) as cold:  # type: ignore[arg-type]
+        assert not cold.compiled_ready()  # serving starts at once, eagerly
+        assert [tokens_of(r) for r in run_all(cold, ps[:1], params[:1])] == alone
+        assert cold.wait_cache_warmed(1200)
+        assert [tokens_of(r) for r in run_all(cold, ps[:1], params[:1])] == alone
+        assert not cold.compiled_ready()  # no switch mid-serving
+    with Engine(model, compile_background=True, **opts) as warm:  # type: ignore[arg-type]
+        assert warm.compiled_ready()  # built before serving, from the warm cache
+        assert not warm.wait_cache_warmed(0)  # nothing left to warm
+        run_all(warm, ps[:1], params[:1])  # the step that takes the compiled forward
+        assert warm._scheduler._fn is not model
         graphs = dynamo_utils.counters["stats"]["unique_graphs"]
-        assert [tokens_of(r) for r in run_all(engine, ps, params)] == expected
-        assert [tokens_of(r) for r in run_all(engine, ps[:1], params[:1])] == alone
+        assert [tokens_of(r) for r in run_all(warm, ps, params)] == expected
+        assert [tokens_of(r) for r in run_all(warm, ps[:1], params[:1])] == alone
         assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
