@@ -54,7 +54,7 @@ class EngineOptions:
     max_model_len: int | None = None
     max_queued: int = 64
     compile_decode: bool = True
-    compile_decode_cpu: bool = False
+    compile_decode_cpu: bool | None = None  # None: resources.cpu_serving_defaults()
     decode_steps: int | None = None
     max_prefill_tokens: int = 8192
     threads: int | None = None  # the engine process's torch threads (None: minigpt_core.threads' default)
@@ -83,11 +83,17 @@ def load_engine(options: EngineOptions) -> tuple[Engine, Tokenizer]:
 
     from minigpt_core.checkpoint import load_checkpoint
     from minigpt_core.engine import Engine
-    from minigpt_core.resources import resolve_device
+    from minigpt_core.resources import cpu_serving_defaults, resolve_device
 
     device = resolve_device(options.device)
+    cpu = cpu_serving_defaults()
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    dtype = dtypes.get(options.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    dtype = dtypes.get(options.dtype) or (torch.bfloat16 if device.type == "cuda" else dtypes[cpu.dtype])
+    # The CPU default: the compiled forward, built by a child process while the eager one serves. Not with LoRA
+    # adapters: the child cannot build the adapters' graphs, and compiling them in the engine stalls a request.
+    default_compile = cpu.compile_decode and not options.lora_modules
+    compile_cpu = default_compile if options.compile_decode_cpu is None else options.compile_decode_cpu
+    background = options.compile_decode_cpu is None and cpu.compile_background and default_compile
     model, tokenizer = load_checkpoint(options.model_dir, device, dtype)
     if options.lora_modules:  # before the engine exists: it may capture the forward
         from minigpt_core.lora import attach_adapters, read_adapter
@@ -102,7 +108,8 @@ def load_engine(options: EngineOptions) -> tuple[Engine, Tokenizer]:
         max_model_len=max_len,
         max_queued=options.max_queued,
         output_vocab=tokenizer.vocab_size,
-        compile_decode=options.compile_decode if device.type == "cuda" else options.compile_decode_cpu,
+        compile_decode=options.compile_decode if device.type == "cuda" else compile_cpu,
+        compile_background=device.type == "cpu" and background,
         fuse_projections=True,  # the server's own model copy; a no-op when LoRA adapters wrap the projections
         decode_steps=options.decode_steps,
         max_prefill_tokens=options.max_prefill_tokens,

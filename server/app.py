@@ -57,15 +57,16 @@ def engine_options(settings: Settings) -> EngineOptions:
 
 
 def uses_engine_process(settings: Settings) -> bool:
-    """`--engine-process`, else on for CUDA and off elsewhere. On the 2-core CPU box the process made no difference
-    beyond the noise (demo model, 1 thread, 1 and 8 streams; one-layer model at 64 streams) while it costs seconds of
-    start-up and a second interpreter with torch in memory; where the engine's host work and the event loop compete
-    for the GIL (a GPU doing the math) it pays."""
+    """`--engine-process`, else on for CUDA and on the CPU when `cpu_serving_defaults()` says so. Where the engine's
+    host work and the event loop compete for the GIL (a GPU doing the math) it pays; on the CPU the compiled forward's
+    C++ kernels hold the GIL, so in the API's process it measured no faster than eager over HTTP (issue 17,
+    docs/benchmarks.md)."""
     if settings.engine_process is not None:
         return settings.engine_process
-    from minigpt_core.resources import resolve_device
+    from minigpt_core.resources import cpu_serving_defaults, resolve_device
 
-    return resolve_device(settings.device).type == "cuda"
+    device = resolve_device(settings.device).type
+    return device == "cuda" or (device == "cpu" and cpu_serving_defaults().engine_process)
 
 
 def build_engine(settings: Settings) -> tuple[EngineLike, Tokenizer, Path]:

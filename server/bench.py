@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--engine-process",
         type=parse_bool,
         metavar="true|false",
-        help="serve with --engine-process true|false (default: minigpt-serve's own: on for CUDA, off on the CPU)",
+        help="serve with --engine-process true|false (default: minigpt-serve's own)",
     )
     s.add_argument(
         "--threads",

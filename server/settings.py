@@ -40,9 +40,12 @@ class Settings(BaseSettings):
         default=True,
         description="CUDA only: torch.compile the decode step before capturing it (2x faster steps, slower start)",
     )
-    compile_decode_cpu: bool = Field(
-        default=False,
-        description="CPU: torch.compile the decode step (inductor C++ kernels; about a minute of compiling at start)",
+    compile_decode_cpu: bool | None = Field(
+        default=None,
+        description="CPU: torch.compile the decode and prefill forwards (inductor C++). Default: built before serving "
+        "when an earlier start left the kernels in the compile cache (~20 s), else served eagerly while a child "
+        "process fills the cache for the next start (eager with LoRA adapters); true: built before serving; false: "
+        "eager",
     )
     decode_steps: int | None = Field(
         default=None, ge=1, le=64, description="decode steps per engine call, K (default: 8)"
@@ -50,7 +53,7 @@ class Settings(BaseSettings):
     engine_process: bool | None = Field(
         default=None,
         description="run the engine in a process of its own, so the API's event loop and the engine do not share "
-        "a GIL (default: on for CUDA, off on the CPU)",
+        "a GIL (default: on; inductor's compiled CPU kernels hold the GIL too)",
     )
     max_prefill_tokens: int = Field(
         default=8192, ge=16, description="prompt tokens prefilled together in one step (one batched forward)"

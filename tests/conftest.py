@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,13 @@ from minigpt_core.checkpoint import save_checkpoint
 from minigpt_core.config import ModelConfig
 from minigpt_core.model import MiniGPT
 from minigpt_core.tokenizer import Tokenizer, train_tokenizer
+
+# The CPU server's defaults (the engine in a process of its own, the compiled forward built by a background child:
+# issue 17) cost seconds of start-up and minutes of a compiling child per server. Tests start dozens of servers and
+# test those paths in their own modules, so every other server here, in process or spawned, runs eager and in the
+# API's process unless its settings say otherwise.
+os.environ.setdefault("MINIGPT_ENGINE_PROCESS", "false")
+os.environ.setdefault("MINIGPT_COMPILE_DECODE_CPU", "false")
 
 WORDS = (
     "the a model token train serve hello world minigpt assistant user system answer question number "

@@ -109,6 +109,21 @@ def rounded(logprobs: dict[str, Any]) -> list[tuple[str, float]]:
     return [(item["token"], round(item["logprob"], 3)) for item in logprobs["content"]]
 
 
+def test_the_cpu_default_is_the_engine_process_with_the_compiled_forward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `make serve` (no flags, no MINIGPT_* settings) gets on the CPU: the engine in its own process, the
+    compiled forward left to the CPU defaults (built from a warm cache, else warmed in the background); flags and
+    settings still win."""
+    from server.app import uses_engine_process
+
+    monkeypatch.delenv("MINIGPT_ENGINE_PROCESS", raising=False)  # tests/conftest.py sets them for every other test
+    monkeypatch.delenv("MINIGPT_COMPILE_DECODE_CPU", raising=False)
+    plain = Settings(device="cpu")
+    assert plain.compile_decode_cpu is None and uses_engine_process(plain)
+    assert not uses_engine_process(Settings(device="cpu", engine_process=False))
+    monkeypatch.setenv("MINIGPT_ENGINE_PROCESS", "false")
+    assert not uses_engine_process(Settings(device="cpu"))
+
+
 def test_greedy_output_equals_the_in_process_engine(proc: Served, local: Served) -> None:
     """Chat (stream and not, n=2, logprobs) and completions, base model and adapter: token for token the same."""
     chat = {"messages": MSGS, "max_tokens": 24, "temperature": 0, "ignore_eos": True, "logprobs": True}
