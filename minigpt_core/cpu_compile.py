@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ class CompiledForward:
         self._ready = threading.Event()  # build() ended
         self._failed = False
         self._thread: threading.Thread | None = None
+        self._proc: subprocess.Popen[bytes] | None = None  # the compiling child process
+        self._stopped = False
         self.seconds: float | None = None  # how long the build took
 
     def ready(self) -> bool:
@@ -134,17 +137,21 @@ class CompiledForward:
                 # stderr to a file, not a pipe: helper processes the compiler starts may outlive the child and hold
                 # a pipe open, and waiting for its end would never return.
                 with tempfile.TemporaryFile() as err:
-                    done = subprocess.run(
+                    self._proc = subprocess.Popen(
                         [sys.executable, "-m", "minigpt_core.cpu_compile"],
-                        input=json.dumps(spec).encode(),
+                        stdin=subprocess.PIPE,
                         stdout=subprocess.DEVNULL,
                         stderr=err,
                         env={**os.environ, "TORCHINDUCTOR_COMPILE_THREADS": "1"},  # one C++ compiler at a time
-                        check=False,
+                        preexec_fn=_die_with_parent,
                     )
+                    self._proc.communicate(json.dumps(spec).encode())
                     err.seek(0)
                     tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
-                if done.returncode != 0:
+                done = self._proc
+                if self._stopped:
+                    logger.info("stopped the child process compiling the CPU forward")
+                elif done.returncode != 0:
                     logger.warning("compiling the CPU forward in a child process failed: %s", " | ".join(tail))
                 else:
                     logger.info("CPU forward compiled in a child process in %.1f s", time.perf_counter() - t0)
@@ -155,6 +162,14 @@ class CompiledForward:
 
         self._thread = threading.Thread(target=watch, name="minigpt-compile", daemon=True)
         self._thread.start()
+
+    def stop(self) -> None:
+        """End the compiling child process, if one runs (the server is shutting down: a half-filled cache is
+        simply not marked warm)."""
+        self._stopped = True
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
 
     def build(self) -> None:
         """Compile every shape family now (blocking). A failure is logged and leaves `ready()` False."""
@@ -202,6 +217,16 @@ class CompiledForward:
         self._compiled(
             tokens[0], cache=cache, slots=row_t[0], positions=tokens[1], kv_len=self.kv_len, last_index=row_t[1]
         )
+
+
+def _die_with_parent() -> None:
+    """In the compiling child before exec (Linux): SIGTERM when the process that started it ends, so a killed server
+    leaves no compiler behind. Elsewhere a no-op: `stop()` still ends it on a clean shutdown."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _main() -> int:

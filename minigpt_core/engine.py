@@ -354,6 +354,8 @@ class Engine:
             self._stop = True
             self._cond.notify_all()
             thread = self._thread
+        if self._warming is not None:
+            self._warming.stop()  # no compiler left running after the server
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout_s)
         with self._cond:

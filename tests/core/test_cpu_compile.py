@@ -72,3 +72,22 @@ def test_background_compile_serves_at_once_and_the_next_start_is_compiled_with_t
         assert [tokens_of(r) for r in run_all(warm, ps, params)] == expected
         assert [tokens_of(r) for r in run_all(warm, ps[:1], params[:1])] == alone
         assert dynamo_utils.counters["stats"]["unique_graphs"] == graphs  # nothing compiled while serving
+
+
+def test_shutdown_stops_the_compiling_child(model: MiniGPT, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server stopped while its background child compiles leaves no compiler running (and no warm marker)."""
+    import time
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    engine = Engine(model, max_num_seqs=2, max_model_len=32, compile_decode=True, compile_background=True)
+    engine.start()
+    warming = engine._warming
+    assert warming is not None and not engine.compiled_ready()
+    deadline = time.monotonic() + 30
+    while warming._proc is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc = warming._proc
+    assert proc is not None and proc.poll() is None  # compiling (a cold cache takes minutes)
+    engine.shutdown()
+    assert proc.wait(timeout=30) != 0  # terminated, not finished
+    assert not engine.wait_cache_warmed(30) and not warming.warm()
